@@ -1,0 +1,267 @@
+//! `clove serve`: assembles the daemon (socket, kernel, pool, reactor, signals), runs it, and
+//! cleans up.
+//!
+//! Startup refuses rather than guesses: a socket path held by a live daemon, a path that is not
+//! a socket, or a stale socket owned by someone else all stop the start with a clear message.
+//! A lock file beside the socket (`<socket>.lock`, held with `flock` for the daemon's life)
+//! closes the race between two daemons starting at once.
+
+use crate::config::Config;
+use crate::kernel::Kernel;
+use crate::reactor::pool::WorkerPool;
+use crate::reactor::{Reactor, Sink, WAKER};
+use mio::{Poll, Waker};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Capacity of the completion queue (worker results waiting for the reactor).
+const COMPLETION_QUEUE: usize = 4096;
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+/// The bound socket, and what is needed to remove exactly it at exit.
+struct BoundSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl BoundSocket {
+    /// Removes the socket file if it is still the one we created.
+    fn remove(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && m.dev() == self.dev
+            && m.ino() == self.ino
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn serve(config: Config) -> Result<(), DaemonError> {
+    ignore_sigpipe();
+    raise_fd_limit();
+    let config = Arc::new(config);
+    prepare_state_dir(&config.state_dir)?;
+    let (listener, bound) = bind_socket(&config)?;
+
+    let poll = Poll::new().map_err(io_err("cannot create poll"))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKER).map_err(io_err("cannot create waker"))?,
+    );
+    let (tx, rx) = crossbeam_channel::bounded(COMPLETION_QUEUE);
+    let sink = Sink::new(tx, waker.clone());
+    let kernel = Arc::new(Kernel::new(config.clone(), sink.clone()));
+    let pool = WorkerPool::start(config.workers, config.job_queue)
+        .map_err(io_err("cannot start worker threads"))?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let mut reactor = Reactor::new(poll, config.clone(), kernel.clone(), pool, rx, shutdown.clone());
+    reactor
+        .add_unix_listener(listener)
+        .map_err(io_err("cannot register the socket"))?;
+    start_signal_thread(shutdown.clone(), sink)?;
+
+    log::info!(
+        "listening on {} (mode {:o}), state in {}, {} workers",
+        config.socket.display(),
+        config.socket_mode,
+        config.state_dir.display(),
+        config.workers
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "clove: ready socket={} pid={} version={}",
+            config.socket.display(),
+            std::process::id(),
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = out.flush();
+    }
+    let result = reactor.run();
+    log::info!("shutting down");
+    kernel.shutdown();
+    bound.remove();
+    result.map_err(io_err("event loop failed"))
+}
+
+fn ignore_sigpipe() {
+    // A client that disappears mid-write must cost us an EPIPE, never our life. (The Rust
+    // runtime already does this; being explicit keeps it true if that ever changes.)
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit, so thousands of clients fit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
+fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(dir)
+        .map_err(io_err(format!("cannot create state directory {}", dir.display())))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(io_err(format!("cannot stat state directory {}", dir.display())))?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(DaemonError::Refused(format!(
+            "state directory {} belongs to uid {}, not to this user",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(
+            format!("cannot make state directory {} private", dir.display()),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Takes the lock beside the socket, checks what is at the socket path, and binds.
+fn bind_socket(config: &Config) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
+    let path = &config.socket;
+    let my_uid = nix::unistd::geteuid().as_raw();
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(io_err(format!("cannot open lock file {}", lock_path.display())))?;
+    let lock_meta = lock
+        .metadata()
+        .map_err(io_err(format!("cannot stat {}", lock_path.display())))?;
+    if lock_meta.uid() != my_uid {
+        return Err(DaemonError::Refused(format!(
+            "lock file {} belongs to uid {}, not to this user; choose another socket path",
+            lock_path.display(),
+            lock_meta.uid()
+        )));
+    }
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| {
+            DaemonError::Refused(format!(
+                "another clove daemon holds {} ({e}); is one already running on {}?",
+                lock_path.display(),
+                path.display()
+            ))
+        })?;
+
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(DaemonError::Refused(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(DaemonError::Refused(format!(
+                    "another daemon is already answering on {}; stop it first or use --socket",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if meta.uid() != my_uid {
+                    return Err(DaemonError::Refused(format!(
+                        "stale socket {} belongs to uid {}; refusing to remove it",
+                        path.display(),
+                        meta.uid()
+                    )));
+                }
+                log::info!("removing stale socket {}", path.display());
+                std::fs::remove_file(path)
+                    .map_err(io_err(format!("cannot remove stale socket {}", path.display())))?;
+            }
+            Err(e) => {
+                return Err(DaemonError::Refused(format!(
+                    "cannot tell whether {} is in use ({e}); refusing to start",
+                    path.display()
+                )));
+            }
+        }
+    }
+    // Create the socket with no group/other bits from the start, then set the configured mode.
+    // SAFETY: umask(2) only swaps the process mask; no other thread has started yet.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = mio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io_err(format!("cannot bind {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+        .map_err(io_err(format!("cannot set mode of {}", path.display())))?;
+    if let Some(gid) = config.socket_gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+            DaemonError::Refused(format!(
+                "cannot give {} to group {gid}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(io_err(format!("cannot stat {}", path.display())))?;
+    Ok((
+        listener,
+        BoundSocket {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            _lock: lock,
+        },
+    ))
+}
+
+fn start_signal_thread(shutdown: Arc<AtomicBool>, sink: Sink) -> Result<(), DaemonError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(io_err("cannot install signal handlers"))?;
+    std::thread::Builder::new()
+        .name("clove-signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    log::info!("SIGHUP received; configuration reload is not supported, ignoring");
+                    continue;
+                }
+                log::info!("signal {sig} received; stopping");
+                shutdown.store(true, Ordering::Release);
+                sink.wake();
+            }
+        })
+        .map_err(io_err("cannot start signal thread"))?;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Async requests: EXEC, HTTP and THINK with `"async": true`, and ASYNC_POLL.
+//!
+//! An async request is accepted at once with a `request_id`; its result (the JSON text of the
+//! reply the synchronous form would have sent) waits in the caller's bounded result queue until
+//! ASYNC_POLL takes it. A caller can have at most `limits.async_max_outstanding` requests
+//! accepted but not yet polled; more are refused with a clear error.
+
+use super::request::{Outcome, error, parse, to_bytes};
+use super::{Call, CallerId, Kernel, Responder};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A finished async request.
+#[derive(Debug, Clone)]
+pub struct AsyncResult {
+    pub request_id: Value,
+    pub opcode: u8,
+    /// The JSON text of the synchronous reply.
+    pub payload: String,
+}
+
+#[derive(Default)]
+struct Slot {
+    outstanding: usize,
+    ready: VecDeque<AsyncResult>,
+}
+
+/// Per-caller async results.
+pub struct AsyncResults {
+    cap: usize,
+    slots: HashMap<CallerId, Slot>,
+}
+
+impl AsyncResults {
+    pub fn new(cap: usize) -> AsyncResults {
+        AsyncResults {
+            cap,
+            slots: HashMap::new(),
+        }
+    }
+
+    /// Counts one more outstanding request, or refuses when the caller has too many.
+    pub fn reserve(&mut self, caller: CallerId) -> Result<(), String> {
+        let slot = self.slots.entry(caller).or_default();
+        if slot.outstanding >= self.cap {
+            return Err(format!(
+                "too many async requests outstanding ({}); poll results with ASYNC_POLL first",
+                self.cap
+            ));
+        }
+        slot.outstanding += 1;
+        Ok(())
+    }
+
+    /// Files a result. Dropped if the caller went away meanwhile.
+    pub fn complete(&mut self, caller: CallerId, result: AsyncResult) {
+        if let Some(slot) = self.slots.get_mut(&caller) {
+            slot.ready.push_back(result);
+        }
+    }
+
+    /// Takes up to `max` finished results.
+    pub fn take(&mut self, caller: CallerId, max: usize) -> Vec<AsyncResult> {
+        match self.slots.get_mut(&caller) {
+            Some(slot) => {
+                let n = max.min(slot.ready.len());
+                slot.outstanding -= n;
+                slot.ready.drain(..n).collect()
+            }
+            None => vec![],
+        }
+    }
+
+    pub fn forget(&mut self, caller: CallerId) {
+        self.slots.remove(&caller);
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AsyncFlags {
+    #[serde(rename = "async", default)]
+    is_async: Option<Value>,
+    request_id: Option<Value>,
+}
+
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// Runs a worker op synchronously, or, when the request says `"async": true`, accepts it at
+/// once and files the result for ASYNC_POLL. `run` computes the synchronous reply.
+pub fn sync_or_async(
+    k: &Kernel,
+    call: &Call,
+    payload: &[u8],
+    responder: Responder,
+    run: impl FnOnce() -> Vec<u8>,
+) {
+    let flags: AsyncFlags = parse(payload).unwrap_or_default();
+    let is_async = match flags.is_async {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => {
+            responder.error(format!(
+                "invalid request: field `async`: expected a boolean, got {other}"
+            ));
+            return;
+        }
+    };
+    if !is_async {
+        responder.reply(&run());
+        return;
+    }
+    let request_id = match flags.request_id {
+        Some(v @ (Value::String(_) | Value::Number(_))) => v,
+        Some(Value::Null) | None => Value::String(format!(
+            "req-{}-{}",
+            call.caller,
+            NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
+        )),
+        Some(other) => {
+            responder.error(format!(
+                "invalid request: field `request_id` must be a string or number, got {other}"
+            ));
+            return;
+        }
+    };
+    if let Err(e) = k.asyncq.lock().reserve(call.caller) {
+        responder.error(e);
+        return;
+    }
+    responder.reply(&to_bytes(&json!({
+        "success": true,
+        "async": true,
+        "request_id": request_id,
+        "status": "accepted",
+    })));
+    let reply = run();
+    let result = AsyncResult {
+        request_id,
+        opcode: call.op,
+        payload: String::from_utf8_lossy(&reply).into_owned(),
+    };
+    k.asyncq.lock().complete(call.caller, result);
+}
+
+/// ASYNC_POLL `{max?=10}`.
+pub fn poll(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    #[derive(Deserialize, Default)]
+    struct Req {
+        max: Option<usize>,
+    }
+    let req: Req = match parse(payload) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    let max = req.max.unwrap_or(10).clamp(1, 1000);
+    let results = k.asyncq.lock().take(call.caller, max);
+    let list: Vec<Value> = results
+        .into_iter()
+        .map(|r| {
+            json!({
+                "request_id": r.request_id,
+                "opcode": r.opcode,
+                "opcode_name": super::ops::name(r.opcode),
+                "payload": r.payload,
+            })
+        })
+        .collect();
+    Outcome::Reply(to_bytes(&json!({
+        "success": true,
+        "count": list.len(),
+        "results": list,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outstanding_is_bounded_until_polled() {
+        let mut q = AsyncResults::new(2);
+        q.reserve(1).unwrap();
+        q.reserve(1).unwrap();
+        assert!(q.reserve(1).is_err());
+        q.complete(
+            1,
+            AsyncResult {
+                request_id: json!("a"),
+                opcode: 2,
+                payload: "{}".into(),
+            },
+        );
+        assert!(q.reserve(1).is_err(), "completed but not polled still counts");
+        assert_eq!(q.take(1, 10).len(), 1);
+        q.reserve(1).unwrap();
+        q.forget(1);
+        q.complete(
+            1,
+            AsyncResult {
+                request_id: json!("b"),
+                opcode: 2,
+                payload: "{}".into(),
+            },
+        );
+        assert!(q.take(1, 10).is_empty());
+    }
+}

@@ -1,0 +1,38 @@
+//! NOOP, HELLO and EXIT: the ops that need no state.
+
+use super::ops::{self, Route};
+use super::request::{Outcome, to_bytes};
+use super::{Call, Kernel};
+use serde_json::{Map, Value, json};
+
+/// Protocol version reported by HELLO.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// NOOP echoes the payload bytes unchanged.
+pub fn noop(_: &Kernel, _: &Call, payload: &[u8]) -> Outcome {
+    Outcome::Reply(payload.to_vec())
+}
+
+/// HELLO: who the kernel is, what it offers, and the caller's id.
+pub fn hello(_k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
+    let mut features = Map::new();
+    for info in ops::OPS {
+        features.insert(
+            info.name.to_ascii_lowercase(),
+            Value::Bool(!matches!(info.route, Route::Unavailable)),
+        );
+    }
+    Outcome::Reply(to_bytes(&json!({
+        "success": true,
+        "protocol_version": PROTOCOL_VERSION,
+        "kernel": "clove",
+        "kernel_version": env!("CARGO_PKG_VERSION"),
+        "features": features,
+        "agent_id": call.caller,
+    })))
+}
+
+/// EXIT replies `goodbye` and closes the connection once the reply is flushed.
+pub fn exit(_: &Kernel, _: &Call, _: &[u8]) -> Outcome {
+    Outcome::ReplyClose(b"goodbye".to_vec())
+}

@@ -1,0 +1,361 @@
+//! The event bus: SUBSCRIBE, UNSUBSCRIBE, POLL_EVENTS and EMIT, and kernel-published events.
+//!
+//! Every subscriber has a bounded queue. When it is full the oldest event is dropped and a
+//! counter records it (POLL_EVENTS reports `dropped`), so a subscriber that never polls costs
+//! a fixed amount of memory. Kernel event types are reserved: clients may emit `CUSTOM` or their
+//! own type names (delivered as `CUSTOM` with `data.custom_type`), never a kernel event.
+
+use super::request::{Outcome, error, parse, to_bytes};
+use super::{Call, CallerId, Kernel};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Event types only the kernel publishes.
+pub const KERNEL_EVENTS: [&str; 10] = [
+    "AGENT_SPAWNED",
+    "AGENT_EXITED",
+    "AGENT_RESTARTING",
+    "AGENT_ESCALATED",
+    "AGENT_PAUSED",
+    "AGENT_RESUMED",
+    "MESSAGE_RECEIVED",
+    "STATE_CHANGED",
+    "SYSCALL_BLOCKED",
+    "RESOURCE_WARNING",
+];
+
+/// The type clients emit.
+pub const CUSTOM: &str = "CUSTOM";
+
+/// Most event types one caller may subscribe to.
+const MAX_SUBSCRIPTIONS: usize = 256;
+/// Longest event type name.
+const MAX_TYPE_LEN: usize = 128;
+
+#[derive(Debug)]
+pub struct Event {
+    pub kind: String,
+    pub data: Value,
+    pub source: CallerId,
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+#[derive(Default)]
+struct Subscriber {
+    types: HashSet<String>,
+    queue: VecDeque<Arc<Event>>,
+    dropped: u64,
+}
+
+/// All subscriptions and queued events.
+pub struct EventBus {
+    cap: usize,
+    subs: HashMap<CallerId, Subscriber>,
+    /// Subscribers per type, so publishing to a type nobody wants costs one lookup.
+    interest: HashMap<String, usize>,
+}
+
+impl EventBus {
+    pub fn new(cap: usize) -> EventBus {
+        EventBus {
+            cap,
+            subs: HashMap::new(),
+            interest: HashMap::new(),
+        }
+    }
+
+    pub fn has_subscribers(&self, kind: &str) -> bool {
+        self.interest.get(kind).is_some_and(|n| *n > 0)
+    }
+
+    /// Adds subscriptions; returns the caller's full list.
+    pub fn subscribe(&mut self, caller: CallerId, types: &[String]) -> Result<Vec<String>, String> {
+        let sub = self.subs.entry(caller).or_default();
+        let new: Vec<&String> = types.iter().filter(|t| !sub.types.contains(*t)).collect();
+        if sub.types.len() + new.len() > MAX_SUBSCRIPTIONS {
+            return Err(format!(
+                "too many subscriptions: at most {MAX_SUBSCRIPTIONS} event types per caller"
+            ));
+        }
+        for t in new {
+            sub.types.insert(t.clone());
+            *self.interest.entry(t.clone()).or_default() += 1;
+        }
+        let mut all: Vec<String> = sub.types.iter().cloned().collect();
+        all.sort();
+        Ok(all)
+    }
+
+    /// Removes subscriptions (all of them when `types` is `None`); returns those removed.
+    pub fn unsubscribe(&mut self, caller: CallerId, types: Option<&[String]>) -> Vec<String> {
+        let Some(sub) = self.subs.get_mut(&caller) else {
+            return vec![];
+        };
+        let removed: Vec<String> = match types {
+            None => sub.types.drain().collect(),
+            Some(ts) => ts.iter().filter(|t| sub.types.remove(*t)).cloned().collect(),
+        };
+        for t in &removed {
+            if let Some(n) = self.interest.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.interest.remove(t);
+                }
+            }
+        }
+        let mut removed = removed;
+        removed.sort();
+        removed
+    }
+
+    /// Publishes an event of `kind` to subscribers of `kind` (or of `alias`, for custom names).
+    /// `only` restricts delivery to one caller. Returns how many queues received it.
+    pub fn publish_as(
+        &mut self,
+        kind: &str,
+        alias: Option<&str>,
+        data: Value,
+        source: CallerId,
+        only: Option<CallerId>,
+    ) -> usize {
+        if !self.has_subscribers(kind) && !alias.is_some_and(|a| self.has_subscribers(a)) {
+            return 0;
+        }
+        let event = Arc::new(Event {
+            kind: kind.to_string(),
+            data,
+            source,
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        });
+        let cap = self.cap;
+        let mut delivered = 0;
+        for (id, sub) in self.subs.iter_mut() {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            if !(sub.types.contains(kind) || alias.is_some_and(|a| sub.types.contains(a))) {
+                continue;
+            }
+            if sub.queue.len() >= cap {
+                sub.queue.pop_front();
+                sub.dropped += 1;
+            }
+            sub.queue.push_back(event.clone());
+            delivered += 1;
+        }
+        delivered
+    }
+
+    /// Publishes a kernel event.
+    pub fn publish(&mut self, kind: &str, data: Value, source: CallerId, only: Option<CallerId>) {
+        self.publish_as(kind, None, data, source, only);
+    }
+
+    /// Takes up to `max` queued events; returns them with the drop counter.
+    pub fn take(&mut self, caller: CallerId, max: usize) -> (Vec<Arc<Event>>, u64) {
+        match self.subs.get_mut(&caller) {
+            Some(sub) => {
+                let n = max.min(sub.queue.len());
+                (sub.queue.drain(..n).collect(), sub.dropped)
+            }
+            None => (vec![], 0),
+        }
+    }
+
+    /// Queued events for one caller.
+    pub fn pending(&self, caller: CallerId) -> usize {
+        self.subs.get(&caller).map_or(0, |s| s.queue.len())
+    }
+
+    /// Drops a caller's subscriptions and queue.
+    pub fn forget(&mut self, caller: CallerId) {
+        self.unsubscribe(caller, None);
+        self.subs.remove(&caller);
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SubReq {
+    event_types: Option<Vec<String>>,
+    events: Option<Vec<String>>,
+    event: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl SubReq {
+    fn types(self) -> Vec<String> {
+        let mut v = self.event_types.unwrap_or_default();
+        v.extend(self.events.unwrap_or_default());
+        v.extend(self.event);
+        v
+    }
+}
+
+fn check_type(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_TYPE_LEN || t.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid event type {t:?}: 1 to {MAX_TYPE_LEN} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+pub fn subscribe(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    let types = match parse::<SubReq>(payload) {
+        Ok(r) => r.types(),
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    if types.is_empty() {
+        return Outcome::Reply(error(
+            "no event types given: send {\"event_types\": [\"AGENT_EXITED\", ...]}",
+        ));
+    }
+    if let Some(e) = types.iter().find_map(|t| check_type(t).err()) {
+        return Outcome::Reply(error(e));
+    }
+    match k.events.lock().subscribe(call.caller, &types) {
+        Ok(all) => Outcome::Reply(to_bytes(&json!({"success": true, "subscribed": all}))),
+        Err(e) => Outcome::Reply(error(e)),
+    }
+}
+
+pub fn unsubscribe(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    let req = match parse::<SubReq>(payload) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    let all = req.all;
+    let types = req.types();
+    if !all && types.is_empty() {
+        return Outcome::Reply(error(
+            "nothing to unsubscribe: give event_types or \"all\": true",
+        ));
+    }
+    let removed = k
+        .events
+        .lock()
+        .unsubscribe(call.caller, if all { None } else { Some(&types) });
+    Outcome::Reply(to_bytes(&json!({"success": true, "unsubscribed": removed})))
+}
+
+#[derive(Deserialize, Default)]
+struct PollReq {
+    max: Option<usize>,
+}
+
+pub fn poll(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    let req = match parse::<PollReq>(payload) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    let max = req.max.unwrap_or(100).clamp(1, 1000);
+    let (events, dropped) = k.events.lock().take(call.caller, max);
+    let now = Instant::now();
+    let list: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "type": e.kind,
+                "data": e.data,
+                "source_agent_id": e.source,
+                "age_ms": now.duration_since(e.at).as_millis() as u64,
+                "timestamp": super::iso8601(e.wall),
+            })
+        })
+        .collect();
+    Outcome::Reply(to_bytes(&json!({
+        "success": true,
+        "count": list.len(),
+        "events": list,
+        "dropped": dropped,
+    })))
+}
+
+#[derive(Deserialize)]
+struct EmitReq {
+    event_type: Option<String>,
+    event: Option<String>,
+    #[serde(default)]
+    data: Value,
+}
+
+pub fn emit(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    let req = match parse::<EmitReq>(payload) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    let Some(name) = req.event_type.or(req.event) else {
+        return Outcome::Reply(error(
+            "missing event type: send {\"event_type\": \"CUSTOM\", \"data\": {...}}",
+        ));
+    };
+    if let Err(e) = check_type(&name) {
+        return Outcome::Reply(error(e));
+    }
+    if KERNEL_EVENTS.contains(&name.as_str()) {
+        return Outcome::Reply(error(format!(
+            "event type {name} is reserved for the kernel; emit CUSTOM or a name of your own"
+        )));
+    }
+    let mut data = req.data;
+    let alias = if name == CUSTOM {
+        None
+    } else {
+        match &mut data {
+            Value::Object(m) => {
+                m.insert("custom_type".into(), Value::String(name.clone()));
+            }
+            other => {
+                let value = other.take();
+                data = json!({"custom_type": name, "value": value});
+            }
+        }
+        Some(name.as_str())
+    };
+    let delivered = k
+        .events
+        .lock()
+        .publish_as(CUSTOM, alias, data, call.caller, None);
+    Outcome::Reply(to_bytes(&json!({
+        "success": true,
+        "event": name,
+        "delivered_to": delivered,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_queue_drops_oldest() {
+        let mut bus = EventBus::new(3);
+        bus.subscribe(1, &["CUSTOM".into()]).unwrap();
+        for i in 0..5 {
+            bus.publish("CUSTOM", json!(i), 9, None);
+        }
+        let (events, dropped) = bus.take(1, 10);
+        assert_eq!(dropped, 2);
+        let values: Vec<i64> = events.iter().map(|e| e.data.as_i64().unwrap()).collect();
+        assert_eq!(values, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn only_restricts_delivery() {
+        let mut bus = EventBus::new(3);
+        bus.subscribe(1, &["STATE_CHANGED".into()]).unwrap();
+        bus.subscribe(2, &["STATE_CHANGED".into()]).unwrap();
+        bus.publish("STATE_CHANGED", json!({}), 1, Some(1));
+        assert_eq!(bus.pending(1), 1);
+        assert_eq!(bus.pending(2), 0);
+        bus.forget(1);
+        bus.forget(2);
+        assert!(!bus.has_subscribers("STATE_CHANGED"));
+    }
+}

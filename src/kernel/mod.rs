@@ -1,0 +1,294 @@
+//! The kernel: the shared state behind every front-end, and the Clove op handlers.
+//!
+//! [`Kernel`] owns the caller registry (who is connected, with which permissions), the state
+//! store, mailboxes, the event bus and async results, each behind its own short-held lock. The
+//! op table in [`ops`] routes each request to an inline handler (run on the reactor thread) or a
+//! worker handler (run on the pool, answering through a [`Responder`]).
+
+pub mod access;
+pub mod asyncq;
+pub mod core;
+pub mod events;
+pub mod exec;
+pub mod fs;
+pub mod ipc;
+pub mod ops;
+pub mod perms;
+pub mod request;
+pub mod state;
+
+use crate::config::Config;
+use crate::proto::clove;
+use crate::reactor::{Completion, ConnId, Sink};
+use crate::store::StateStore;
+use parking_lot::Mutex;
+use perms::Permissions;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+/// A caller's identity: a connection's id for plain clients, an agent's id for spawned agents.
+/// Both come from one counter, so they never collide.
+pub type CallerId = u32;
+
+/// Who is on the other end of a Unix socket, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What kind of caller an id belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// One of the user's own processes, connected directly.
+    Client,
+    /// A process the daemon spawned and supervises.
+    Agent,
+}
+
+/// A known caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub kind: CallerKind,
+    pub perms: Arc<Permissions>,
+    /// LLM usage charged so far (kept apart from the permission set so that SET_PERMS cannot
+    /// reset it).
+    pub tokens_used: u64,
+    pub calls_made: u64,
+    /// Live connections bound to this caller.
+    pub conns: usize,
+    pub peer: Peer,
+}
+
+/// One request in flight: who sent it, on which connection, for which op.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub caller: CallerId,
+    pub conn: ConnId,
+    pub op: u8,
+    pub peer: Peer,
+}
+
+/// The shared state of the daemon.
+pub struct Kernel {
+    pub config: Arc<Config>,
+    sink: Sink,
+    next_id: AtomicU32,
+    callers: Mutex<HashMap<CallerId, Caller>>,
+    pub store: StateStore,
+    pub ipc: Mutex<ipc::Ipc>,
+    pub events: Mutex<events::EventBus>,
+    pub asyncq: Mutex<asyncq::AsyncResults>,
+    /// Process groups of running EXEC commands, killed at shutdown.
+    exec_groups: Mutex<HashSet<i32>>,
+    pub started: Instant,
+}
+
+impl Kernel {
+    pub fn new(config: Arc<Config>, sink: Sink) -> Kernel {
+        Kernel {
+            store: StateStore::new(&config),
+            ipc: Mutex::new(ipc::Ipc::with_bytes(
+                config.mailbox_len,
+                config.mailbox_max_bytes,
+            )),
+            events: Mutex::new(events::EventBus::new(config.event_queue_len)),
+            asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
+            config,
+            sink,
+            next_id: AtomicU32::new(1),
+            callers: Mutex::new(HashMap::new()),
+            exec_groups: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+        }
+    }
+
+    /// A fresh id from the shared connection/agent counter (never 0: the SDK uses 0 for "not
+    /// known yet").
+    pub fn allocate_id(&self) -> CallerId {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Registers a new connection and returns the caller id it speaks as.
+    pub fn connect(&self, peer: Peer) -> CallerId {
+        let id = self.allocate_id();
+        let perms = self
+            .config
+            .level(&self.config.client_level)
+            .cloned()
+            .unwrap_or_else(|| Config::defaults().levels["minimal"].clone());
+        self.callers.lock().insert(
+            id,
+            Caller {
+                kind: CallerKind::Client,
+                perms: Arc::new(perms),
+                tokens_used: 0,
+                calls_made: 0,
+                conns: 1,
+                peer,
+            },
+        );
+        id
+    }
+
+    /// A connection closed. Plain clients go away with their connection: their name is
+    /// released, their mailbox, subscriptions and async results are dropped.
+    pub fn disconnect(&self, caller: CallerId) {
+        let gone = {
+            let mut callers = self.callers.lock();
+            match callers.get_mut(&caller) {
+                Some(c) => {
+                    c.conns = c.conns.saturating_sub(1);
+                    if c.conns == 0 && c.kind == CallerKind::Client {
+                        callers.remove(&caller);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if gone {
+            self.ipc.lock().forget(caller);
+            self.events.lock().forget(caller);
+            self.asyncq.lock().forget(caller);
+        }
+    }
+
+    /// A copy of a caller's record.
+    pub fn caller(&self, id: CallerId) -> Option<Caller> {
+        self.callers.lock().get(&id).cloned()
+    }
+
+    /// True when `id` belongs to a known caller.
+    pub fn is_caller(&self, id: CallerId) -> bool {
+        self.callers.lock().contains_key(&id)
+    }
+
+    /// The caller's permissions (a cheap `Arc` clone).
+    pub fn perms(&self, id: CallerId) -> Arc<Permissions> {
+        self.callers
+            .lock()
+            .get(&id)
+            .map(|c| c.perms.clone())
+            .unwrap_or_else(|| Arc::new(self.config.levels["minimal"].clone()))
+    }
+
+    /// Runs `f` on a caller's record under the registry lock.
+    pub fn with_caller<R>(&self, id: CallerId, f: impl FnOnce(&mut Caller) -> R) -> Option<R> {
+        self.callers.lock().get_mut(&id).map(f)
+    }
+
+    /// Number of known callers.
+    pub fn caller_count(&self) -> usize {
+        self.callers.lock().len()
+    }
+
+    /// Publishes a kernel event to its subscribers.
+    pub fn emit(&self, kind: &str, data: serde_json::Value, source: CallerId) {
+        self.events.lock().publish(kind, data, source, None);
+    }
+
+    /// A responder for `call`, for handlers that answer later or from another thread.
+    pub fn responder(&self, call: &Call) -> Responder {
+        Responder {
+            sink: self.sink.clone(),
+            conn: call.conn,
+            op: call.op,
+            caller: call.caller,
+            sent: false,
+        }
+    }
+
+    /// Removes expired state and returns when to call again.
+    pub fn tick(&self, now_ms: u64) -> Option<u64> {
+        for expired in self.store.expire(now_ms) {
+            state::announce_expiry(self, &expired);
+        }
+        self.store.next_expiry()
+    }
+
+    pub(crate) fn track_exec_group(&self, pgid: i32, running: bool) {
+        let mut g = self.exec_groups.lock();
+        if running {
+            g.insert(pgid);
+        } else {
+            g.remove(&pgid);
+        }
+    }
+
+    /// Stops everything the kernel started: running EXEC process groups are killed.
+    pub fn shutdown(&self) {
+        for pgid in self.exec_groups.lock().drain() {
+            // SAFETY-free: kill(2) on a process group we created; ESRCH is harmless.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Sends one reply for one request from any thread. If dropped without replying (a panic in
+/// the handler, say), it sends an error reply, so a client never waits forever.
+pub struct Responder {
+    sink: Sink,
+    conn: ConnId,
+    op: u8,
+    caller: CallerId,
+    sent: bool,
+}
+
+impl Responder {
+    /// Sends the reply payload.
+    pub fn reply(mut self, payload: &[u8]) {
+        self.send(payload);
+    }
+
+    /// Sends an error reply.
+    pub fn error(self, msg: impl AsRef<str>) {
+        self.reply(&request::error(msg));
+    }
+
+    fn send(&mut self, payload: &[u8]) {
+        self.sent = true;
+        self.sink.send(Completion::reply(
+            self.conn,
+            clove::encode(self.caller, self.op, payload),
+        ));
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.sent {
+            let msg = request::error(format!(
+                "internal error: op {} failed without a reply",
+                ops::name(self.op)
+            ));
+            self.send(&msg);
+        }
+    }
+}
+
+/// Current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// ISO-8601 UTC timestamp with milliseconds.
+pub fn iso8601(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

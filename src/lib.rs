@@ -1,0 +1,27 @@
+//! clove: one daemon that runs and coordinates AI agents on an HPC login node.
+//!
+//! ```text
+//!              ┌──────────────────── reactor thread (mio::Poll) ────────────────────┐
+//!  clients ──▶ │ listeners → Conn slab → codec (pure) → Request ─┬─ inline op       │──▶ replies
+//!              │            ◀── Completion queue ◀── Waker ◀─────┼──────────────────│
+//!              └─────────────────────────────────────────────────┼──────────────────┘
+//!                                                                ▼ bounded channel
+//!                        worker pool (N threads): file I/O, EXEC, anything that may block
+//! ```
+//!
+//! * [`reactor`] owns every client socket, flow control and the worker pool.
+//! * [`frontend`] turns bytes on a connection into kernel requests, one module per protocol.
+//! * [`proto`] holds the pure codecs (fuzzed).
+//! * [`kernel`] is the shared state and the op handlers; [`store`] keeps state-store data.
+//! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`bench`] are the
+//!   client side used by the CLI.
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod frontend;
+pub mod kernel;
+pub mod proto;
+pub mod reactor;
+pub mod store;

@@ -1,0 +1,3 @@
+//! Pure wire codecs: no I/O, no allocation beyond what a decoded value needs, fuzzed.
+
+pub mod clove;

@@ -1,0 +1,132 @@
+//! One client connection: its socket, buffers and flow-control state.
+//!
+//! The reactor owns every `Conn`. A connection never closes itself: its handlers report what
+//! should happen and the reactor acts. Readiness (what the OS said) is kept apart from
+//! interest (what the connection can take right now): a connection stops being read while a
+//! request of its own is at a worker, while its unsent replies exceed the configured limit, or
+//! while it is closing.
+
+use super::ConnId;
+use crate::frontend::Proto;
+use crate::kernel::{CallerId, Peer};
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+/// The result of one socket operation, normalised once at the boundary.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Io {
+    /// `n` bytes moved (`n > 0`).
+    Progress(usize),
+    /// The socket has nothing more for now.
+    WouldBlock,
+    /// The peer closed its side (read returned 0).
+    Closed,
+    /// A real error; the connection should be dropped.
+    Failed(io::ErrorKind),
+}
+
+/// Reads once, retrying `Interrupted`.
+pub fn read_once<R: Read>(r: &mut R, buf: &mut [u8]) -> Io {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Io::Closed,
+            Ok(n) => return Io::Progress(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::WouldBlock,
+            Err(e) => return Io::Failed(e.kind()),
+        }
+    }
+}
+
+/// Writes once, retrying `Interrupted`.
+pub fn write_once<W: Write>(w: &mut W, buf: &[u8]) -> Io {
+    loop {
+        match w.write(buf) {
+            Ok(0) => return Io::Failed(io::ErrorKind::WriteZero),
+            Ok(n) => return Io::Progress(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::WouldBlock,
+            Err(e) => return Io::Failed(e.kind()),
+        }
+    }
+}
+
+/// The socket of a connection (Unix now; TCP front-ends add variants).
+pub enum Stream {
+    Unix(mio::net::UnixStream),
+    Tcp(mio::net::TcpStream),
+}
+
+impl Stream {
+    pub fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Stream::Unix(s) => s,
+            Stream::Tcp(s) => s,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The part of a connection's state that protocol front-ends read and write.
+pub struct ConnIo {
+    pub id: ConnId,
+    pub caller: CallerId,
+    pub peer: Peer,
+    /// Unsent reply bytes start at `out_pos`.
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    /// A request of this connection is being handled elsewhere; later frames wait.
+    pub busy: bool,
+    /// Close once everything queued has been written (EXIT, fatal protocol error).
+    pub close_after_flush: bool,
+}
+
+impl ConnIo {
+    /// Reply bytes not yet written to the socket.
+    pub fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// A live connection.
+pub struct Conn {
+    pub stream: Stream,
+    pub io: ConnIo,
+    pub proto: Proto,
+    /// Bytes received but not yet consumed by the protocol (partial or waiting frames).
+    pub inbuf: Vec<u8>,
+    /// The socket may have more to read (no WouldBlock or short read seen since last event).
+    pub readable: bool,
+    /// The peer shut down its writing side.
+    pub read_closed: bool,
+    /// The socket may accept more writes.
+    pub writable: bool,
+    /// Set while the connection is in the reactor's ready queue.
+    pub queued: bool,
+    /// Set while the connection waits for room in the worker queue.
+    pub waiting_pool: bool,
+    /// When the connection last made write progress (or was created).
+    pub last_write: Instant,
+    /// When the connection got paused for unsent replies; `None` when not paused.
+    pub paused_since: Option<Instant>,
+}

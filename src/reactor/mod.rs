@@ -1,0 +1,695 @@
+//! The reactor: one thread, one `mio::Poll`, every client socket.
+//!
+//! It accepts connections (checking peer credentials and the connection limit), reads into a
+//! shared scratch buffer, hands input to each connection's protocol front-end, writes replies,
+//! and applies flow control:
+//!
+//! * a connection with a request at a worker is not read until the reply comes back;
+//! * a connection whose unsent replies exceed `max_pending_reply_bytes` is not read either, and
+//!   is dropped when it makes no write progress for `slow_client_timeout`;
+//! * at most `max_pipelined` requests are taken from one connection per turn, then others get
+//!   theirs (the connection is re-queued);
+//! * a full worker queue pauses the connection, never buffers without bound.
+//!
+//! Worker results arrive as [`Completion`]s over a bounded channel, followed by a
+//! [`mio::Waker`] wake-up. Completions carry a [`ConnId`] whose generation must match, so a late
+//! reply for a closed connection is dropped, never delivered to a reused slot.
+
+pub mod conn;
+pub mod pool;
+
+use crate::config::Config;
+use crate::frontend::{Env, Proto, Stop};
+use crate::kernel::{Kernel, Peer};
+use crate::proto::clove;
+use conn::{Conn, ConnIo, Io, Stream, read_once, write_once};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::UnixListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use pool::WorkerPool;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Wakes the reactor when completions are queued or shutdown is requested.
+pub const WAKER: Token = Token(0);
+/// The Clove Unix socket listener.
+pub const UNIX_LISTENER: Token = Token(1);
+/// Reserved for the router's TCP listener.
+pub const ROUTER_LISTENER: Token = Token(2);
+/// Reserved for the relay's WebSocket listener.
+pub const RELAY_LISTENER: Token = Token(3);
+/// Connection tokens start here: token = FIRST_CONN + slot.
+const FIRST_CONN: usize = 16;
+
+/// Bytes read from a socket at a time.
+const SCRATCH: usize = 256 * 1024;
+/// Output buffers larger than this are released once empty, so idle connections stay small.
+const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+/// How often paused connections are checked while any exist.
+const SLOW_CHECK: Duration = Duration::from_millis(100);
+/// Retry interval while connections wait for room in the worker queue or accept is throttled.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// A connection's address in the reactor: slot plus generation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ConnId {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.slot, self.generation)
+    }
+}
+
+/// What a completion means for the connection's flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionKind {
+    /// The reply to the connection's outstanding request: it may take the next one.
+    Reply,
+    /// An unsolicited message (events streamed by a service).
+    Push,
+}
+
+/// Bytes for a connection, produced off the reactor thread.
+#[derive(Debug)]
+pub struct Completion {
+    pub conn: ConnId,
+    pub bytes: Vec<u8>,
+    pub kind: CompletionKind,
+}
+
+impl Completion {
+    pub fn reply(conn: ConnId, bytes: Vec<u8>) -> Completion {
+        Completion {
+            conn,
+            bytes,
+            kind: CompletionKind::Reply,
+        }
+    }
+}
+
+/// The sending side of the completion queue: a bounded channel plus the reactor's waker.
+#[derive(Clone)]
+pub struct Sink {
+    tx: Sender<Completion>,
+    waker: Arc<Waker>,
+}
+
+impl Sink {
+    pub fn new(tx: Sender<Completion>, waker: Arc<Waker>) -> Sink {
+        Sink { tx, waker }
+    }
+
+    /// Queues a completion and wakes the reactor. Blocks only if the reactor is far behind
+    /// (the queue holds thousands); after shutdown the completion is dropped.
+    pub fn send(&self, c: Completion) {
+        if self.tx.send(c).is_ok() {
+            self.wake();
+        }
+    }
+
+    pub fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake reactor: {e}");
+        }
+    }
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// Counters for `clove status` and logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused_uid: u64,
+    pub refused_full: u64,
+    pub dropped_slow: u64,
+    pub requests: u64,
+}
+
+/// The event loop.
+pub struct Reactor {
+    poll: Poll,
+    config: Arc<Config>,
+    kernel: Arc<Kernel>,
+    pool: WorkerPool,
+    completions: Receiver<Completion>,
+    unix_listener: Option<UnixListener>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    ready: VecDeque<ConnId>,
+    pool_waiters: Vec<ConnId>,
+    paused: usize,
+    scratch: Vec<u8>,
+    shutdown: Arc<AtomicBool>,
+    accept_retry: Option<Instant>,
+    next_slow_check: Option<Instant>,
+    my_uid: u32,
+    pub stats: Stats,
+}
+
+impl Reactor {
+    /// Builds a reactor around an existing poll (whose waker the kernel's sink uses).
+    pub fn new(
+        poll: Poll,
+        config: Arc<Config>,
+        kernel: Arc<Kernel>,
+        pool: WorkerPool,
+        completions: Receiver<Completion>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Reactor {
+        Reactor {
+            poll,
+            config,
+            kernel,
+            pool,
+            completions,
+            unix_listener: None,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            ready: VecDeque::new(),
+            pool_waiters: Vec::new(),
+            paused: 0,
+            scratch: vec![0; SCRATCH],
+            shutdown,
+            accept_retry: None,
+            next_slow_check: None,
+            my_uid: nix::unistd::geteuid().as_raw(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Starts listening on a bound Unix socket.
+    pub fn add_unix_listener(&mut self, mut listener: UnixListener) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut listener, UNIX_LISTENER, Interest::READABLE)?;
+        self.unix_listener = Some(listener);
+        Ok(())
+    }
+
+    /// Runs until shutdown is requested. Connections are closed on the way out.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.shutdown.load(Ordering::Acquire) {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    UNIX_LISTENER => self.accept_unix(),
+                    Token(t) if t >= FIRST_CONN => {
+                        let slot = (t - FIRST_CONN) as u32;
+                        let Some(s) = self.slots.get_mut(slot as usize) else {
+                            continue;
+                        };
+                        let id = ConnId {
+                            slot,
+                            generation: s.generation,
+                        };
+                        if let Some(c) = s.conn.as_mut() {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                c.readable = true;
+                            }
+                            if ev.is_writable() || ev.is_error() {
+                                c.writable = true;
+                            }
+                            self.service(id);
+                        }
+                    }
+                    Token(_) => {}
+                }
+            }
+            self.drain_completions();
+            self.run_ready();
+            self.run_timers();
+        }
+        self.close_all();
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut deadline: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        };
+        if !self.pool_waiters.is_empty() {
+            consider(now + RETRY);
+        }
+        if let Some(t) = self.accept_retry {
+            consider(t);
+        }
+        if let Some(t) = self.next_slow_check {
+            consider(t);
+        }
+        if let Some(at_ms) = self.kernel.store.next_expiry() {
+            let now_ms = crate::kernel::now_ms();
+            consider(now + Duration::from_millis(at_ms.saturating_sub(now_ms)));
+        }
+        deadline.map(|d| d.saturating_duration_since(now))
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        if let Some(at) = self.kernel.store.next_expiry()
+            && at <= crate::kernel::now_ms()
+        {
+            self.kernel.tick(crate::kernel::now_ms());
+        }
+        if self.accept_retry.is_some_and(|t| t <= now) {
+            self.accept_retry = None;
+            self.accept_unix();
+        }
+        if !self.pool_waiters.is_empty() {
+            for id in std::mem::take(&mut self.pool_waiters) {
+                if let Some(c) = self.conn_mut(id) {
+                    c.waiting_pool = false;
+                }
+                self.schedule(id);
+            }
+            self.run_ready();
+        }
+        if self.next_slow_check.is_some_and(|t| t <= now) {
+            self.check_slow_clients(now);
+        }
+    }
+
+    fn check_slow_clients(&mut self, now: Instant) {
+        let limit = self.config.slow_client_timeout;
+        let mut victims = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(c) = &s.conn
+                && c.paused_since.is_some()
+                && now.duration_since(c.last_write) >= limit
+            {
+                victims.push(ConnId {
+                    slot: i as u32,
+                    generation: s.generation,
+                });
+            }
+        }
+        for id in victims {
+            log::warn!(
+                "conn={id}: client has not read its replies for {:?}; dropping it",
+                limit
+            );
+            self.stats.dropped_slow += 1;
+            self.close(id);
+        }
+        self.next_slow_check = (self.paused > 0).then(|| now + SLOW_CHECK);
+    }
+
+    fn accept_unix(&mut self) {
+        loop {
+            let Some(listener) = self.unix_listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: pending connections stay in the backlog;
+                    // with edge-triggered readiness nobody will tell us again, so retry soon.
+                    log::error!("accept failed: {e}; retrying shortly");
+                    self.accept_retry = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: mio::net::UnixStream) {
+        let peer = match peer_of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!("cannot read peer credentials: {e}; refusing connection");
+                return;
+            }
+        };
+        if peer.uid != self.my_uid && !self.config.allowed_uids.contains(&peer.uid) {
+            self.stats.refused_uid += 1;
+            log::warn!(
+                "refused connection from uid {} (pid {}): not an allowed user",
+                peer.uid,
+                peer.pid
+            );
+            refuse(&mut stream, "permission denied: your user may not use this daemon");
+            return;
+        }
+        if self.live >= self.config.max_connections {
+            self.stats.refused_full += 1;
+            log::warn!(
+                "refused connection from pid {}: {} connections open (server.max_connections)",
+                peer.pid,
+                self.live
+            );
+            refuse(
+                &mut stream,
+                &format!(
+                    "too many connections: the daemon holds its maximum of {}",
+                    self.config.max_connections
+                ),
+            );
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[slot as usize].generation;
+        let id = ConnId { slot, generation };
+        let mut stream = Stream::Unix(stream);
+        if let Err(e) = self.poll.registry().register(
+            stream.source(),
+            Token(FIRST_CONN + slot as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("cannot register connection: {e}");
+            self.free.push(slot);
+            return;
+        }
+        let caller = self.kernel.connect(peer);
+        log::debug!(
+            "conn={id} caller={caller} pid={} uid={} connected",
+            peer.pid,
+            peer.uid
+        );
+        self.slots[slot as usize].conn = Some(Conn {
+            stream,
+            io: ConnIo {
+                id,
+                caller,
+                peer,
+                out: Vec::new(),
+                out_pos: 0,
+                busy: false,
+                close_after_flush: false,
+            },
+            proto: Proto::Clove(crate::frontend::clove::CloveProto::new(
+                self.config.max_frame_bytes,
+            )),
+            inbuf: Vec::new(),
+            readable: true,
+            read_closed: false,
+            writable: true,
+            queued: false,
+            waiting_pool: false,
+            last_write: Instant::now(),
+            paused_since: None,
+        });
+        self.live += 1;
+        self.stats.accepted += 1;
+        // Data may already be waiting; the edge for it may have fired before registration.
+        self.schedule(id);
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let s = self.slots.get_mut(id.slot as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
+        s.conn.as_mut()
+    }
+
+    fn schedule(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id)
+            && !c.queued
+        {
+            c.queued = true;
+            self.ready.push_back(id);
+        }
+    }
+
+    fn run_ready(&mut self) {
+        let n = self.ready.len();
+        for _ in 0..n {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.conn_mut(id) {
+                c.queued = false;
+                self.service(id);
+            }
+        }
+    }
+
+    fn drain_completions(&mut self) {
+        while let Ok(c) = self.completions.try_recv() {
+            let Some(conn) = self.conn_mut(c.conn) else {
+                continue;
+            };
+            if conn.io.pending_out() == 0 {
+                conn.io.out.clear();
+                conn.io.out_pos = 0;
+            }
+            if conn.io.out.is_empty() {
+                conn.io.out = c.bytes;
+            } else {
+                conn.io.out.extend_from_slice(&c.bytes);
+            }
+            if c.kind == CompletionKind::Reply {
+                conn.io.busy = false;
+            }
+            self.schedule(c.conn);
+        }
+    }
+
+    /// Does everything a connection can do right now: flush, read, handle requests, flush.
+    fn service(&mut self, id: ConnId) {
+        let max_pending_out = self.config.max_pending_reply_bytes;
+        let mut budget = self.config.max_pipelined;
+        let slot = &mut self.slots[id.slot as usize];
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        let env = Env {
+            kernel: &self.kernel,
+            pool: &self.pool,
+            max_pending_out,
+        };
+        let handled_before = budget;
+        let mut failed = flush(conn).is_err();
+        let mut stop = Stop::NeedInput;
+        while !failed {
+            if !conn.inbuf.is_empty() {
+                let (used, s) = conn.proto.process(&conn.inbuf, &mut conn.io, &env, &mut budget);
+                conn.inbuf.drain(..used);
+                stop = s;
+                if s != Stop::NeedInput {
+                    break;
+                }
+            }
+            if conn.io.busy || conn.io.close_after_flush {
+                stop = Stop::Paused;
+                break;
+            }
+            if conn.io.pending_out() >= max_pending_out {
+                stop = Stop::OutputFull;
+                break;
+            }
+            if budget == 0 {
+                stop = Stop::Budget;
+                break;
+            }
+            if conn.read_closed || !conn.readable {
+                break;
+            }
+            match read_once(&mut conn.stream, &mut self.scratch) {
+                Io::Progress(n) => {
+                    // A short read means the socket is drained (epoll(7)); skip the extra
+                    // read that would only return EAGAIN.
+                    if n < self.scratch.len() {
+                        conn.readable = false;
+                    }
+                    if conn.inbuf.is_empty() {
+                        let (used, s) = conn.proto.process(
+                            &self.scratch[..n],
+                            &mut conn.io,
+                            &env,
+                            &mut budget,
+                        );
+                        conn.inbuf.extend_from_slice(&self.scratch[used..n]);
+                        stop = s;
+                        if s != Stop::NeedInput {
+                            break;
+                        }
+                    } else {
+                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                    }
+                    if conn.io.pending_out() >= KEEP_OUT_CAPACITY {
+                        failed = flush(conn).is_err();
+                    }
+                }
+                Io::WouldBlock => {
+                    conn.readable = false;
+                    break;
+                }
+                Io::Closed => {
+                    conn.read_closed = true;
+                    break;
+                }
+                Io::Failed(kind) => {
+                    log::debug!("conn={id}: read failed: {kind:?}");
+                    failed = true;
+                }
+            }
+        }
+        self.stats.requests += (handled_before - budget) as u64;
+        if !failed {
+            failed = flush(conn).is_err();
+        }
+        if failed {
+            self.close(id);
+            return;
+        }
+        let now = Instant::now();
+        let pending = conn.io.pending_out();
+        let was_paused = conn.paused_since.is_some();
+        let paused_now = pending >= max_pending_out;
+        if paused_now && !was_paused {
+            conn.paused_since = Some(now);
+            self.paused += 1;
+            if self.next_slow_check.is_none() {
+                self.next_slow_check = Some(now + SLOW_CHECK);
+            }
+        } else if !paused_now && was_paused {
+            conn.paused_since = None;
+            self.paused -= 1;
+            // It was not reading while paused; it may have input waiting.
+            stop = Stop::Budget;
+        }
+        let done = pending == 0
+            && !conn.io.busy
+            && (conn.io.close_after_flush || (conn.read_closed && stop == Stop::NeedInput));
+        if done {
+            self.close(id);
+            return;
+        }
+        match stop {
+            Stop::Budget => self.schedule(id),
+            Stop::PoolFull => {
+                if !conn.waiting_pool {
+                    conn.waiting_pool = true;
+                    self.pool_waiters.push(id);
+                }
+            }
+            Stop::NeedInput | Stop::Paused | Stop::OutputFull => {}
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        let Some(slot) = self.slots.get_mut(id.slot as usize) else {
+            return;
+        };
+        if slot.generation != id.generation {
+            return;
+        }
+        let Some(mut conn) = slot.conn.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        if conn.paused_since.is_some() {
+            self.paused -= 1;
+        }
+        let _ = self.poll.registry().deregister(conn.stream.source());
+        self.kernel.disconnect(conn.io.caller);
+        self.free.push(id.slot);
+        self.live -= 1;
+        log::debug!("conn={id} caller={} closed", conn.io.caller);
+    }
+
+    fn close_all(&mut self) {
+        for i in 0..self.slots.len() {
+            let id = ConnId {
+                slot: i as u32,
+                generation: self.slots[i].generation,
+            };
+            self.close(id);
+        }
+        self.pool.close();
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+}
+
+/// Writes as much pending output as the socket takes.
+fn flush(conn: &mut Conn) -> Result<(), ()> {
+    while conn.io.pending_out() > 0 && conn.writable {
+        let io = &mut conn.io;
+        let want = io.out.len() - io.out_pos;
+        match write_once(&mut conn.stream, &io.out[io.out_pos..]) {
+            Io::Progress(n) => {
+                io.out_pos += n;
+                conn.last_write = Instant::now();
+                if n < want {
+                    conn.writable = false;
+                }
+            }
+            Io::WouldBlock => conn.writable = false,
+            Io::Closed | Io::Failed(_) => return Err(()),
+        }
+    }
+    let io = &mut conn.io;
+    if io.pending_out() == 0 {
+        io.out_pos = 0;
+        if io.out.capacity() > KEEP_OUT_CAPACITY {
+            io.out = Vec::new();
+        } else {
+            io.out.clear();
+        }
+    } else if io.out_pos >= KEEP_OUT_CAPACITY && io.out_pos * 2 >= io.out.len() {
+        io.out.drain(..io.out_pos);
+        io.out_pos = 0;
+    }
+    Ok(())
+}
+
+/// Peer credentials of a Unix socket connection.
+fn peer_of(stream: &mio::net::UnixStream) -> io::Result<Peer> {
+    use std::os::fd::AsFd;
+    let cred = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
+    Ok(Peer {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+/// Best-effort error frame to a connection we will not keep.
+fn refuse(stream: &mut mio::net::UnixStream, msg: &str) {
+    use std::io::Write;
+    let frame = clove::encode(0, 0, &crate::kernel::request::error(msg));
+    let _ = stream.write(&frame);
+}
