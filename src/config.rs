@@ -250,8 +250,12 @@ impl Config {
         );
         let event_queue_len = positive("limits.event_queue_len", l.event_queue_len, 1024, 1 << 24);
         let state_max_keys = positive("limits.state_max_keys", l.state_max_keys, 100_000, 1 << 30);
-        let state_max_key_bytes =
-            positive("limits.state_max_key_bytes", l.state_max_key_bytes, 1024, 1 << 20);
+        let state_max_key_bytes = positive(
+            "limits.state_max_key_bytes",
+            l.state_max_key_bytes,
+            1024,
+            1 << 20,
+        );
         let state_max_value_bytes = positive(
             "limits.state_max_value_bytes",
             l.state_max_value_bytes,
@@ -303,19 +307,32 @@ impl Config {
                     Duration::from_secs_f64(x)
                 }
                 Some(x) => {
-                    errors.push(format!("{name}: {x} must be a number of seconds in (0, 604800]"));
+                    errors.push(format!(
+                        "{name}: {x} must be a number of seconds in (0, 604800]"
+                    ));
                     Duration::from_secs_f64(default)
                 }
             }
         };
-        let exec_default_timeout = secs("exec.default_timeout_secs", raw.exec.default_timeout_secs, 30.0);
+        let exec_default_timeout = secs(
+            "exec.default_timeout_secs",
+            raw.exec.default_timeout_secs,
+            30.0,
+        );
         let exec_max_timeout = secs("exec.max_timeout_secs", raw.exec.max_timeout_secs, 3600.0);
         if exec_default_timeout > exec_max_timeout {
             errors.push("exec.default_timeout_secs is larger than exec.max_timeout_secs".into());
         }
-        let exec_shell = raw.exec.shell.clone().unwrap_or_else(|| PathBuf::from("/bin/sh"));
+        let exec_shell = raw
+            .exec
+            .shell
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/bin/sh"));
         if !exec_shell.is_absolute() {
-            errors.push(format!("exec.shell: {} must be an absolute path", exec_shell.display()));
+            errors.push(format!(
+                "exec.shell: {} must be an absolute path",
+                exec_shell.display()
+            ));
         }
         let fs_max_read_bytes = raw.fs.max_read_bytes.unwrap_or(16 << 20);
 
@@ -358,7 +375,11 @@ impl Config {
             }
             name
         };
-        let client_level = level("client_level", &raw.permissions.client_level, "unrestricted");
+        let client_level = level(
+            "client_level",
+            &raw.permissions.client_level,
+            "unrestricted",
+        );
         let agent_level = level("agent_level", &raw.permissions.agent_level, "standard");
 
         if !errors.is_empty() {
@@ -476,7 +497,13 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!(c.client_level, "unrestricted");
         assert_eq!(c.agent_level, "standard");
-        assert!(c.level("standard").unwrap().filesystem.blocked.contains(&"/tmp/state/**".to_string()));
+        assert!(
+            c.level("standard")
+                .unwrap()
+                .filesystem
+                .blocked
+                .contains(&"/tmp/state/**".to_string())
+        );
     }
 
     #[test]
@@ -499,6 +526,8 @@ mod tests {
         assert!(!p.can_http);
         assert_eq!(p.level, "standard");
         assert!(parse("[permissions.levels.bogus]\ncan_http = false\n").is_err());
-        assert!(parse("[permissions.levels.standard]\nfilesystem = { read = [\"tmp\"] }\n").is_err());
+        assert!(
+            parse("[permissions.levels.standard]\nfilesystem = { read = [\"tmp\"] }\n").is_err()
+        );
     }
 }

@@ -67,16 +67,22 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let (listener, bound) = bind_socket(&config)?;
 
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
-    let waker = Arc::new(
-        Waker::new(poll.registry(), WAKER).map_err(io_err("cannot create waker"))?,
-    );
+    let waker =
+        Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("cannot create waker"))?);
     let (tx, rx) = crossbeam_channel::bounded(COMPLETION_QUEUE);
     let sink = Sink::new(tx, waker.clone());
     let kernel = Arc::new(Kernel::new(config.clone(), sink.clone()));
     let pool = WorkerPool::start(config.workers, config.job_queue)
         .map_err(io_err("cannot start worker threads"))?;
     let shutdown = Arc::new(AtomicBool::new(false));
-    let mut reactor = Reactor::new(poll, config.clone(), kernel.clone(), pool, rx, shutdown.clone());
+    let mut reactor = Reactor::new(
+        poll,
+        config.clone(),
+        kernel.clone(),
+        pool,
+        rx,
+        shutdown.clone(),
+    );
     reactor
         .add_unix_listener(listener)
         .map_err(io_err("cannot register the socket"))?;
@@ -128,10 +134,14 @@ fn raise_fd_limit() {
 }
 
 fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(dir)
-        .map_err(io_err(format!("cannot create state directory {}", dir.display())))?;
-    let meta = std::fs::metadata(dir)
-        .map_err(io_err(format!("cannot stat state directory {}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(io_err(format!(
+        "cannot create state directory {}",
+        dir.display()
+    )))?;
+    let meta = std::fs::metadata(dir).map_err(io_err(format!(
+        "cannot stat state directory {}",
+        dir.display()
+    )))?;
     if meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(DaemonError::Refused(format!(
             "state directory {} belongs to uid {}, not to this user",
@@ -160,7 +170,10 @@ fn bind_socket(config: &Config) -> Result<(mio::net::UnixListener, BoundSocket),
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)
-        .map_err(io_err(format!("cannot open lock file {}", lock_path.display())))?;
+        .map_err(io_err(format!(
+            "cannot open lock file {}",
+            lock_path.display()
+        )))?;
     let lock_meta = lock
         .metadata()
         .map_err(io_err(format!("cannot stat {}", lock_path.display())))?;
@@ -171,14 +184,15 @@ fn bind_socket(config: &Config) -> Result<(mio::net::UnixListener, BoundSocket),
             lock_meta.uid()
         )));
     }
-    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| {
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, e)| {
             DaemonError::Refused(format!(
                 "another clove daemon holds {} ({e}); is one already running on {}?",
                 lock_path.display(),
                 path.display()
             ))
-        })?;
+        },
+    )?;
 
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -203,8 +217,10 @@ fn bind_socket(config: &Config) -> Result<(mio::net::UnixListener, BoundSocket),
                     )));
                 }
                 log::info!("removing stale socket {}", path.display());
-                std::fs::remove_file(path)
-                    .map_err(io_err(format!("cannot remove stale socket {}", path.display())))?;
+                std::fs::remove_file(path).map_err(io_err(format!(
+                    "cannot remove stale socket {}",
+                    path.display()
+                )))?;
             }
             Err(e) => {
                 return Err(DaemonError::Refused(format!(

@@ -172,7 +172,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let code = ops::parse(&op).ok_or_else(|| {
                 format!(
                     "unknown op {op:?}; known ops: {}",
-                    ops::OPS.iter().map(|o| o.name.to_lowercase()).collect::<Vec<_>>().join(", ")
+                    ops::OPS
+                        .iter()
+                        .map(|o| o.name.to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?;
             let payload = json.unwrap_or_else(|| "{}".into());
@@ -189,7 +193,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let parsed = serde_json::from_slice::<serde_json::Value>(&reply.payload);
             match (&parsed, raw) {
                 (Ok(v), false) => {
-                    let _ = writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default());
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(v).unwrap_or_default()
+                    );
                 }
                 _ => {
                     let _ = out.write_all(&reply.payload);

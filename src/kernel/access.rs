@@ -63,7 +63,13 @@ pub fn set_perms(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
         Err(e) => return Outcome::Reply(error(e)),
     };
     let target = req.agent_id.unwrap_or(call.caller);
-    let result = change(k, call.caller, target, req.level.as_deref(), req.permissions);
+    let result = change(
+        k,
+        call.caller,
+        target,
+        req.level.as_deref(),
+        req.permissions,
+    );
     match result {
         Ok(p) => Outcome::Reply(to_bytes(&json!({
             "success": true,
@@ -115,7 +121,10 @@ pub fn change(
     new.validate()?;
     if target == actor {
         if !new.within(&current) {
-            return Err("permission denied: a caller can lower its own permissions but never raise them".into());
+            return Err(
+                "permission denied: a caller can lower its own permissions but never raise them"
+                    .into(),
+            );
         }
     } else {
         if !actor_perms.can_manage {

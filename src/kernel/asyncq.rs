@@ -192,7 +192,10 @@ mod tests {
                 payload: "{}".into(),
             },
         );
-        assert!(q.reserve(1).is_err(), "completed but not polled still counts");
+        assert!(
+            q.reserve(1).is_err(),
+            "completed but not polled still counts"
+        );
         assert_eq!(q.take(1, 10).len(), 1);
         q.reserve(1).unwrap();
         q.forget(1);

@@ -97,7 +97,11 @@ impl EventBus {
         };
         let removed: Vec<String> = match types {
             None => sub.types.drain().collect(),
-            Some(ts) => ts.iter().filter(|t| sub.types.remove(*t)).cloned().collect(),
+            Some(ts) => ts
+                .iter()
+                .filter(|t| sub.types.remove(*t))
+                .cloned()
+                .collect(),
         };
         for t in &removed {
             if let Some(n) = self.interest.get_mut(t) {

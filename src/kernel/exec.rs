@@ -41,7 +41,9 @@ struct ExecReq {
 
 /// EXEC `{command, cwd?, timeout?, async?}`.
 pub fn exec(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
-    sync_or_async(k, call, &payload, responder, || bytes(run(k, call, &payload)));
+    sync_or_async(k, call, &payload, responder, || {
+        bytes(run(k, call, &payload))
+    });
 }
 
 fn run(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {

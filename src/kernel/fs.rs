@@ -95,7 +95,10 @@ fn do_read(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
         .metadata()
         .map_err(|e| format!("cannot stat {}: {e}", resolved.display()))?;
     if meta.is_dir() {
-        return Err(format!("cannot read {}: is a directory", resolved.display()));
+        return Err(format!(
+            "cannot read {}: is a directory",
+            resolved.display()
+        ));
     }
     let max = k.config.fs_max_read_bytes;
     if meta.len() > max {

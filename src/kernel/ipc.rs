@@ -48,7 +48,10 @@ impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Full { to, max } => {
-                write!(f, "mailbox of agent {to} is full ({max} messages); try again later")
+                write!(
+                    f,
+                    "mailbox of agent {to} is full ({max} messages); try again later"
+                )
             }
             SendError::TooManyBytes { to, max } => write!(
                 f,
@@ -95,7 +98,9 @@ impl Ipc {
         valid_name(name)?;
         match self.names.get(name) {
             Some(holder) if *holder != caller => {
-                return Err(format!("name {name:?} is already registered by agent {holder}"));
+                return Err(format!(
+                    "name {name:?} is already registered by agent {holder}"
+                ));
             }
             Some(_) => return Ok(()),
             None => {}
@@ -371,7 +376,10 @@ mod tests {
         let mut ipc = Ipc::with_bytes(2, 10);
         ipc.deliver(1, 2, &raw("1")).unwrap();
         ipc.deliver(1, 2, &raw("2")).unwrap();
-        assert_eq!(ipc.deliver(1, 2, &raw("3")), Err(SendError::Full { to: 2, max: 2 }));
+        assert_eq!(
+            ipc.deliver(1, 2, &raw("3")),
+            Err(SendError::Full { to: 2, max: 2 })
+        );
         assert_eq!(
             ipc.deliver(1, 3, &raw("\"0123456789\"")),
             Err(SendError::TooManyBytes { to: 3, max: 10 })

@@ -18,7 +18,13 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The named presets, from most to least capable.
-pub const LEVELS: [&str; 5] = ["unrestricted", "standard", "sandboxed", "readonly", "minimal"];
+pub const LEVELS: [&str; 5] = [
+    "unrestricted",
+    "standard",
+    "sandboxed",
+    "readonly",
+    "minimal",
+];
 
 /// All HTTP methods the HTTP op knows.
 const ALL_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -131,8 +137,18 @@ fn system_blocked(state_dir: &str) -> Vec<String> {
 }
 
 const DANGEROUS_COMMANDS: [&str; 12] = [
-    "sudo", "su", "doas", "mkfs", "mkfs.*", "dd", "shutdown", "reboot", "halt", "poweroff",
-    "rm -rf /", "chmod -R 777 /",
+    "sudo",
+    "su",
+    "doas",
+    "mkfs",
+    "mkfs.*",
+    "dd",
+    "shutdown",
+    "reboot",
+    "halt",
+    "poweroff",
+    "rm -rf /",
+    "chmod -R 777 /",
 ];
 
 /// The built-in preset for `level`, before config overrides. `state_dir` is blocked for every
@@ -423,12 +439,16 @@ impl Permissions {
     /// is too rich for a text check to be a security boundary: use the agent sandbox for that).
     pub fn may_exec(&self, command: &str) -> Result<(), String> {
         if !self.can_exec {
-            return Err("permission denied: this caller may not run commands (can_exec is false)".into());
+            return Err(
+                "permission denied: this caller may not run commands (can_exec is false)".into(),
+            );
         }
         let normalized = command.split_whitespace().collect::<Vec<_>>().join(" ");
         for rule in &self.blocked_commands {
             if rule.contains(' ') && contains_phrase(&normalized, rule) {
-                return Err(format!("permission denied: command matches blocked rule {rule:?}"));
+                return Err(format!(
+                    "permission denied: command matches blocked rule {rule:?}"
+                ));
             }
         }
         for program in program_names(command) {
@@ -455,9 +475,16 @@ impl Permissions {
     /// May HTTP reach `host` with `method`?
     pub fn may_http(&self, host: &str, method: &str) -> Result<(), String> {
         if !self.can_http {
-            return Err("permission denied: this caller may not make HTTP requests (can_http is false)".into());
+            return Err(
+                "permission denied: this caller may not make HTTP requests (can_http is false)"
+                    .into(),
+            );
         }
-        if !self.http_methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+        if !self
+            .http_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+        {
             return Err(format!(
                 "permission denied: HTTP method {method} is not in {:?}",
                 self.http_methods
@@ -484,7 +511,10 @@ fn superset(mine: &[String], theirs: &[String]) -> bool {
 }
 
 fn names_within(mine: &[String], theirs: &[String]) -> bool {
-    theirs.iter().any(|t| t == "*") || mine.iter().all(|m| theirs.iter().any(|t| t.eq_ignore_ascii_case(m)))
+    theirs.iter().any(|t| t == "*")
+        || mine
+            .iter()
+            .all(|m| theirs.iter().any(|t| t.eq_ignore_ascii_case(m)))
 }
 
 fn hosts_within(mine: &[String], theirs: &[String]) -> bool {
@@ -616,7 +646,10 @@ pub fn program_names(command: &str) -> Vec<String> {
                 prev_was_timeout = w == "timeout";
                 continue;
             }
-            if matches!(w, "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "!") {
+            if matches!(
+                w,
+                "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "!"
+            ) {
                 continue;
             }
             if matches!(w, "fi" | "done" | "esac") {

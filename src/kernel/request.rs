@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let e = parse::<Req>(br#"{"key": 5}"#).unwrap_err();
-        assert!(e.contains("`key`") && e.contains("expected a string"), "{e}");
+        assert!(
+            e.contains("`key`") && e.contains("expected a string"),
+            "{e}"
+        );
         let e = parse::<Req>(br#"{}"#).unwrap_err();
         assert!(e.contains("missing field `key`"), "{e}");
         let e = parse::<Req>(b"{nope").unwrap_err();

@@ -118,7 +118,9 @@ pub fn fetch(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
     };
     let own = k
         .store
-        .with(Namespace::Agent(call.caller), &req.key, now, |f| f.map(|x| encode(Some(x))));
+        .with(Namespace::Agent(call.caller), &req.key, now, |f| {
+            f.map(|x| encode(Some(x)))
+        });
     Outcome::Reply(match own {
         Some(bytes) => bytes,
         None => k.store.with(Namespace::Shared, &req.key, now, encode),
@@ -143,7 +145,9 @@ pub fn delete(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
     if let Some((scope, ns)) = deleted {
         announce(k, call.caller, key, "delete", scope, ns);
     }
-    outcome(Ok(to_bytes(&json!({"success": true, "deleted": deleted.is_some(), "key": key}))))
+    outcome(Ok(to_bytes(
+        &json!({"success": true, "deleted": deleted.is_some(), "key": key}),
+    )))
 }
 
 pub fn keys(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {

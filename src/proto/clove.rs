@@ -174,7 +174,11 @@ mod tests {
     fn every_prefix_needs_more() {
         let bytes = encode(1, 0, b"hello");
         for n in 0..bytes.len() {
-            assert_eq!(decode(&bytes[..n], DEFAULT_MAX_PAYLOAD), Ok(None), "prefix {n}");
+            assert_eq!(
+                decode(&bytes[..n], DEFAULT_MAX_PAYLOAD),
+                Ok(None),
+                "prefix {n}"
+            );
         }
     }
 

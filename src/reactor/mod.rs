@@ -355,7 +355,10 @@ impl Reactor {
                 peer.uid,
                 peer.pid
             );
-            refuse(&mut stream, "permission denied: your user may not use this daemon");
+            refuse(
+                &mut stream,
+                "permission denied: your user may not use this daemon",
+            );
             return;
         }
         if self.live >= self.config.max_connections {
@@ -500,7 +503,9 @@ impl Reactor {
         let mut stop = Stop::NeedInput;
         while !failed {
             if !conn.inbuf.is_empty() {
-                let (used, s) = conn.proto.process(&conn.inbuf, &mut conn.io, &env, &mut budget);
+                let (used, s) = conn
+                    .proto
+                    .process(&conn.inbuf, &mut conn.io, &env, &mut budget);
                 conn.inbuf.drain(..used);
                 stop = s;
                 if s != Stop::NeedInput {
@@ -530,12 +535,9 @@ impl Reactor {
                         conn.readable = false;
                     }
                     if conn.inbuf.is_empty() {
-                        let (used, s) = conn.proto.process(
-                            &self.scratch[..n],
-                            &mut conn.io,
-                            &env,
-                            &mut budget,
-                        );
+                        let (used, s) =
+                            conn.proto
+                                .process(&self.scratch[..n], &mut conn.io, &env, &mut budget);
                         conn.inbuf.extend_from_slice(&self.scratch[used..n]);
                         stop = s;
                         if s != Stop::NeedInput {
@@ -678,8 +680,9 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
 /// Peer credentials of a Unix socket connection.
 fn peer_of(stream: &mio::net::UnixStream) -> io::Result<Peer> {
     use std::os::fd::AsFd;
-    let cred = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(io::Error::from)?;
+    let cred =
+        nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(io::Error::from)?;
     Ok(Peer {
         pid: cred.pid(),
         uid: cred.uid(),

@@ -297,7 +297,10 @@ impl StateStore {
             let Some(Reverse((at, ns, key))) = inner.expiries.pop() else {
                 break;
             };
-            let current = inner.map(ns).and_then(|m| m.get(&key)).and_then(|e| e.expires_ms);
+            let current = inner
+                .map(ns)
+                .and_then(|m| m.get(&key))
+                .and_then(|e| e.expires_ms);
             if current == Some(at)
                 && let Some(e) = inner.remove(ns, &key)
             {
@@ -313,7 +316,11 @@ impl StateStore {
 
     /// The earliest pending expiry (possibly of an entry since rewritten; harmless).
     pub fn next_expiry(&self) -> Option<u64> {
-        self.inner.lock().expiries.peek().map(|Reverse((at, _, _))| *at)
+        self.inner
+            .lock()
+            .expiries
+            .peek()
+            .map(|Reverse((at, _, _))| *at)
     }
 
     /// Number of live-or-not-yet-reclaimed entries and their bytes.
@@ -371,8 +378,10 @@ mod tests {
     #[test]
     fn namespaces_are_separate() {
         let s = store();
-        s.put(Namespace::Shared, "k", &raw("1"), Scope::Global, None).unwrap();
-        s.put(Namespace::Agent(7), "k", &raw("2"), Scope::Agent, None).unwrap();
+        s.put(Namespace::Shared, "k", &raw("1"), Scope::Global, None)
+            .unwrap();
+        s.put(Namespace::Agent(7), "k", &raw("2"), Scope::Agent, None)
+            .unwrap();
         assert_eq!(s.get(Namespace::Shared, "k", 0).unwrap().value.get(), "1");
         assert_eq!(s.get(Namespace::Agent(7), "k", 0).unwrap().value.get(), "2");
         assert!(s.get(Namespace::Agent(8), "k", 0).is_none());
@@ -388,28 +397,54 @@ mod tests {
             Err(StoreError::EmptyKey)
         );
         assert!(matches!(
-            s.put(Namespace::Shared, "123456789", &raw("1"), Scope::Global, None),
+            s.put(
+                Namespace::Shared,
+                "123456789",
+                &raw("1"),
+                Scope::Global,
+                None
+            ),
             Err(StoreError::KeyTooLong { .. })
         ));
         assert!(matches!(
-            s.put(Namespace::Shared, "a", &raw("\"0123456789abcdef\""), Scope::Global, None),
+            s.put(
+                Namespace::Shared,
+                "a",
+                &raw("\"0123456789abcdef\""),
+                Scope::Global,
+                None
+            ),
             Err(StoreError::ValueTooLarge { .. })
         ));
         for k in ["a", "b", "c"] {
-            s.put(Namespace::Shared, k, &raw("1"), Scope::Global, None).unwrap();
+            s.put(Namespace::Shared, k, &raw("1"), Scope::Global, None)
+                .unwrap();
         }
         assert_eq!(
             s.put(Namespace::Shared, "d", &raw("1"), Scope::Global, None),
             Err(StoreError::TooManyKeys { max: 3 })
         );
         // Overwriting an existing key does not count as a new key.
-        s.put(Namespace::Shared, "a", &raw("2"), Scope::Global, None).unwrap();
+        s.put(Namespace::Shared, "a", &raw("2"), Scope::Global, None)
+            .unwrap();
         assert!(matches!(
-            s.put(Namespace::Shared, "a", &raw("\"0123456789abcd\""), Scope::Global, None),
+            s.put(
+                Namespace::Shared,
+                "a",
+                &raw("\"0123456789abcd\""),
+                Scope::Global,
+                None
+            ),
             Ok(())
         ));
         assert!(matches!(
-            s.put(Namespace::Shared, "b", &raw("\"0123456789abcd\""), Scope::Global, None),
+            s.put(
+                Namespace::Shared,
+                "b",
+                &raw("\"0123456789abcd\""),
+                Scope::Global,
+                None
+            ),
             Err(StoreError::TooManyBytes { .. })
         ));
     }
@@ -417,17 +452,23 @@ mod tests {
     #[test]
     fn expiry_reclaims() {
         let s = store();
-        s.put(Namespace::Shared, "a", &raw("1"), Scope::Global, Some(100)).unwrap();
-        s.put(Namespace::Agent(1), "b", &raw("1"), Scope::Agent, Some(200)).unwrap();
+        s.put(Namespace::Shared, "a", &raw("1"), Scope::Global, Some(100))
+            .unwrap();
+        s.put(Namespace::Agent(1), "b", &raw("1"), Scope::Agent, Some(200))
+            .unwrap();
         assert_eq!(s.next_expiry(), Some(100));
         assert!(s.get(Namespace::Shared, "a", 99).is_some());
-        assert!(s.get(Namespace::Shared, "a", 100).is_none(), "hidden at expiry");
+        assert!(
+            s.get(Namespace::Shared, "a", 100).is_none(),
+            "hidden at expiry"
+        );
         let gone = s.expire(150);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].key, "a");
         assert_eq!(s.usage().0, 1, "reclaimed, not just hidden");
         // A key rewritten without TTL does not expire from its old heap entry.
-        s.put(Namespace::Agent(1), "b", &raw("2"), Scope::Agent, None).unwrap();
+        s.put(Namespace::Agent(1), "b", &raw("2"), Scope::Agent, None)
+            .unwrap();
         assert!(s.expire(1000).is_empty());
         assert_eq!(s.usage().0, 1);
     }
