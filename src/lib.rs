@@ -13,7 +13,7 @@
 //! * [`frontend`] turns bytes on a connection into kernel requests, one module per protocol.
 //! * [`proto`] holds the pure codecs (fuzzed).
 //! * [`kernel`] is the shared state and the op handlers; [`store`] keeps state-store data.
-//! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`bench`] are the
+//! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`mod@bench`] are the
 //!   client side used by the CLI.
 
 pub mod bench;
