@@ -3,4 +3,12 @@
 
 mod harness;
 
+mod event_ops;
+mod exec_fs_ops;
+mod framing;
+mod ipc_ops;
+mod lifecycle;
+mod perms_ops;
+mod python_client;
 mod smoke;
+mod state_ops;

@@ -161,6 +161,7 @@ impl Kernel {
             self.ipc.lock().forget(caller);
             self.events.lock().forget(caller);
             self.asyncq.lock().forget(caller);
+            self.store.drop_namespace(caller);
         }
     }
 

@@ -1,0 +1,154 @@
+//! Starting and stopping: socket ownership and mode, refusing a second daemon, stale sockets,
+//! signals, configuration errors.
+
+use crate::harness::{BIN, Daemon, op};
+use serde_json::json;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::{Command, Stdio};
+
+#[test]
+fn socket_is_owner_only_by_default_and_mode_is_configurable() {
+    let d = Daemon::start();
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let d2 = Daemon::with_config("[server]\nsocket_mode = \"0660\"\n");
+    let meta = std::fs::metadata(&d2.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+}
+
+#[test]
+fn second_daemon_on_a_live_socket_is_refused() {
+    let d = Daemon::start();
+    let out = d
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another") && err.contains(&d.socket.display().to_string()),
+        "{err}"
+    );
+    // The first daemon is untouched and still answers.
+    assert!(d.socket.exists());
+    d.client().ok(op::HELLO, json!({}));
+}
+
+#[test]
+fn stale_socket_is_replaced_but_a_non_socket_is_not() {
+    let mut d = Daemon::start();
+    d.kill9();
+    assert!(d.socket.exists(), "kill -9 leaves the socket file behind");
+    d.spawn().expect("restart over a stale socket");
+    d.client().ok(op::HELLO, json!({}));
+    d.stop();
+
+    std::fs::write(&d.socket, b"not a socket").unwrap();
+    let out = d.command().output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&d.socket).unwrap(), b"not a socket");
+}
+
+#[test]
+fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut d = Daemon::start();
+        let mut c = d.client();
+        c.ok(op::HELLO, json!({}));
+        d.signal(sig);
+        let st =
+            crate::harness::wait_for("daemon exit", std::time::Duration::from_secs(10), || {
+                d.child.as_mut().unwrap().try_wait().unwrap()
+            });
+        assert!(st.success(), "signal {sig}: {st}");
+        assert!(!d.socket.exists());
+        d.child = None;
+    }
+}
+
+#[test]
+fn sighup_and_vanishing_clients_do_not_kill_the_daemon() {
+    let mut d = Daemon::start();
+    d.signal(libc::SIGHUP);
+    // Clients that disappear while their replies are being written (EPIPE, not SIGPIPE).
+    for _ in 0..20 {
+        let mut s = d.raw();
+        use std::io::Write;
+        for _ in 0..20 {
+            let _ = s.write_all(&crate::harness::frame(0, op::NOOP, &[0u8; 50_000]));
+        }
+        drop(s);
+    }
+    let mut c = d.client();
+    c.ok(op::HELLO, json!({}));
+    assert!(d.alive());
+}
+
+#[test]
+fn config_errors_are_reported_together_and_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nworkers = 0\nmax_connections = 0\n[permissions]\nagent_level = \"god\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["server.workers", "server.max_connections", "god"] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    assert!(!dir.path().join("s.sock").exists());
+
+    std::fs::write(&cfg, "[server]\nsokcet = \"/tmp/x\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sokcet"));
+}
+
+#[test]
+fn cli_call_and_ping_work_against_the_daemon() {
+    let d = Daemon::start();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("CLOVE_SOCKET", &d.socket)
+            .output()
+            .unwrap()
+    };
+    let ping = run(&["ping"]);
+    assert!(ping.status.success());
+    assert!(String::from_utf8_lossy(&ping.stdout).starts_with("pong"));
+    let st = run(&["call", "store", r#"{"key":"cli","value":[1,2]}"#]);
+    assert!(st.status.success());
+    let fe = run(&["call", "0x31", r#"{"key":"cli"}"#]);
+    let v: serde_json::Value = serde_json::from_slice(&fe.stdout).unwrap();
+    assert_eq!(v["value"], json!([1, 2]));
+    let bad = run(&["call", "fetch", r#"{"nokey":1}"#]);
+    assert_eq!(bad.status.code(), Some(1), "success:false exits 1");
+    let unknown = run(&["call", "frobnicate"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown op"));
+    let nodaemon = Command::new(BIN)
+        .args(["ping", "--socket", "/nonexistent/clove.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(nodaemon.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nodaemon.stderr).contains("is `clove serve` running"));
+}
