@@ -301,3 +301,34 @@ fn relative_paths_are_taken_from_the_callers_working_directory() {
     let r = c.ok(op::READ, json!({"path": "Cargo.toml"}));
     assert!(r["content"].as_str().unwrap().contains("name = \"clove\""));
 }
+
+#[test]
+fn a_full_worker_queue_pauses_requests_instead_of_failing_or_blocking_others() {
+    let d = Daemon::with_config("[server]\nworkers = 1\njob_queue = 1\n");
+    use std::io::Write;
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let mut s = d.raw();
+        s.write_all(&crate::harness::frame(
+            0,
+            op::EXEC,
+            format!("{{\"command\":\"sleep 0.2; echo {i}\"}}").as_bytes(),
+        ))
+        .unwrap();
+        waiting.push(s);
+    }
+    // Inline ops are not held up by the saturated pool.
+    let mut fast = d.client();
+    let t = Instant::now();
+    fast.ok(op::FETCH, json!({"key": "x"}));
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    // Every queued request is eventually served, none refused.
+    for (i, s) in waiting.iter_mut().enumerate() {
+        let r = crate::harness::read_frame(s).unwrap().json();
+        assert_eq!(r["stdout"], format!("{i}\n"), "{r}");
+    }
+}

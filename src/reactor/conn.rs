@@ -121,6 +121,10 @@ pub struct Conn {
     pub read_closed: bool,
     /// The socket may accept more writes.
     pub writable: bool,
+    /// WRITABLE interest is registered. It is only while replies are waiting: a socket that is
+    /// always registered for writability wakes the reactor every time the peer reads, which
+    /// doubles the wake-ups of a request/response client.
+    pub want_write: bool,
     /// Set while the connection is in the reactor's ready queue.
     pub queued: bool,
     /// Set while the connection waits for room in the worker queue.

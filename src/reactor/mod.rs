@@ -393,7 +393,7 @@ impl Reactor {
         if let Err(e) = self.poll.registry().register(
             stream.source(),
             Token(FIRST_CONN + slot as usize),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE,
         ) {
             log::error!("cannot register connection: {e}");
             self.free.push(slot);
@@ -423,6 +423,7 @@ impl Reactor {
             readable: true,
             read_closed: false,
             writable: true,
+            want_write: false,
             queued: false,
             waiting_pool: false,
             last_write: Instant::now(),
@@ -567,6 +568,24 @@ impl Reactor {
         self.stats.requests += (handled_before - budget) as u64;
         if !failed {
             failed = flush(conn).is_err();
+        }
+        let want_write = conn.io.pending_out() > 0;
+        if !failed && want_write != conn.want_write {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            failed = self
+                .poll
+                .registry()
+                .reregister(
+                    conn.stream.source(),
+                    Token(FIRST_CONN + id.slot as usize),
+                    interest,
+                )
+                .is_err();
+            conn.want_write = want_write;
         }
         if failed {
             self.close(id);
