@@ -101,6 +101,13 @@ enum Command {
     },
 }
 
+/// Prints a line to stdout, ignoring a closed pipe (`clove ... | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -141,8 +148,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())
                 .map_err(|e| e.to_string())?;
-            println!("configuration is valid");
-            println!("{cfg:#?}");
+            say!("configuration is valid");
+            say!("{cfg:#?}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Ping { socket } => {
@@ -154,7 +161,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| format!("no answer from {}: {e}", path.display()))?;
             let elapsed = t.elapsed();
             let v = reply.json().map_err(|e| e.to_string())?;
-            println!(
+            say!(
                 "pong from clove {} at {} in {:.0}us (your agent id {})",
                 v["kernel_version"].as_str().unwrap_or("?"),
                 path.display(),
@@ -239,9 +246,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let result = clove::bench::run(&spec).map_err(|e| format!("bench failed: {e}"))?;
             if json {
-                println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                say!("{}", serde_json::to_string(&result).unwrap_or_default());
             } else {
-                println!("{result}");
+                say!("{result}");
             }
             Ok(ExitCode::SUCCESS)
         }
