@@ -161,6 +161,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| format!("no answer from {}: {e}", path.display()))?;
             let elapsed = t.elapsed();
             let v = reply.json().map_err(|e| e.to_string())?;
+            if v["success"] == false {
+                return Err(format!(
+                    "{} refused: {}",
+                    path.display(),
+                    v["error"].as_str().unwrap_or("no reason given")
+                ));
+            }
             say!(
                 "pong from clove {} at {} in {:.0}us (your agent id {})",
                 v["kernel_version"].as_str().unwrap_or("?"),

@@ -152,3 +152,42 @@ fn cli_call_and_ping_work_against_the_daemon() {
     assert_eq!(nodaemon.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&nodaemon.stderr).contains("is `clove serve` running"));
 }
+
+#[test]
+fn peers_of_other_users_are_refused_unless_allowed() {
+    use std::os::unix::process::CommandExt;
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let nobody = 65534;
+    // A world-writable socket, so that only the peer-credential check stands in the way.
+    let d = Daemon::with_config("[server]\nsocket_mode = \"0666\"\n");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ping = |d: &Daemon| {
+        Command::new(BIN)
+            .arg("ping")
+            .arg("--socket")
+            .arg(&d.socket)
+            .uid(nobody)
+            .gid(nobody)
+            .output()
+            .unwrap()
+    };
+    let out = ping(&d);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not use this daemon"), "{err}");
+    assert!(d.logs().contains("refused connection from uid 65534"));
+
+    let allowed = Daemon::with_config(&format!(
+        "[server]\nsocket_mode = \"0666\"\nallowed_uids = [{nobody}]\n"
+    ));
+    std::fs::set_permissions(allowed.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = ping(&allowed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
