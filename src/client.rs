@@ -63,8 +63,14 @@ impl Client {
 
     /// Sends one request and waits for its reply.
     pub fn call(&mut self, op: u8, payload: &[u8]) -> io::Result<Reply> {
-        self.stream
-            .write_all(&clove::encode(self.agent_id, op, payload))?;
+        if let Err(e) = self
+            .stream
+            .write_all(&clove::encode(self.agent_id, op, payload))
+        {
+            // A daemon that refuses a connection sends an error frame and closes; show that
+            // explanation rather than the bare write error.
+            return read_frame(&mut self.stream).map_err(|_| e);
+        }
         let reply = read_frame(&mut self.stream)?;
         self.agent_id = reply.agent_id;
         Ok(reply)
