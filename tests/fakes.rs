@@ -68,7 +68,8 @@ impl Reply {
     }
 
     pub fn json(status: u16, v: &Value) -> Reply {
-        Reply::new(status, serde_json::to_vec(v).unwrap()).header("Content-Type", "application/json")
+        Reply::new(status, serde_json::to_vec(v).unwrap())
+            .header("Content-Type", "application/json")
     }
 
     pub fn header(mut self, k: &str, v: &str) -> Reply {

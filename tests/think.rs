@@ -68,11 +68,17 @@ fn openai_wire_format_prompt_system_image_tools() {
     let q = &reqs[0];
     assert_eq!(q.method, "POST");
     assert_eq!(q.path, "/v1/chat/completions");
-    assert_eq!(q.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(
+        q.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
     assert_eq!(q.header("content-type"), Some("application/json"));
     let b = q.json();
     assert_eq!(b["model"], "llama-test");
-    assert_eq!(b["messages"][0], json!({"role": "system", "content": "You are terse."}));
+    assert_eq!(
+        b["messages"][0],
+        json!({"role": "system", "content": "You are terse."})
+    );
     assert_eq!(b["messages"][1]["role"], "user");
     assert_eq!(
         b["messages"][1]["content"],
@@ -146,10 +152,16 @@ fn gemini_from_environment_wire_format() {
             {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/4AAQ"}},
         ]}])
     );
-    assert_eq!(b["systemInstruction"], json!({"parts": [{"text": "Be kind."}]}));
+    assert_eq!(
+        b["systemInstruction"],
+        json!({"parts": [{"text": "Be kind."}]})
+    );
     assert_eq!(b["generationConfig"]["temperature"], 0.5);
     assert_eq!(b["generationConfig"]["maxOutputTokens"], 32);
-    assert_eq!(b["generationConfig"]["thinkingConfig"]["thinkingLevel"], "high");
+    assert_eq!(
+        b["generationConfig"]["thinkingConfig"]["thinkingLevel"],
+        "high"
+    );
     assert_eq!(b["tools"][0]["functionDeclarations"][0]["name"], "lookup");
 
     let r = c.ok(
@@ -162,7 +174,10 @@ fn gemini_from_environment_wire_format() {
     );
     // `model` must name a configured model.
     let e = c.err(op::THINK, json!({"prompt": "x", "model": "gpt-9"}));
-    assert!(e.contains("unknown model \"gpt-9\"") && e.contains("gemini"), "{e}");
+    assert!(
+        e.contains("unknown model \"gpt-9\"") && e.contains("gemini"),
+        "{e}"
+    );
     assert_eq!(fake.server.requests().len(), 2);
 }
 
@@ -197,7 +212,10 @@ fn openai_environment_key_is_used_but_never_logged_or_inherited() {
     assert_eq!(fake.server.requests()[0].json()["model"], "qwen-local");
     let env = c.ok(op::EXEC, json!({"command": "env"}));
     let out = env["stdout"].as_str().unwrap();
-    assert!(out.contains("OPENAI_BASE_URL"), "EXEC sees ordinary variables");
+    assert!(
+        out.contains("OPENAI_BASE_URL"),
+        "EXEC sees ordinary variables"
+    );
     assert!(!out.contains(KEY), "EXEC children must not see API keys");
 
     // The CLI prints the answer.
@@ -229,7 +247,10 @@ fn openai_environment_key_is_used_but_never_logged_or_inherited() {
         .unwrap();
     assert!(check.status.success());
     let shown = String::from_utf8_lossy(&check.stdout);
-    assert!(shown.contains("redacted") && !shown.contains(KEY), "{shown}");
+    assert!(
+        shown.contains("redacted") && !shown.contains(KEY),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -249,7 +270,10 @@ fn usage_is_charged_and_quota_refuses_further_calls() {
     let d = openai_daemon(&fake, "");
     let mut c = d.client();
     // Lower our own quota (lowering is always allowed): 40 tokens = three calls of 15.
-    c.ok(op::SET_PERMS, json!({"permissions": {"llm": {"max_tokens": 40}}}));
+    c.ok(
+        op::SET_PERMS,
+        json!({"permissions": {"llm": {"max_tokens": 40}}}),
+    );
     for i in 0..3 {
         c.ok(op::THINK, json!({"prompt": format!("q{i}")}));
     }
@@ -257,12 +281,22 @@ fn usage_is_charged_and_quota_refuses_further_calls() {
     assert_eq!(p["permissions"]["llm"]["tokens_used"], 3 * TOTAL_TOKENS);
     assert_eq!(p["permissions"]["llm"]["calls_made"], 3);
     let e = c.err(op::THINK, json!({"prompt": "one more"}));
-    assert!(e.contains("LLM quota exceeded") && e.contains("45 of 40 tokens"), "{e}");
-    assert_eq!(fake.server.requests().len(), 3, "a refused call never reaches the model");
+    assert!(
+        e.contains("LLM quota exceeded") && e.contains("45 of 40 tokens"),
+        "{e}"
+    );
+    assert_eq!(
+        fake.server.requests().len(),
+        3,
+        "a refused call never reaches the model"
+    );
 
     // Calls quota, and LLM_REPORT usage counts against it too.
     let mut c2 = d.client();
-    c2.ok(op::SET_PERMS, json!({"permissions": {"llm": {"max_calls": 2}}}));
+    c2.ok(
+        op::SET_PERMS,
+        json!({"permissions": {"llm": {"max_calls": 2}}}),
+    );
     c2.ok(op::THINK, json!({"prompt": "a"}));
     let rep = c2.ok(op::LLM_REPORT, json!({"tokens": 7}));
     assert_eq!(rep["quota_exceeded"], false);
@@ -327,7 +361,10 @@ fn fair_round_robin_across_three_agents() {
     // Then b and c queue ten each, behind a's nine.
     for (c, name) in clients.iter_mut().zip(names).skip(1) {
         for i in 0..10 {
-            c.ok(op::THINK, json!({"prompt": format!("{name}{i}"), "async": true}));
+            c.ok(
+                op::THINK,
+                json!({"prompt": format!("{name}{i}"), "async": true}),
+            );
         }
     }
     fake.gate.open();
@@ -360,7 +397,10 @@ fn per_agent_queue_is_bounded() {
     c.ok(op::THINK, json!({"prompt": "waiting 1", "async": true}));
     c.ok(op::THINK, json!({"prompt": "waiting 2", "async": true}));
     let e = c.err(op::THINK, json!({"prompt": "one too many", "async": true}));
-    assert!(e.contains("THINK queue full") && e.contains("queue_per_agent"), "{e}");
+    assert!(
+        e.contains("THINK queue full") && e.contains("queue_per_agent"),
+        "{e}"
+    );
     // Another agent still gets in.
     let mut other = d.client();
     other.ok(op::THINK, json!({"prompt": "other", "async": true}));
@@ -395,9 +435,15 @@ fn retry_after_429_is_honoured_then_succeeds() {
 fn server_errors_are_retried_with_backoff_then_reported() {
     let fake = FakeLlm::start(Api::OpenAi, Some(KEY));
     for _ in 0..3 {
-        fake.push(Reply::json(503, &json!({"error": {"message": "overloaded"}})));
+        fake.push(Reply::json(
+            503,
+            &json!({"error": {"message": "overloaded"}}),
+        ));
     }
-    let d = openai_daemon(&fake, "max_retries = 2\nbackoff_initial_ms = 100\nbackoff_max_ms = 400");
+    let d = openai_daemon(
+        &fake,
+        "max_retries = 2\nbackoff_initial_ms = 100\nbackoff_max_ms = 400",
+    );
     let mut c = d.client();
     let e = c.err(op::THINK, json!({"prompt": "x"}));
     assert!(
@@ -410,7 +456,10 @@ fn server_errors_are_retried_with_backoff_then_reported() {
     assert!(reqs[1].at.duration_since(reqs[0].at) >= Duration::from_millis(50));
     assert!(reqs[2].at.duration_since(reqs[1].at) >= Duration::from_millis(100));
     // After an error the backend is used normally again.
-    assert_eq!(c.ok(op::THINK, json!({"prompt": "y"}))["content"], "echo: y");
+    assert_eq!(
+        c.ok(op::THINK, json!({"prompt": "y"}))["content"],
+        "echo: y"
+    );
 }
 
 #[test]
