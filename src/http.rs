@@ -17,7 +17,6 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use ureq::http;
@@ -149,6 +148,10 @@ struct RawReq {
     timeout: Option<f64>,
     #[serde(default)]
     follow_redirects: Option<bool>,
+    #[serde(rename = "async", default)]
+    is_async: Option<Value>,
+    #[serde(default)]
+    request_id: Option<Value>,
 }
 
 /// A checked request, ready to send.
@@ -160,6 +163,8 @@ struct Prepared {
     body: Option<Vec<u8>>,
     timeout: Duration,
     follow_redirects: bool,
+    is_async: Option<Value>,
+    request_id: Option<Value>,
 }
 
 /// A URL's parts that the checks need.
@@ -340,6 +345,8 @@ fn prepare(cfg: &HttpConfig, payload: &[u8]) -> Result<Prepared, String> {
         body,
         timeout,
         follow_redirects: raw.follow_redirects.unwrap_or(true),
+        is_async: raw.is_async,
+        request_id: raw.request_id,
     })
 }
 
@@ -360,8 +367,6 @@ struct HttpJob {
 pub struct HttpService {
     tx: Sender<HttpJob>,
 }
-
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 impl HttpService {
     /// Starts the HTTP threads. They hold only a weak reference to the kernel.
@@ -425,14 +430,19 @@ pub fn http_op(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
 }
 
 fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
-    let req = prepare(&k.config.http, payload)?;
+    let mut req = prepare(&k.config.http, payload)?;
     let perms = k.perms(call.caller);
     let target = parse_target(&req.url)?;
     if let Err(e) = perms.may_http(&target.host, req.method.as_str()) {
         access::blocked(k, call, &e);
         return Err(e);
     }
-    let request_id = async_request(call, payload)?;
+    let request_id = crate::llm::async_id(
+        req.is_async.take(),
+        req.request_id.take(),
+        "http",
+        call.caller,
+    )?;
     let Some(svc) = k.http.get() else {
         return Err("the HTTP service is not running".into());
     };
@@ -486,37 +496,6 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
                 }
             }
         }
-    }
-}
-
-fn async_request(call: &Call, payload: &[u8]) -> Result<Option<Value>, String> {
-    #[derive(Deserialize, Default)]
-    struct Flags {
-        #[serde(rename = "async", default)]
-        is_async: Option<Value>,
-        #[serde(default)]
-        request_id: Option<Value>,
-    }
-    let f: Flags = parse(payload).unwrap_or_default();
-    match f.is_async {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
-        Some(Value::Bool(true)) => {}
-        Some(other) => {
-            return Err(format!(
-                "invalid request: field `async`: expected a boolean, got {other}"
-            ));
-        }
-    }
-    match f.request_id {
-        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v)),
-        Some(Value::Null) | None => Ok(Some(Value::String(format!(
-            "http-{}-{}",
-            call.caller,
-            NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
-        )))),
-        Some(other) => Err(format!(
-            "invalid request: field `request_id` must be a string or number, got {other}"
-        )),
     }
 }
 

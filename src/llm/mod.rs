@@ -102,10 +102,26 @@ struct RawThink {
     model: Option<String>,
     #[serde(default)]
     tools: Option<Vec<Value>>,
+    #[serde(rename = "async", default)]
+    is_async: Option<Value>,
+    #[serde(default)]
+    request_id: Option<Value>,
 }
 
-/// Parses and validates a THINK payload; returns the request and the model name asked for.
-pub fn parse_think(payload: &[u8]) -> Result<(ThinkRequest, Option<String>), String> {
+/// A parsed THINK payload.
+#[derive(Debug)]
+pub struct ParsedThink {
+    pub request: ThinkRequest,
+    /// The model asked for (`None`: the default).
+    pub model: Option<String>,
+    /// The `async` and `request_id` fields as sent (see [`async_id`]).
+    pub is_async: Option<Value>,
+    pub request_id: Option<Value>,
+}
+
+/// Parses and validates a THINK payload (one pass over the bytes: it may be a megabyte of
+/// image, and this runs on the reactor thread).
+pub fn parse_think(payload: &[u8]) -> Result<ParsedThink, String> {
     let raw: RawThink = parse(payload)?;
     let prompt = raw
         .prompt
@@ -156,8 +172,8 @@ pub fn parse_think(payload: &[u8]) -> Result<(ThinkRequest, Option<String>), Str
     {
         return Err("invalid request: field `model` is empty".into());
     }
-    Ok((
-        ThinkRequest {
+    Ok(ParsedThink {
+        request: ThinkRequest {
             prompt,
             system_instruction: raw.system_instruction.filter(|s| !s.is_empty()),
             image,
@@ -166,8 +182,10 @@ pub fn parse_think(payload: &[u8]) -> Result<(ThinkRequest, Option<String>), Str
             thinking_level,
             tools,
         },
-        raw.model,
-    ))
+        model: raw.model,
+        is_async: raw.is_async,
+        request_id: raw.request_id,
+    })
 }
 
 /// `image`: `{data, mime_type}` (also `mimeType`), a `data:` URL, or bare base64 (PNG, JPEG,
@@ -405,8 +423,13 @@ pub fn think(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
 }
 
 fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
-    let (req, model) = parse_think(payload)?;
-    let request_id = async_request(call, payload)?;
+    let ParsedThink {
+        request: req,
+        model,
+        is_async,
+        request_id,
+    } = parse_think(payload)?;
+    let request_id = async_id(is_async, request_id, "think", call.caller)?;
     let Some(svc) = k.llm.get() else {
         return Err(config::NO_BACKEND.into());
     };
@@ -473,17 +496,15 @@ fn refused(r: Refused, q: &FairQueue<Job>, model: &str) -> String {
     }
 }
 
-/// `"async": true` → `Some(request_id)` (the client's or a new one); absent/false → `None`.
-fn async_request(call: &Call, payload: &[u8]) -> Result<Option<Value>, String> {
-    #[derive(Deserialize, Default)]
-    struct Flags {
-        #[serde(rename = "async", default)]
-        is_async: Option<Value>,
-        #[serde(default)]
-        request_id: Option<Value>,
-    }
-    let f: Flags = parse(payload).unwrap_or_default();
-    match f.is_async {
+/// The `async` and `request_id` fields of an EXEC-like request: `"async": true` gives
+/// `Some(request_id)` (the client's, or a new `PREFIX-CALLER-N`); absent or false gives `None`.
+pub fn async_id(
+    is_async: Option<Value>,
+    request_id: Option<Value>,
+    prefix: &str,
+    caller: CallerId,
+) -> Result<Option<Value>, String> {
+    match is_async {
         None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
         Some(Value::Bool(true)) => {}
         Some(other) => {
@@ -492,11 +513,10 @@ fn async_request(call: &Call, payload: &[u8]) -> Result<Option<Value>, String> {
             ));
         }
     }
-    match f.request_id {
+    match request_id {
         Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v)),
         Some(Value::Null) | None => Ok(Some(Value::String(format!(
-            "think-{}-{}",
-            call.caller,
+            "{prefix}-{caller}-{}",
             NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
         )))),
         Some(other) => Err(format!(
@@ -656,9 +676,20 @@ mod tests {
 
     #[test]
     fn think_requests_are_validated() {
-        let (r, m) = parse_think(br#"{"prompt":"hi","model":"x","temperature":0.2}"#).unwrap();
-        assert_eq!(r.prompt, "hi");
-        assert_eq!(m.as_deref(), Some("x"));
+        let p = parse_think(br#"{"prompt":"hi","model":"x","temperature":0.2}"#).unwrap();
+        assert_eq!(p.request.prompt, "hi");
+        assert_eq!(p.model.as_deref(), Some("x"));
+        assert_eq!(async_id(p.is_async, p.request_id, "t", 1), Ok(None));
+        let p = parse_think(br#"{"prompt":"hi","async":true,"request_id":5}"#).unwrap();
+        assert_eq!(
+            async_id(p.is_async, p.request_id, "t", 1),
+            Ok(Some(json!(5)))
+        );
+        let p = parse_think(br#"{"prompt":"hi","async":true}"#).unwrap();
+        let id = async_id(p.is_async, p.request_id, "t", 7).unwrap().unwrap();
+        assert!(id.as_str().unwrap().starts_with("t-7-"), "{id}");
+        let p = parse_think(br#"{"prompt":"hi","async":"yes"}"#).unwrap();
+        assert!(async_id(p.is_async, p.request_id, "t", 1).is_err());
         for (bad, what) in [
             (r#"{}"#, "prompt"),
             (r#"{"prompt":" "}"#, "empty"),
@@ -687,17 +718,20 @@ mod tests {
     fn images_and_tools_in_every_form() {
         // A 1x1 PNG's first bytes.
         let png = "iVBORw0KGgoAAAANSUhEUgAAAAE=";
-        let (r, _) =
-            parse_think(format!(r#"{{"prompt":"p","image":"{png}"}}"#).as_bytes()).unwrap();
+        let r = parse_think(format!(r#"{{"prompt":"p","image":"{png}"}}"#).as_bytes())
+            .unwrap()
+            .request;
         assert_eq!(r.image.unwrap().mime_type, "image/png");
-        let (r, _) =
-            parse_think(br#"{"prompt":"p","image":"data:image/jpeg;base64,AAAA"}"#).unwrap();
+        let r = parse_think(br#"{"prompt":"p","image":"data:image/jpeg;base64,AAAA"}"#)
+            .unwrap()
+            .request;
         assert_eq!(r.image.unwrap().mime_type, "image/jpeg");
-        let (r, _) = parse_think(
+        let r = parse_think(
             br#"{"prompt":"p","tools":[{"name":"a"},{"type":"function","function":{"name":"b",
             "parameters":{"type":"object"}}},{"functionDeclarations":[{"name":"c"},{"name":"d"}]}]}"#,
         )
-        .unwrap();
+        .unwrap()
+        .request;
         let names: Vec<_> = r.tools.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
     }
