@@ -262,6 +262,23 @@ fn wrong_key_is_a_clear_error_without_retries() {
     assert!(e.contains("401") && e.contains("Incorrect API key"), "{e}");
     assert!(!e.contains(KEY), "{e}");
     assert_eq!(fake.server.requests().len(), 1, "a 401 is not retried");
+
+    // A backend that echoes the key back in its errors (and makes us retry) still cannot get
+    // it into a reply or a log line.
+    let echo = FakeLlm::start(Api::OpenAi, Some(KEY));
+    for _ in 0..2 {
+        echo.push(Reply::json(
+            503,
+            &json!({"error": {"message": format!("overloaded, key {KEY}")}}),
+        ));
+    }
+    let d = openai_daemon(&echo, "max_retries = 1\nbackoff_initial_ms = 10");
+    let mut c = d.client();
+    let e = c.err(op::THINK, json!({"prompt": "hi"}));
+    assert!(e.contains("overloaded, key <redacted>"), "{e}");
+    let logs = d.logs();
+    assert!(logs.contains("retrying"), "{logs}");
+    assert!(!logs.contains(KEY), "{logs}");
 }
 
 #[test]

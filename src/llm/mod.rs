@@ -657,17 +657,29 @@ fn call_model(b: &Backend, cfg: &LlmConfig, req: &ThinkRequest) -> Result<ThinkO
             headers: &headers,
             body: &body,
             max_response_bytes: cfg.max_response_bytes,
+            secret: m.api_key.as_ref().map(|k| k.expose()),
         },
         Instant::now() + m.timeout,
         m.timeout,
         &policy,
     )
-    .map_err(|e| format!("model {:?}: {e}", m.name))?;
+    .map_err(|e| format!("model {:?}: {}", m.name, scrub(e, m)))?;
     match m.provider {
         Provider::OpenAi => openai::parse(m, &answer),
         Provider::Gemini => gemini::parse(m, &answer),
     }
-    .map_err(|e| format!("model {:?}: {e}", m.name))
+    .map_err(|e| format!("model {:?}: {}", m.name, scrub(e, m)))
+}
+
+/// Removes the model's key from a message that quotes backend text (an error page could echo
+/// it), so it cannot reach a client or a log.
+fn scrub(msg: String, m: &ModelConfig) -> String {
+    match &m.api_key {
+        Some(k) if k.expose().len() >= 4 && msg.contains(k.expose()) => {
+            msg.replace(k.expose(), "<redacted>")
+        }
+        _ => msg,
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ enum Attempt {
         after: Option<Duration>,
     },
     Fail(String),
+    /// The time budget ran out during the attempt.
+    TimedOut,
 }
 
 /// One POST of a JSON body.
@@ -61,6 +63,8 @@ pub struct Post<'a> {
     pub headers: &'a [(String, String)],
     pub body: &'a [u8],
     pub max_response_bytes: u64,
+    /// The API key, removed from any backend text quoted in errors and logs.
+    pub secret: Option<&'a str>,
 }
 
 /// POSTs with retries until `deadline`; returns the 2xx response body or a clear error.
@@ -82,7 +86,7 @@ pub fn post_json(
         }
         match once(p, deadline - now) {
             Attempt::Done(body) => return Ok(body),
-            Attempt::Fail(e) if e == TIMEOUT => return Err(timed_out(budget, attempt + 1)),
+            Attempt::TimedOut => return Err(timed_out(budget, attempt + 1)),
             Attempt::Fail(e) => return Err(e),
             Attempt::Retry { why, after } => {
                 attempt += 1;
@@ -114,8 +118,6 @@ pub fn post_json(
         }
     }
 }
-
-const TIMEOUT: &str = "\u{0}timeout";
 
 fn timed_out(budget: Duration, attempts: u32) -> String {
     format!(
@@ -168,7 +170,7 @@ fn once(p: &Post, remaining: Duration) -> Attempt {
                 p.max_response_bytes
             ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Attempt::Fail(TIMEOUT.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Attempt::TimedOut,
         Err(e) => {
             return Attempt::Retry {
                 why: format!("error reading the backend's answer: {e}"),
@@ -187,6 +189,10 @@ fn once(p: &Post, remaining: Duration) -> Attempt {
             None => String::new(),
         }
     );
+    let why = match p.secret {
+        Some(k) if k.len() >= 4 => why.replace(k, "<redacted>"),
+        _ => why,
+    };
     if status.as_u16() == 429 || status.is_server_error() {
         Attempt::Retry {
             why,
@@ -205,7 +211,7 @@ fn transport_error(e: ureq::Error) -> Attempt {
                 .into(),
             after: None,
         },
-        E::Timeout(_) => Attempt::Fail(TIMEOUT.into()),
+        E::Timeout(_) => Attempt::TimedOut,
         E::Io(io) => Attempt::Retry {
             why: format!("cannot reach the backend: {io}"),
             after: None,
