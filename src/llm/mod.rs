@@ -225,7 +225,12 @@ fn parse_image(v: Value) -> Result<Image, String> {
             );
         }
     };
-    let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    // Line-wrapped base64 is accepted; the common unwrapped case is not copied.
+    let data = if data.bytes().any(|b| b.is_ascii_whitespace()) {
+        data.chars().filter(|c| !c.is_ascii_whitespace()).collect()
+    } else {
+        data
+    };
     if data.is_empty()
         || !data.len().is_multiple_of(4)
         || !data
