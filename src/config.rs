@@ -35,6 +35,11 @@ pub struct RawConfig {
     pub fs: RawFs,
     #[serde(default)]
     pub permissions: RawPermissions,
+    /// `[llm]`: model backends and the THINK queue (see `crate::llm::config`).
+    pub llm: Option<crate::llm::config::RawLlm>,
+    /// `[http]`: the HTTP op's limits (see `crate::http`).
+    #[serde(default)]
+    pub http: crate::http::RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +135,8 @@ pub struct Config {
     pub agent_level: String,
     /// The five presets after config overrides.
     pub levels: BTreeMap<String, Permissions>,
+    pub llm: crate::llm::config::LlmConfig,
+    pub http: crate::http::HttpConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -381,6 +388,8 @@ impl Config {
             "unrestricted",
         );
         let agent_level = level("agent_level", &raw.permissions.agent_level, "standard");
+        let llm = crate::llm::config::LlmConfig::from_raw(raw.llm.as_ref(), &mut errors);
+        let http = crate::http::HttpConfig::from_raw(&raw.http, &mut errors);
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -414,6 +423,8 @@ impl Config {
             client_level,
             agent_level,
             levels,
+            llm,
+            http,
         })
     }
 

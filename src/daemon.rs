@@ -72,6 +72,11 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let (tx, rx) = crossbeam_channel::bounded(COMPLETION_QUEUE);
     let sink = Sink::new(tx, waker.clone());
     let kernel = Arc::new(Kernel::new(config.clone(), sink.clone()));
+    let llm = crate::llm::LlmService::start(&kernel).map_err(io_err("cannot start LLM threads"))?;
+    let _ = kernel.llm.set(llm);
+    let http =
+        crate::http::HttpService::start(&kernel).map_err(io_err("cannot start HTTP threads"))?;
+    let _ = kernel.http.set(http);
     let pool = WorkerPool::start(config.workers, config.job_queue)
         .map_err(io_err("cannot start worker threads"))?;
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,8 @@
 //! * [`frontend`] turns bytes on a connection into kernel requests, one module per protocol.
 //! * [`proto`] holds the pure codecs (fuzzed).
 //! * [`kernel`] is the shared state and the op handlers; [`store`] keeps state-store data.
+//! * [`llm`] runs THINK on model backends behind a fair per-agent queue, on its own threads;
+//!   [`mod@http`] runs the HTTP op (outbound requests, allow-listed) on its own threads.
 //! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`mod@bench`] are the
 //!   client side used by the CLI.
 
@@ -21,7 +23,9 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod frontend;
+pub mod http;
 pub mod kernel;
+pub mod llm;
 pub mod proto;
 pub mod reactor;
 pub mod store;

@@ -94,6 +94,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the model: `clove think "What is 2+2?"` prints the answer.
+    ///
+    /// PROMPT `-` reads the prompt from standard input. Function calls the model asks for are
+    /// printed as `function_call NAME ARGUMENTS-JSON` lines. Exits 1 when THINK fails.
+    Think {
+        prompt: String,
+        /// A configured model name (default: llm.default).
+        #[arg(long)]
+        model: Option<String>,
+        /// System instruction.
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        /// Thinking level (low, medium, high, ...) or a token budget.
+        #[arg(long, value_name = "LEVEL")]
+        thinking_level: Option<String>,
+        /// An image file sent with the prompt.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Print the whole reply as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file (or the default one) and print the effective settings.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -228,6 +256,85 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Think {
+            prompt,
+            model,
+            system,
+            temperature,
+            max_tokens,
+            thinking_level,
+            image,
+            json,
+            socket,
+        } => {
+            let prompt = if prompt == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| format!("cannot read the prompt from stdin: {e}"))?;
+                s
+            } else {
+                prompt
+            };
+            let mut req = serde_json::json!({"prompt": prompt});
+            if let Some(m) = model {
+                req["model"] = m.into();
+            }
+            if let Some(s) = system {
+                req["system_instruction"] = s.into();
+            }
+            if let Some(t) = temperature {
+                req["temperature"] = t.into();
+            }
+            if let Some(n) = max_tokens {
+                req["max_tokens"] = n.into();
+            }
+            if let Some(l) = thinking_level {
+                req["thinking_level"] = match l.parse::<u64>() {
+                    Ok(n) => n.into(),
+                    Err(_) => l.into(),
+                };
+            }
+            if let Some(path) = image {
+                req["image"] = image_field(&path)?;
+            }
+            let path = config::client_socket(socket.socket.as_deref());
+            let mut c = Client::connect(&path).map_err(|e| e.to_string())?;
+            let reply = c
+                .call_json(ops::THINK, &req)
+                .map_err(|e| format!("request failed: {e}"))?;
+            let ok = reply["success"].as_bool() == Some(true);
+            let mut out = std::io::stdout().lock();
+            if json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_default()
+                );
+            } else if ok {
+                let content = reply["content"].as_str().unwrap_or("");
+                if !content.is_empty() {
+                    let _ = writeln!(out, "{content}");
+                }
+                for f in reply["function_calls"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "function_call {} {}",
+                        f["name"].as_str().unwrap_or("?"),
+                        f["arguments"]
+                    );
+                }
+            } else {
+                eprintln!(
+                    "clove: THINK failed: {}",
+                    reply["error"].as_str().unwrap_or("no error given")
+                );
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Bench {
             socket,
             op,
@@ -260,4 +367,29 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The THINK `image` field for a file: base64 data plus the type its extension names (or, for
+/// unknown extensions, none: the daemon recognises PNG, JPEG, GIF and WebP from the bytes).
+fn image_field(path: &std::path::Path) -> Result<serde_json::Value, String> {
+    use base64::Engine;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
+    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = match ext.as_str() {
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "gif" => Some("image/gif"),
+        "webp" => Some("image/webp"),
+        _ => None,
+    };
+    Ok(match mime {
+        Some(m) => serde_json::json!({"data": data, "mime_type": m}),
+        None => serde_json::Value::String(data),
+    })
 }

@@ -80,6 +80,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Environment variables that configure an LLM backend or a proxy, removed from every test
+/// daemon's environment unless the test sets them.
+pub const LLM_AND_PROXY_ENV: [&str; 13] = [
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_MODEL",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_BASE_URL",
+    "GEMINI_MODEL",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// A running daemon in its own temporary directory.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -88,6 +106,8 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Extra environment variables for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -98,6 +118,11 @@ impl Daemon {
 
     /// Starts a daemon with the given TOML config.
     pub fn with_config(toml: &str) -> Daemon {
+        Daemon::with_config_env(toml, &[])
+    }
+
+    /// Starts a daemon with the given TOML config and extra environment variables.
+    pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("clove-test")
             .tempdir_in("/tmp")
@@ -114,6 +139,10 @@ impl Daemon {
             state_dir,
             config_path,
             log_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn()
             .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
@@ -133,6 +162,13 @@ impl Daemon {
             .env("CLOVE_LOG", "debug")
             .env_remove("CLOVE_SOCKET")
             .env_remove("CLOVE_CONFIG");
+        // The developer's own model keys and proxies must not leak into tests.
+        for var in LLM_AND_PROXY_ENV {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         cmd
     }
 

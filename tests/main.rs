@@ -1,14 +1,17 @@
 //! Integration tests: each module starts the real `clove` binary (see `harness.rs`) and drives
 //! it over its socket.
 
+mod fakes;
 mod harness;
 
 mod event_ops;
 mod exec_fs_ops;
 mod framing;
+mod http_op;
 mod ipc_ops;
 mod lifecycle;
 mod perms_ops;
 mod python_client;
 mod smoke;
 mod state_ops;
+mod think;

@@ -84,6 +84,10 @@ pub struct Kernel {
     pub asyncq: Mutex<asyncq::AsyncResults>,
     /// Process groups of running EXEC commands, killed at shutdown.
     exec_groups: Mutex<HashSet<i32>>,
+    /// THINK's model backends (set once the daemon starts them).
+    pub llm: std::sync::OnceLock<crate::llm::LlmService>,
+    /// The HTTP op's threads (set once the daemon starts them).
+    pub http: std::sync::OnceLock<crate::http::HttpService>,
     pub started: Instant,
 }
 
@@ -102,6 +106,8 @@ impl Kernel {
             next_id: AtomicU32::new(1),
             callers: Mutex::new(HashMap::new()),
             exec_groups: Mutex::new(HashSet::new()),
+            llm: std::sync::OnceLock::new(),
+            http: std::sync::OnceLock::new(),
             started: Instant::now(),
         }
     }

@@ -71,7 +71,7 @@ use Route::{Inline, Unavailable, Worker};
 /// Every op the protocol defines, in code order.
 pub const OPS: &[OpInfo] = &[
     op(NOOP, "NOOP", Inline(core::noop)),
-    op(THINK, "THINK", Unavailable),
+    op(THINK, "THINK", Inline(crate::llm::think)),
     op(EXEC, "EXEC", Worker(exec::exec)),
     op(READ, "READ", Worker(fs::read)),
     op(WRITE, "WRITE", Worker(fs::write)),
@@ -90,7 +90,7 @@ pub const OPS: &[OpInfo] = &[
     op(KEYS, "KEYS", Inline(state::keys)),
     op(GET_PERMS, "GET_PERMS", Inline(access::get_perms)),
     op(SET_PERMS, "SET_PERMS", Inline(access::set_perms)),
-    op(HTTP, "HTTP", Unavailable),
+    op(HTTP, "HTTP", Inline(crate::http::http_op)),
     op(SUBSCRIBE, "SUBSCRIBE", Inline(events::subscribe)),
     op(UNSUBSCRIBE, "UNSUBSCRIBE", Inline(events::unsubscribe)),
     op(POLL_EVENTS, "POLL_EVENTS", Inline(events::poll)),

@@ -1,0 +1,473 @@
+//! Fake servers for things outside the machine (LLM APIs, web servers): real HTTP/1.1 servers
+//! on loopback that record every request they receive.
+//!
+//! [`FakeServer`] is the plain server: a handler closure decides each reply. [`FakeLlm`] puts an
+//! OpenAI-compatible or Gemini-compatible API on top, answering in the real wire format with
+//! fixed token usage, with a script of canned replies (429, 503, ...) served first and a gate
+//! that holds requests until the test opens it.
+
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "request body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// What the fake sends back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Never answer; close the connection when the server stops (or after a minute).
+    pub hang: bool,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            body: body.into(),
+            hang: false,
+        }
+    }
+
+    pub fn json(status: u16, v: &Value) -> Reply {
+        Reply::new(status, serde_json::to_vec(v).unwrap())
+            .header("Content-Type", "application/json")
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn hang() -> Reply {
+        Reply {
+            hang: true,
+            ..Reply::new(200, "")
+        }
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+/// A real HTTP/1.1 server on 127.0.0.1 (keep-alive, one thread per connection).
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeServer {
+    pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        {
+            let log = log.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (log, stop, handler) = (log.clone(), stop.clone(), handler.clone());
+                    std::thread::spawn(move || serve_conn(conn, &log, &stop, &*handler));
+                }
+            });
+        }
+        FakeServer { addr, log, stop }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.requests();
+            if r.len() >= n {
+                return r;
+            }
+            if Instant::now() > deadline {
+                panic!("fake server got {} requests, expected {n}: {r:?}", r.len());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_conn(conn: TcpStream, log: &Mutex<Vec<Recorded>>, stop: &AtomicBool, handler: &Handler) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let Some(req) = read_request(&mut reader) else {
+            return;
+        };
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        log.lock().unwrap().push(req.clone());
+        let reply = handler(&req);
+        if reply.hang {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Acquire) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
+        let mut out = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+        for (k, v) in &reply.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+        if close {
+            out.push_str("Connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if req.method != "HEAD" {
+            bytes.extend_from_slice(&reply.body);
+        }
+        if writer.write_all(&bytes).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Recorded> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut body = Vec::new();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if let Some(n) = len {
+        body.resize(n, 0);
+        r.read_exact(&mut body).ok()?;
+    } else if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    }
+}
+
+/// A gate requests wait at while it is closed.
+#[derive(Default)]
+pub struct Gate {
+    closed: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.cv.notify_all();
+    }
+
+    /// Waits while closed (a minute at most, so a failing test cannot hang forever).
+    pub fn pass(&self) {
+        let guard = self.closed.lock().unwrap();
+        let _ = self
+            .cv
+            .wait_timeout_while(guard, Duration::from_secs(60), |closed| *closed)
+            .unwrap();
+    }
+}
+
+/// Which API a [`FakeLlm`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    OpenAi,
+    Gemini,
+}
+
+/// Usage every fake answer reports.
+pub const PROMPT_TOKENS: u64 = 10;
+pub const COMPLETION_TOKENS: u64 = 5;
+pub const TOTAL_TOKENS: u64 = 15;
+
+/// A fake model API: answers `echo: <prompt>`, or a call of the first declared tool when the
+/// prompt contains `use a tool`.
+pub struct FakeLlm {
+    pub server: FakeServer,
+    /// Replies served (in order) before the normal behaviour.
+    pub script: Arc<Mutex<VecDeque<Reply>>>,
+    pub gate: Arc<Gate>,
+}
+
+impl FakeLlm {
+    /// `key`: when set, requests without it are refused with 401 as the real APIs do.
+    pub fn start(api: Api, key: Option<&str>) -> FakeLlm {
+        let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
+        let gate: Arc<Gate> = Arc::default();
+        let key = key.map(str::to_string);
+        let (s, g) = (script.clone(), gate.clone());
+        let server = FakeServer::start(move |req| {
+            g.pass();
+            if let Some(r) = s.lock().unwrap().pop_front() {
+                return r;
+            }
+            answer(api, key.as_deref(), req)
+        });
+        FakeLlm {
+            server,
+            script,
+            gate,
+        }
+    }
+
+    /// The base URL to configure: `.../v1` (OpenAI) or `.../v1beta` (Gemini).
+    pub fn base_url(&self, api: Api) -> String {
+        match api {
+            Api::OpenAi => self.server.url("/v1"),
+            Api::Gemini => self.server.url("/v1beta"),
+        }
+    }
+
+    pub fn push(&self, r: Reply) {
+        self.script.lock().unwrap().push_back(r);
+    }
+
+    /// The user prompt of each request received, in order.
+    pub fn prompts(&self) -> Vec<String> {
+        self.server.requests().iter().map(prompt_of).collect()
+    }
+}
+
+/// The user prompt text of a chat-completions or generateContent request.
+pub fn prompt_of(r: &Recorded) -> String {
+    let v = r.json();
+    if let Some(msgs) = v["messages"].as_array() {
+        let user = msgs.iter().rev().find(|m| m["role"] == "user").unwrap();
+        return match &user["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+            other => panic!("odd content {other}"),
+        };
+    }
+    v["contents"][0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn answer(api: Api, key: Option<&str>, req: &Recorded) -> Reply {
+    let unauthorized = |msg: &str| {
+        Reply::json(
+            401,
+            &json!({"error": {"message": msg, "type": "invalid_request_error", "code": 401}}),
+        )
+    };
+    match api {
+        Api::OpenAi => {
+            if req.method != "POST" || req.path != "/v1/chat/completions" {
+                return Reply::json(404, &json!({"error": {"message": "no such route"}}));
+            }
+            if let Some(k) = key
+                && req.header("authorization") != Some(&format!("Bearer {k}"))
+            {
+                return unauthorized("Incorrect API key provided");
+            }
+        }
+        Api::Gemini => {
+            if req.method != "POST"
+                || !req.path.starts_with("/v1beta/models/")
+                || !req.path.ends_with(":generateContent")
+            {
+                return Reply::json(404, &json!({"error": {"message": "no such route"}}));
+            }
+            if let Some(k) = key
+                && req.header("x-goog-api-key") != Some(k)
+            {
+                return unauthorized("API key not valid. Please pass a valid API key.");
+            }
+        }
+    }
+    let body = req.json();
+    let prompt = prompt_of(req);
+    match api {
+        Api::OpenAi => {
+            let model = body["model"].as_str().unwrap_or("?");
+            let tool = body["tools"][0]["function"]["name"].as_str();
+            let message = match tool {
+                Some(t) if prompt.contains("use a tool") => json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": t, "arguments": "{\"city\":\"Paris\"}"}}],
+                }),
+                _ => json!({"role": "assistant", "content": format!("echo: {prompt}")}),
+            };
+            Reply::json(
+                200,
+                &json!({
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS,
+                              "completion_tokens": COMPLETION_TOKENS,
+                              "total_tokens": TOTAL_TOKENS},
+                }),
+            )
+        }
+        Api::Gemini => {
+            let tool = body["tools"][0]["functionDeclarations"][0]["name"].as_str();
+            let parts = match tool {
+                Some(t) if prompt.contains("use a tool") => {
+                    json!([{"functionCall": {"name": t, "args": {"city": "Paris"}}}])
+                }
+                _ => json!([{"text": format!("echo: {prompt}")}]),
+            };
+            let model = req
+                .path
+                .trim_start_matches("/v1beta/models/")
+                .trim_end_matches(":generateContent");
+            Reply::json(
+                200,
+                &json!({
+                    "candidates": [{"content": {"role": "model", "parts": parts},
+                                    "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": {"promptTokenCount": PROMPT_TOKENS,
+                                      "candidatesTokenCount": COMPLETION_TOKENS,
+                                      "totalTokenCount": TOTAL_TOKENS},
+                    "modelVersion": model,
+                }),
+            )
+        }
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
