@@ -35,6 +35,12 @@ pub struct RawConfig {
     pub fs: RawFs,
     #[serde(default)]
     pub permissions: RawPermissions,
+    #[serde(default)]
+    pub agents: crate::supervisor::config::RawAgents,
+    #[serde(default)]
+    pub sandbox: crate::supervisor::config::RawSandbox,
+    #[serde(default)]
+    pub audit: crate::kernel::audit::RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +136,9 @@ pub struct Config {
     pub agent_level: String,
     /// The five presets after config overrides.
     pub levels: BTreeMap<String, Permissions>,
+    pub agents: crate::supervisor::config::AgentsConfig,
+    pub sandbox: crate::supervisor::config::SandboxConfig,
+    pub audit: crate::kernel::audit::AuditConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -381,6 +390,9 @@ impl Config {
             "unrestricted",
         );
         let agent_level = level("agent_level", &raw.permissions.agent_level, "standard");
+        let agents = crate::supervisor::config::AgentsConfig::from_raw(&raw.agents, &mut errors);
+        let sandbox = crate::supervisor::config::SandboxConfig::from_raw(&raw.sandbox, &mut errors);
+        let audit = crate::kernel::audit::AuditConfig::from_raw(&raw.audit, &mut errors);
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -414,6 +426,9 @@ impl Config {
             client_level,
             agent_level,
             levels,
+            agents,
+            sandbox,
+            audit,
         })
     }
 

@@ -6,13 +6,17 @@
 //!              │            ◀── Completion queue ◀── Waker ◀─────┼──────────────────│
 //!              └─────────────────────────────────────────────────┼──────────────────┘
 //!                                                                ▼ bounded channel
-//!                        worker pool (N threads): file I/O, EXEC, anything that may block
+//!                        worker pool (N threads): file I/O, EXEC, METRICS, anything that may block
+//!                        supervisor thread: agent processes, SIGCHLD, restarts, cgroups, logs
+//!                        metrics sampler thread: CPU percentages, memory warnings
 //! ```
 //!
 //! * [`reactor`] owns every client socket, flow control and the worker pool.
 //! * [`frontend`] turns bytes on a connection into kernel requests, one module per protocol.
 //! * [`proto`] holds the pure codecs (fuzzed).
 //! * [`kernel`] is the shared state and the op handlers; [`store`] keeps state-store data.
+//! * [`supervisor`] owns agent processes (spawn, sandbox, cgroups, restarts); [`metrics`]
+//!   reads /proc and cgroup figures.
 //! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`mod@bench`] are the
 //!   client side used by the CLI.
 
@@ -22,6 +26,8 @@ pub mod config;
 pub mod daemon;
 pub mod frontend;
 pub mod kernel;
+pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod store;
+pub mod supervisor;

@@ -102,6 +102,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The agent launcher runs before anything else (no logging, no threads): see
+    // clove::supervisor::launch.
+    let mut args = std::env::args_os();
+    if args
+        .nth(1)
+        .is_some_and(|a| a == clove::supervisor::launch::SUBCOMMAND)
+    {
+        let spec = args
+            .next()
+            .and_then(|s| s.into_string().ok())
+            .unwrap_or_default();
+        clove::supervisor::launch::main(&spec);
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
