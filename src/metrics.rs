@@ -215,11 +215,10 @@ pub fn start_sampler(
         .name("clove-metrics".into())
         .spawn(move || {
             sample(&k);
-            loop {
-                match stop.recv_timeout(interval) {
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => sample(&k),
-                    _ => break,
-                }
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stop.recv_timeout(interval)
+            {
+                sample(&k);
             }
         })
 }

@@ -781,11 +781,15 @@ mod tests {
     #[test]
     fn parses_mounts_and_membership() {
         let m = parse_mountinfo(MOUNTINFO);
-        assert_eq!(m.len(), 5);
+        assert_eq!(m.len(), 6, "{m:?}");
         assert_eq!(m[0].controllers, vec!["cpu", "cpuacct"]);
         assert_eq!(m[2].root, "/docker/abc");
-        assert!(m[3].v2);
-        assert_eq!(m[4].point, PathBuf::from("/mnt/with space"));
+        assert!(
+            m[3].controllers.is_empty() && !m[3].v2,
+            "name=systemd has no controllers"
+        );
+        assert!(m[4].v2);
+        assert_eq!(m[5].point, PathBuf::from("/mnt/with space"));
         let c = parse_proc_cgroup(PROC_CGROUP);
         assert_eq!(c[2].controllers, vec!["memory"]);
         assert_eq!(c[2].path, "/process_api/81f0");
@@ -801,7 +805,7 @@ mod tests {
         );
         assert_eq!(own_dir(&m[2], "/elsewhere"), None);
         assert_eq!(
-            own_dir(&m[3], &c[4].path),
+            own_dir(&m[4], &c[4].path),
             Some(PathBuf::from(
                 "/sys/fs/cgroup/unified/user.slice/clove.service"
             ))

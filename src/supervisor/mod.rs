@@ -18,6 +18,7 @@
 //! bound the poll timeout.
 
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod launch;
 pub mod logfile;

@@ -456,7 +456,7 @@ mod tests {
                     Decision::Restart { at_ms, delay_ms, restart_count } => {
                         prop_assert!(pol != RestartPolicy::Never);
                         prop_assert!(!e.requested);
-                        prop_assert!(!(pol == RestartPolicy::OnFailure && !e.failed()));
+                        prop_assert!(pol != RestartPolicy::OnFailure || e.failed());
                         prop_assert!(delay_ms <= cap);
                         prop_assert_eq!(at_ms, now + delay_ms);
                         starts.push(at_ms);
