@@ -968,3 +968,101 @@ fn cli_spawn_agents_logs_kill() {
     let (_, out, _) = run(&["agents"]);
     assert!(out.contains("EXITED"), "{out}");
 }
+
+#[test]
+fn orphaned_descendants_are_reaped_by_the_daemon() {
+    let d = Daemon::with_config(FAST);
+    let mut c = d.client();
+    let file = d.path("orphan.pid");
+    let mut req = sh_agent("parent", "orphan.sh", json!([file.display().to_string()]));
+    req["sandboxed"] = json!(false);
+    c.ok(op::SPAWN, req);
+    let pid: i64 = wait_for("the orphan's pid", T, || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<i64>()
+                .ok()
+        });
+    if let Some(ppid) = ppid {
+        assert_eq!(
+            ppid,
+            d.pid() as i64,
+            "the orphan was re-parented to the subreaper daemon"
+        );
+    }
+    // When it exits, the daemon reaps it: no zombie stays behind.
+    wait_for("the orphan to be reaped", T, || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert_eq!(agent(&mut c, "parent")["state"], "RUNNING");
+}
+
+/// The launcher's unprivileged path: run as `nobody`, it builds the sandbox inside a new user
+/// namespace (skipped where the test cannot switch users).
+#[test]
+fn launcher_sandboxes_an_unprivileged_agent_in_a_user_namespace() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to run the launcher as another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::Builder::new()
+        .prefix("clove-userns")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin = dir.path().join("clove");
+    std::fs::copy(crate::harness::BIN, &bin).unwrap();
+    let probe = dir.path().join("probe.sh");
+    std::fs::write(
+        &probe,
+        "echo \"uid=$(id -u) host=$(hostname) procs=$(ls /proc | grep -c '^[0-9]')\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.path(), &bin, &probe] {
+        let mode = if p == dir.path() || p == bin {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let spec = json!({"program": "/bin/sh", "argv": ["sh", probe, "/nonexistent.sock"],
+        "sandboxed": true, "network": false, "hostname": "clove-probe", "require": true,
+        "cgroup_procs": [], "rlimit_as": null, "rlimit_nproc": null});
+    let out = std::process::Command::new(&bin)
+        .arg("__launch")
+        .arg(spec.to_string())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("namespaces") && !out.status.success() {
+        eprintln!("skipping: unprivileged user namespaces are not allowed here: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("uid=65534"), "{stdout}");
+    assert!(
+        stdout.contains("host=clove-probe"),
+        "own uts namespace: {stdout}"
+    );
+    // A fresh /proc in a new pid namespace shows only init and the probe's own processes.
+    let procs: usize = stdout
+        .split("procs=")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(999);
+    assert!(procs < 10, "{stdout}");
+}

@@ -68,7 +68,7 @@ fn submit(h: &Handle, cmd: Command) -> Outcome {
                 | Command::Kill { responder, .. }
                 | Command::Pause { responder, .. }
                 | Command::Resume { responder, .. } => Some(responder),
-                Command::Shutdown { .. } => None,
+                Command::Shutdown { .. } | Command::Start { .. } => None,
             };
             if let Some(r) = r {
                 r.error("the supervisor is busy (its command queue is full); try again");

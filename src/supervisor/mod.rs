@@ -182,6 +182,12 @@ pub enum Command {
         id: CallerId,
         responder: Responder,
     },
+    /// Start an agent from a stored spec (persisted agents at daemon start); `id` comes from
+    /// [`Kernel::allocate_id`].
+    Start {
+        spec: Box<AgentSpec>,
+        id: CallerId,
+    },
     Kill {
         id: CallerId,
         by: CallerId,
@@ -380,8 +386,9 @@ struct Runtime {
     degraded: Vec<String>,
     oom_before: u64,
     frozen_by_cgroup: bool,
-    /// Epoch for the pure restart core's clock.
     last_exit_code: i32,
+    /// When the previous incarnation was reaped (for the respawn latency of a restart).
+    exited_at: Option<Instant>,
 }
 
 struct Supervisor {
@@ -471,6 +478,7 @@ impl Supervisor {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Spawn { req, id, responder } => self.spawn(*req, id, responder),
+                Command::Start { spec, id } => self.start_spec(*spec, id, None),
                 Command::Kill { id, by, responder } => self.kill(id, by, responder),
                 Command::Pause { id, responder } => self.pause(id, true, responder),
                 Command::Resume { id, responder } => self.pause(id, false, responder),
@@ -654,31 +662,46 @@ impl Supervisor {
     // ---- spawning ---------------------------------------------------------------------
 
     fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
-        let k = self.kernel.clone();
-        if self.shutdown.is_some() {
-            return responder.error("the daemon is shutting down");
+        match spawn::resolve(req, &self.kernel.config.agents.default_interpreter) {
+            Ok(spec) => self.start_spec(spec, id, Some(responder)),
+            Err(e) => responder.error(e),
         }
-        let spec = match spawn::resolve(req, &k.config.agents.default_interpreter) {
-            Ok(s) => s,
-            Err(e) => return responder.error(e),
+    }
+
+    /// Starts a new agent from a checked spec. Without a responder (an agent started by the
+    /// daemon itself, e.g. a persisted one), problems are logged.
+    fn start_spec(&mut self, spec: AgentSpec, id: CallerId, responder: Option<Responder>) {
+        let k = self.kernel.clone();
+        let fail = |responder: Option<Responder>, msg: String| match responder {
+            Some(r) => r.error(msg),
+            None => log::warn!("cannot start agent {}: {msg}", spec.name),
         };
+        if self.shutdown.is_some() {
+            return fail(responder, "the daemon is shutting down".into());
+        }
         {
             let t = k.agents.table.lock();
             if let Some(a) = t.find_name(&spec.name)
                 && !a.status.is_final()
             {
-                return responder.error(format!(
+                let msg = format!(
                     "an agent named {:?} is already {} (id {})",
                     spec.name,
                     a.status.as_str(),
                     a.id
-                ));
+                );
+                drop(t);
+                return fail(responder, msg);
             }
             if t.live_count() >= k.config.agents.max_agents {
-                return responder.error(format!(
-                    "too many agents: the daemon runs at most {} (agents.max_agents)",
-                    k.config.agents.max_agents
-                ));
+                drop(t);
+                return fail(
+                    responder,
+                    format!(
+                        "too many agents: the daemon runs at most {} (agents.max_agents)",
+                        k.config.agents.max_agents
+                    ),
+                );
             }
         }
         let require = k.config.sandbox.require;
@@ -690,9 +713,12 @@ impl Supervisor {
             Ok(cg) => Some(cg),
             Err(e) => {
                 if require && !limits.is_empty() {
-                    return responder.error(format!(
-                        "sandbox requirement not met: cannot apply limits with cgroups: {e}"
-                    ));
+                    return fail(
+                        responder,
+                        format!(
+                            "sandbox requirement not met: cannot apply limits with cgroups: {e}"
+                        ),
+                    );
                 }
                 if !limits.is_empty() {
                     degraded.push(format!("no cgroup: {e}"));
@@ -730,8 +756,10 @@ impl Supervisor {
             if let Some(cg) = &cg {
                 cg.remove();
             }
-            return responder.error(
-                "sandbox requirement not met: some limits cannot be applied through cgroups on this machine",
+            return fail(
+                responder,
+                "sandbox requirement not met: some limits cannot be applied through cgroups on this machine"
+                    .into(),
             );
         }
         if rlimit_as.is_some() {
@@ -758,7 +786,7 @@ impl Supervisor {
             if let Some(cg) = &cg {
                 cg.remove();
             }
-            return responder.error(e);
+            return fail(responder, e);
         }
         k.add_agent(id, spec.permissions.clone());
         let log_path = self.log_dir.join(format!("{}.log", spec.name));
@@ -818,9 +846,10 @@ impl Supervisor {
             degraded,
             frozen_by_cgroup: false,
             last_exit_code: 0,
+            exited_at: None,
         };
         self.runtimes.insert(id, rt);
-        self.start_incarnation(id, Some(responder));
+        self.start_incarnation(id, responder);
     }
 
     /// Starts (or restarts) an agent's process. The reply to SPAWN waits for the launcher.
@@ -945,6 +974,7 @@ impl Supervisor {
         };
         let restarts = rt.tracker.total;
         let spec = rt.spec.clone();
+        let respawn = rt.exited_at.take().map(|t| t.elapsed());
         {
             let mut t = self.kernel.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
@@ -959,13 +989,18 @@ impl Supervisor {
             }
         }
         let shown_pid = main_pid.unwrap_or(pid);
-        let data = json!({
+        let mut data = json!({
             "agent_id": id,
             "name": spec.name,
             "pid": shown_pid,
             "parent_id": spec.parent_id,
             "restart_count": restarts,
         });
+        if let Some(d) = respawn {
+            // From reaping the previous process to this one's interpreter running (backoff
+            // included).
+            data["respawn_ms"] = (d.as_secs_f64() * 1000.0).into();
+        }
         self.event("AGENT_SPAWNED", id, data, Category::Lifecycle);
         if let Some(r) = st.responder {
             r.reply(&request::to_bytes(&json!({
@@ -1004,6 +1039,16 @@ impl Supervisor {
             let Some(child) = rt.child.as_mut() else {
                 continue;
             };
+            let pid = child.id() as i32;
+            if !has_exited(pid) {
+                continue;
+            }
+            // The launcher is a zombie now, so its pid (and process group id) cannot be
+            // reused: kill what it left behind before reaping it.
+            signal_group(pid, libc::SIGKILL);
+            if let Some(cg) = &rt.cgroup {
+                cg.kill_all();
+            }
             let status = match child.try_wait() {
                 Ok(Some(st)) => st,
                 Ok(None) => continue,
@@ -1012,7 +1057,6 @@ impl Supervisor {
                     continue;
                 }
             };
-            let pid = child.id() as i32;
             rt.child = None;
             self.exited(id, pid, status);
         }
@@ -1033,14 +1077,6 @@ impl Supervisor {
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
-        // Kill what the agent left behind: its process group and its cgroup.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        if let Some(cg) = &rt.cgroup {
-            cg.kill_all();
-        }
         let oom_now = rt.cgroup.as_ref().map_or(0, |c| c.oom_kills());
         let oom = oom_now > rt.oom_before;
         rt.oom_before = oom_now;
@@ -1064,8 +1100,9 @@ impl Supervisor {
             killed_by: stopping.as_ref().and_then(|s| s.by),
         };
         rt.last_exit_code = exit_code;
+        rt.exited_at = Some(Instant::now());
         rt.log.note(&format!(
-            "exited: {reason}, exit code {exit_code}{}",
+            "pid {pid} exited: {reason}, exit code {exit_code}{}",
             signal.map(|s| format!(", signal {s}")).unwrap_or_default()
         ));
         self.kernel
@@ -1479,6 +1516,23 @@ fn set_status(a: &mut AgentInfo, next: Status) {
             next.as_str()
         );
     }
+}
+
+/// True when `pid` (our child) has exited; the zombie is left in place (`WNOWAIT`).
+fn has_exited(pid: i32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid(2).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on one specific child with a valid siginfo pointer.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read after a successful waitid.
+    r == 0 && unsafe { info.si_pid() } == pid
 }
 
 /// Sends a signal to a process group; a group that is gone is fine.
