@@ -461,7 +461,8 @@ fn agent_connection_is_bound_to_agent_id_and_send_reaches_it() {
     let mut c = d.client();
     let r = c.ok(
         op::SPAWN,
-        json!({"name": "echoer", "script": script("echo_agent.py"), "python": python()}),
+        json!({"name": "echoer", "script": script("echo_agent.py"), "python": python(),
+            "restart_policy": "on-failure"}),
     );
     let id = r["agent_id"].as_u64().unwrap();
     let ids = wait_for("the agent to report its ids", T, || {
@@ -499,6 +500,32 @@ fn agent_connection_is_bound_to_agent_id_and_send_reaches_it() {
     }
     assert_eq!(got[0]["message"], json!({"echo": "ping"}));
     assert_eq!(got[1]["message"], json!({"echo": "pong"}));
+    // Identity survives a restart: same id, same (lowered) permissions, same name.
+    c.ok(op::SET_PERMS, json!({"agent_id": id, "level": "readonly"}));
+    c.ok(op::DELETE, json!({"key": "ids:echoer"}));
+    let pid = agent(&mut c, "echoer")["pid"].as_i64().unwrap();
+    // SAFETY: kill(2) on the agent process this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let ids = wait_for("the restarted agent to report", T, || {
+        let v = c.ok(op::FETCH, json!({"key": "ids:echoer"}));
+        (v["exists"] == true).then(|| v["value"].clone())
+    });
+    assert_eq!(ids["hello"], json!(id), "{ids}");
+    let a = agent(&mut c, "echoer");
+    assert_eq!(a["restarts"], 1);
+    assert_ne!(a["pid"], json!(pid));
+    let p = c.ok(op::GET_PERMS, json!({"agent_id": id}));
+    assert_eq!(p["level"], "readonly", "permissions survive the restart");
+    c.ok(op::SEND, json!({"to_name": "echoer", "message": "again"}));
+    wait_for("the echo after the restart", T, || {
+        let r = c.ok(op::RECV, json!({"max": 10}));
+        r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["message"] == json!({"echo": "again"}))
+            .cloned()
+    });
     c.ok(op::KILL, json!({"id": id}));
     // Gone for good: its id no longer takes messages, its name is released.
     let e = c.err(op::SEND, json!({"to": id, "message": 1}));

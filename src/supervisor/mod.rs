@@ -974,6 +974,8 @@ impl Supervisor {
         };
         let restarts = rt.tracker.total;
         let spec = rt.spec.clone();
+        // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
+        let stopping = rt.stopping.is_some();
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
         {
             let mut t = self.kernel.agents.table.lock();
@@ -982,7 +984,9 @@ impl Supervisor {
                 a.isolation = isolation.clone();
                 a.started_at = Some(Instant::now());
                 a.restarts = restarts;
-                set_status(a, Status::Running);
+                if !stopping {
+                    set_status(a, Status::Running);
+                }
             }
             if let Some(mp) = main_pid {
                 t.by_pid.insert(mp, id);
@@ -1010,7 +1014,7 @@ impl Supervisor {
                 "name": spec.name,
                 "pid": shown_pid,
                 "supervisor_pid": pid,
-                "status": "running",
+                "status": if stopping { "stopping" } else { "running" },
                 "restart_policy": spec.restart_policy.as_str(),
                 "max_restarts": spec.max_restarts,
                 "restart_window": spec.restart_window_ms as f64 / 1000.0,
