@@ -1093,3 +1093,60 @@ fn launcher_sandboxes_an_unprivileged_agent_in_a_user_namespace() {
         .unwrap_or(999);
     assert!(procs < 10, "{stdout}");
 }
+
+#[test]
+fn memory_warning_near_the_limit() {
+    let d = Daemon::with_config(&format!("{FAST}memory_warning_percent = 50\n"));
+    let mut c = d.client();
+    let mut ev = subscribed(&d);
+    let mut seen = Vec::new();
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": "holder", "script": script("memory_hold.py"), "python": python(),
+            "args": ["48"], "limits": {"memory": "80M"}}),
+    );
+    if r["isolation"]["limits"]["memory"]["via"] != "cgroup" {
+        eprintln!("skipping: no memory cgroup here");
+        return;
+    }
+    let w = wait_event(&mut ev, &mut seen, "RESOURCE_WARNING", |d| {
+        d["agent_id"] == r["agent_id"]
+    });
+    assert_eq!(w["data"]["kind"], "memory");
+    assert_eq!(w["data"]["memory_limit"], json!(80u64 << 20));
+    assert!(w["data"]["percent"].as_f64().unwrap() >= 50.0, "{w}");
+    let audit = c.ok(op::GET_AUDIT_LOG, json!({"category": "RESOURCE"}));
+    assert_eq!(audit["count"], 1, "{audit}");
+}
+
+#[test]
+fn agent_limits_max_agents_keep_exited_and_log_rotation() {
+    let d = Daemon::with_config(&format!(
+        "{FAST}max_agents = 2\nkeep_exited = 1\nlog_max_bytes = 4096\nlog_files = 1\n"
+    ));
+    let mut c = d.client();
+    c.ok(op::SPAWN, sh_agent("a1", "chatty.sh", json!(["200"])));
+    c.ok(op::SPAWN, sh_agent("a2", "sleeper.sh", json!([])));
+    let e = c.err(op::SPAWN, sh_agent("a3", "sleeper.sh", json!([])));
+    assert!(e.contains("agents.max_agents"), "{e}");
+    // 20 KB of output through a 4 KB log: rotated, one old file kept, nothing more.
+    let log = PathBuf::from(agent(&mut c, "a1")["log_path"].as_str().unwrap());
+    wait_for("the chatty agent to finish", T, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("chatty done"))
+    });
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size <= 4096 + 64 * 1024, "{size}");
+    let rotated = PathBuf::from(format!("{}.1", log.display()));
+    assert!(rotated.exists(), "rotated file");
+    assert!(!PathBuf::from(format!("{}.2", log.display())).exists());
+    let total = size + std::fs::metadata(&rotated).unwrap().len();
+    assert!(total < 20_000, "old output was dropped, {total} bytes kept");
+    // Stopped agents: only the newest one stays in LIST.
+    c.ok(op::KILL, json!({"name": "a1"}));
+    c.ok(op::KILL, json!({"name": "a2"}));
+    let names: Vec<Value> = list(&mut c).iter().map(|a| a["name"].clone()).collect();
+    assert_eq!(names, vec![json!("a2")]);
+    c.ok(op::SPAWN, sh_agent("a3", "sleeper.sh", json!([])));
+}

@@ -249,3 +249,37 @@ impl SandboxConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let mut errors = Vec::new();
+        let a = AgentsConfig::from_raw(&RawAgents::default(), &mut errors);
+        let s = SandboxConfig::from_raw(&RawSandbox::default(), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(a.kill_grace, Duration::from_secs(5));
+        assert_eq!(a.on_shutdown, OnShutdown::Stop);
+        assert_eq!(a.default_interpreter, "python3");
+        assert_eq!(s.cgroups, CgroupMode::Auto);
+        assert!(!s.require);
+        let raw: RawAgents = toml::from_str(
+            "on_shutdown = \"later\"\nbackoff_initial_ms = 500\nbackoff_cap_ms = 100\nmax_agents = 0\n",
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        AgentsConfig::from_raw(&raw, &mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let raw: RawSandbox =
+            toml::from_str("cgroups = \"v3\"\ncgroup_v2_root = \"rel\"\n").unwrap();
+        let mut errors = Vec::new();
+        SandboxConfig::from_raw(&raw, &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            toml::from_str::<RawAgents>("kill_grace = 5").is_err(),
+            "unknown keys"
+        );
+    }
+}

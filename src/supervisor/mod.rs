@@ -1499,7 +1499,11 @@ impl Supervisor {
 
     fn event(&self, kind: &str, id: CallerId, data: Value, category: Category) {
         let success = !matches!(kind, "AGENT_ESCALATED" | "RESOURCE_WARNING");
-        self.kernel.audit(category, kind, id, success, data.clone());
+        // The agent's name is in the data (its registered name may already be released).
+        let name = data["name"].as_str().map(str::to_string);
+        self.kernel
+            .audit
+            .with(|log| log.append(category, kind, id, name, success, data.clone()));
         self.kernel.emit(kind, data, id);
     }
 }
