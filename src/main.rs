@@ -167,18 +167,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The agent launcher runs before anything else (no logging, no threads): see
-    // clove::supervisor::launch.
+    // The agent launcher and the log copier run before anything else (no logging, no
+    // threads): see clove::supervisor::launch and clove::supervisor::logfile.
     let mut args = std::env::args_os();
-    if args
-        .nth(1)
-        .is_some_and(|a| a == clove::supervisor::launch::SUBCOMMAND)
-    {
-        let spec = args
-            .next()
-            .and_then(|s| s.into_string().ok())
-            .unwrap_or_default();
-        clove::supervisor::launch::main(&spec);
+    match args.nth(1) {
+        Some(a) if a == clove::supervisor::launch::SUBCOMMAND => {
+            let spec = args
+                .next()
+                .and_then(|s| s.into_string().ok())
+                .unwrap_or_default();
+            clove::supervisor::launch::main(&spec);
+        }
+        Some(a) if a == clove::supervisor::logfile::COPY_SUBCOMMAND => {
+            let rest: Vec<String> = args.filter_map(|s| s.into_string().ok()).collect();
+            clove::supervisor::logfile::copy_main(&rest);
+        }
+        _ => {}
     }
     let cli = Cli::parse();
     init_logging();

@@ -1150,3 +1150,38 @@ fn agent_limits_max_agents_keep_exited_and_log_rotation() {
     assert_eq!(names, vec![json!("a2")]);
     c.ok(op::SPAWN, sh_agent("a3", "sleeper.sh", json!([])));
 }
+
+#[test]
+fn on_shutdown_leave_keeps_agents_and_their_logs() {
+    let mut d = Daemon::with_config(&format!("{FAST}on_shutdown = \"leave\"\n"));
+    let mut c = d.client();
+    let r = c.ok(op::SPAWN, sh_agent("ticker", "ticker.sh", json!([])));
+    let top = r["supervisor_pid"].as_i64().unwrap();
+    let log = PathBuf::from(r["log_path"].as_str().unwrap());
+    wait_for("ticks", T, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("tick 3"))
+    });
+    drop(c);
+    assert!(d.stop().success());
+    let procs = tree(top);
+    assert!(procs.iter().all(|p| alive(*p)), "left running: {procs:?}");
+    wait_for(
+        "output to keep reaching the log after the daemon exited",
+        T,
+        || {
+            let s = std::fs::read_to_string(&log).ok()?;
+            let after = s.split("left this agent running").nth(1)?;
+            after.contains("tick").then_some(())
+        },
+    );
+    // Clean up what the test left running: the agent's whole process group.
+    // SAFETY: kill(2) on the process group of the agent this test started.
+    unsafe { libc::kill(-(top as i32), libc::SIGKILL) };
+    for p in procs {
+        wait_for("the left agent to be killed", T, || {
+            (!alive(p)).then_some(())
+        });
+    }
+}

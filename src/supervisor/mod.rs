@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::{Arc, OnceLock};
@@ -1491,8 +1491,57 @@ impl Supervisor {
             self.reap_orphans();
             self.collect_cgroups();
             self.cgroups.cleanup();
+        } else {
+            self.hand_over_logs();
         }
         log::info!("supervisor stopped");
+    }
+
+    /// Agents left running keep an output pipe whose reader is us: hand each one to a small
+    /// `clove __logcopy` process, so their writes neither fail nor get lost after we exit.
+    fn hand_over_logs(&mut self) {
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let (max, keep) = (
+            self.kernel.config.agents.log_max_bytes,
+            self.kernel.config.agents.log_files,
+        );
+        let tokens: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| matches!(p.kind, PipeKind::Log))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            let Some(pipe) = self.close_pipe(t) else {
+                continue;
+            };
+            let Some(rt) = self.runtimes.get(&pipe.agent) else {
+                continue;
+            };
+            if let Err(e) = nix::fcntl::fcntl(
+                &pipe.fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+            ) {
+                log::warn!("agent={}: {e}", pipe.agent);
+            }
+            let started = std::process::Command::new(&exe)
+                .arg(logfile::COPY_SUBCOMMAND)
+                .arg(rt.log.path())
+                .arg(max.to_string())
+                .arg(keep.to_string())
+                .stdin(std::process::Stdio::from(pipe.fd))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn();
+            match started {
+                // Not waited for: it outlives us and is re-parented to init.
+                Ok(child) => drop(child),
+                Err(e) => log::warn!("agent={}: cannot keep its log: {e}", rt.id),
+            }
+        }
     }
 
     // ---- events -----------------------------------------------------------------------
