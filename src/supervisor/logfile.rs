@@ -104,6 +104,36 @@ impl LogFile {
     }
 }
 
+/// The hidden subcommand that keeps copying a left-running agent's output after the daemon
+/// exits (`agents.on_shutdown = "leave"`): `clove __logcopy PATH MAX_BYTES KEEP`, reading
+/// the agent's output pipe on stdin until end-of-file.
+pub const COPY_SUBCOMMAND: &str = "__logcopy";
+
+/// Entry point of `clove __logcopy`. Never returns.
+pub fn copy_main(args: &[String]) -> ! {
+    use std::io::Read;
+    let (Some(path), Some(max), Some(keep)) = (
+        args.first(),
+        args.get(1).and_then(|m| m.parse().ok()),
+        args.get(2).and_then(|k| k.parse().ok()),
+    ) else {
+        eprintln!("usage: clove {COPY_SUBCOMMAND} PATH MAX_BYTES KEEP < pipe");
+        std::process::exit(2);
+    };
+    let mut log = LogFile::open(PathBuf::from(path), max, keep);
+    log.note("the daemon exited and left this agent running; output continues here");
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => std::process::exit(0),
+            Ok(n) => log.write(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => std::process::exit(1),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,35 +162,5 @@ mod tests {
         l.write(b"67890");
         assert_eq!(std::fs::read(&p).unwrap(), b"67890");
         assert!(!LogFile::rotated(&p, 1).exists());
-    }
-}
-
-/// The hidden subcommand that keeps copying a left-running agent's output after the daemon
-/// exits (`agents.on_shutdown = "leave"`): `clove __logcopy PATH MAX_BYTES KEEP`, reading
-/// the agent's output pipe on stdin until end-of-file.
-pub const COPY_SUBCOMMAND: &str = "__logcopy";
-
-/// Entry point of `clove __logcopy`. Never returns.
-pub fn copy_main(args: &[String]) -> ! {
-    use std::io::Read;
-    let (Some(path), Some(max), Some(keep)) = (
-        args.first(),
-        args.get(1).and_then(|m| m.parse().ok()),
-        args.get(2).and_then(|k| k.parse().ok()),
-    ) else {
-        eprintln!("usage: clove {COPY_SUBCOMMAND} PATH MAX_BYTES KEEP < pipe");
-        std::process::exit(2);
-    };
-    let mut log = LogFile::open(PathBuf::from(path), max, keep);
-    log.note("the daemon exited and left this agent running; output continues here");
-    let mut stdin = std::io::stdin().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stdin.read(&mut buf) {
-            Ok(0) => std::process::exit(0),
-            Ok(n) => log.write(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => std::process::exit(1),
-        }
     }
 }
