@@ -9,7 +9,9 @@
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it does nothing.
 //! Environment: `BENCH_RESTARTS` (200), `BENCH_SPAWNS` (100), `BENCH_LOOPERS` (50),
-//! `BENCH_CRASH_AFTER` (seconds each crash-looping agent runs, 0.2), `BENCH_NOOPS` (20000).
+//! `BENCH_CRASH_AFTER` (seconds each crash-looping agent runs, 0.2), `BENCH_NOOPS` (20000),
+//! `BENCH_SANDBOX` (1) and `BENCH_NETWORK` (0) for the crash-to-respawn agent (a new network
+//! namespace per start is what makes the tail long).
 
 use clove::client::Client;
 use clove::kernel::ops;
@@ -136,7 +138,9 @@ fn crash_to_respawn(d: &Daemon, restarts: usize) {
     lat.truncate(restarts);
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "crash-to-respawn (zero backoff, sandboxed /bin/sh agent exiting 1): n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        "crash-to-respawn (zero backoff, /bin/sh agent exiting 1, sandboxed={} network={}): n={} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        env_num("BENCH_SANDBOX", 1) == 1,
+        env_num("BENCH_NETWORK", 0) == 1,
         lat.len(),
         pct(&lat, 0.5),
         pct(&lat, 0.99),
