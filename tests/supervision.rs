@@ -987,6 +987,40 @@ fn cli_spawn_agents_logs_kill() {
         r.1.contains("sleeper cli1 up").then_some(r)
     });
     assert_eq!(code, Some(0), "{out}");
+    // `logs -f` keeps printing what the agent writes.
+    run(&[
+        "spawn",
+        "tick",
+        &script("ticker.sh"),
+        "--interpreter",
+        "/bin/sh",
+    ]);
+    let mut follow = std::process::Command::new(crate::harness::BIN)
+        .args(["logs", "tick", "-f", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A watchdog, so a broken follower fails the test instead of hanging it.
+    let follower = follow.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(T);
+        // SAFETY: kill(2) on the CLI process this test started (harmless if already gone).
+        unsafe { libc::kill(follower, libc::SIGKILL) };
+    });
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let mut seen = 0;
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("tick ") {
+            seen += 1;
+            if seen == 10 {
+                break;
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(seen, 10, "ticks followed live");
     let (code, out, err) = run(&["kill", "cli1"]);
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, _, err) = run(&["kill", "cli1"]);
