@@ -7,7 +7,7 @@
 //! 2. spawn throughput: agents per second until every SPAWN has answered "running";
 //! 3. NOOP latency of another client while 50 agents crash-loop, against its idle value.
 //!
-//! Under `cargo test --all-targets` (no `--bench` argument) it does nothing.
+//! Under `cargo test --all-targets` (no `--bench` argument) it only checks its own setup.
 //! Environment: `BENCH_RESTARTS` (200), `BENCH_SPAWNS` (100), `BENCH_LOOPERS` (50),
 //! `BENCH_CRASH_AFTER` (seconds each crash-looping agent runs, 0.2), `BENCH_NOOPS` (20000),
 //! `BENCH_SANDBOX` (1) and `BENCH_NETWORK` (0) for the crash-to-respawn agent (a new network
@@ -244,7 +244,17 @@ fn restarts(c: &mut Client) -> u64 {
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("agents benchmark: run with `cargo bench --bench agents`");
+        // Under `cargo test --all-targets`: a quick check that the benchmark's setup works,
+        // not a measurement (run `cargo bench --bench agents` for that).
+        let d = Daemon::start();
+        let mut c = d.client();
+        call(
+            &mut c,
+            ops::SPAWN,
+            json!({"name": "smoke", "script": script("sleeper.sh"), "python": "/bin/sh"}),
+        );
+        call(&mut c, ops::KILL, json!({"name": "smoke"}));
+        println!("agents bench setup smoke test: 1 passed, 0 failed");
         return;
     }
     let d = Daemon::start();
