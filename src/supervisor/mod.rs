@@ -773,6 +773,18 @@ impl Supervisor {
         if !unapplied.is_empty() {
             degraded.push(format!("not applied: {}", unapplied.join(", ")));
         }
+        if !spec.sandboxed && !spec.network {
+            if require {
+                if let Some(cg) = &cg {
+                    cg.remove();
+                }
+                return fail(
+                    responder,
+                    "sandbox requirement not met: network: false needs sandboxed: true".into(),
+                );
+            }
+            degraded.push("network: false has no effect without the sandbox".into());
+        }
         let limits_report = json!({
             "cgroup": cg.as_ref().map(|c| json!({
                 "version": format!("v{}", c.version),
