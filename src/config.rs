@@ -40,6 +40,12 @@ pub struct RawConfig {
     /// `[http]`: the HTTP op's limits (see `crate::http`).
     #[serde(default)]
     pub http: crate::http::RawHttp,
+    #[serde(default)]
+    pub agents: crate::supervisor::config::RawAgents,
+    #[serde(default)]
+    pub sandbox: crate::supervisor::config::RawSandbox,
+    #[serde(default)]
+    pub audit: crate::kernel::audit::RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +143,9 @@ pub struct Config {
     pub levels: BTreeMap<String, Permissions>,
     pub llm: crate::llm::config::LlmConfig,
     pub http: crate::http::HttpConfig,
+    pub agents: crate::supervisor::config::AgentsConfig,
+    pub sandbox: crate::supervisor::config::SandboxConfig,
+    pub audit: crate::kernel::audit::AuditConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -390,6 +399,9 @@ impl Config {
         let agent_level = level("agent_level", &raw.permissions.agent_level, "standard");
         let llm = crate::llm::config::LlmConfig::from_raw(raw.llm.as_ref(), &mut errors);
         let http = crate::http::HttpConfig::from_raw(&raw.http, &mut errors);
+        let agents = crate::supervisor::config::AgentsConfig::from_raw(&raw.agents, &mut errors);
+        let sandbox = crate::supervisor::config::SandboxConfig::from_raw(&raw.sandbox, &mut errors);
+        let audit = crate::kernel::audit::AuditConfig::from_raw(&raw.audit, &mut errors);
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -425,6 +437,9 @@ impl Config {
             levels,
             llm,
             http,
+            agents,
+            sandbox,
+            audit,
         })
     }
 

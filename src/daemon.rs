@@ -92,6 +92,20 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
         .add_unix_listener(listener)
         .map_err(io_err("cannot register the socket"))?;
     start_signal_thread(shutdown.clone(), sink)?;
+    // Orphaned descendants of agents are re-parented to us (and reaped by the supervisor)
+    // instead of lingering under init.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log::warn!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let supervisor = crate::supervisor::start(kernel.clone())
+        .map_err(io_err("cannot start the supervisor thread"))?;
+    let (sampler_stop, sampler_rx) = crossbeam_channel::bounded::<()>(0);
+    let sampler = crate::metrics::start_sampler(kernel.clone(), sampler_rx)
+        .map_err(io_err("cannot start the metrics sampler thread"))?;
 
     log::info!(
         "listening on {} (mode {:o}), state in {}, {} workers",
@@ -114,6 +128,10 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let result = reactor.run();
     log::info!("shutting down");
     kernel.shutdown();
+    let stop = config.agents.on_shutdown == crate::supervisor::config::OnShutdown::Stop;
+    crate::supervisor::shutdown(&kernel, supervisor, stop);
+    drop(sampler_stop);
+    let _ = sampler.join();
     bound.remove();
     result.map_err(io_err("event loop failed"))
 }

@@ -6,7 +6,9 @@
 //!              │            ◀── Completion queue ◀── Waker ◀─────┼──────────────────│
 //!              └─────────────────────────────────────────────────┼──────────────────┘
 //!                                                                ▼ bounded channel
-//!                        worker pool (N threads): file I/O, EXEC, anything that may block
+//!                        worker pool (N threads): file I/O, EXEC, METRICS, anything that may block
+//!                        supervisor thread: agent processes, SIGCHLD, restarts, cgroups, logs
+//!                        metrics sampler thread: CPU percentages, memory warnings
 //! ```
 //!
 //! * [`reactor`] owns every client socket, flow control and the worker pool.
@@ -15,6 +17,8 @@
 //! * [`kernel`] is the shared state and the op handlers; [`store`] keeps state-store data.
 //! * [`llm`] runs THINK on model backends behind a fair per-agent queue, on its own threads;
 //!   [`mod@http`] runs the HTTP op (outbound requests, allow-listed) on its own threads.
+//! * [`supervisor`] owns agent processes (spawn, sandbox, cgroups, restarts); [`metrics`]
+//!   reads /proc and cgroup figures.
 //! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`mod@bench`] are the
 //!   client side used by the CLI.
 
@@ -26,6 +30,8 @@ pub mod frontend;
 pub mod http;
 pub mod kernel;
 pub mod llm;
+pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod store;
+pub mod supervisor;

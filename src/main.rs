@@ -122,6 +122,71 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// List supervised agents as a table.
+    Agents {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print LIST's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a supervised agent: `clove spawn worker ./worker.py --restart on-failure`.
+    Spawn {
+        name: String,
+        script: PathBuf,
+        /// Arguments passed to the script after the socket path.
+        #[arg(last = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Restart policy: never, on-failure or always.
+        #[arg(long, default_value = "never")]
+        restart: String,
+        #[arg(long)]
+        max_restarts: Option<u32>,
+        /// Seconds in which max_restarts may happen.
+        #[arg(long)]
+        restart_window: Option<f64>,
+        /// Interpreter (default: the daemon's agents.default_interpreter, python3).
+        #[arg(long)]
+        interpreter: Option<String>,
+        /// Run without the sandbox (no namespaces).
+        #[arg(long)]
+        no_sandbox: bool,
+        /// Give the agent the host's network (sandboxed agents have none by default).
+        #[arg(long)]
+        network: bool,
+        /// Memory limit: bytes or 512M, 2G.
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        max_pids: Option<u64>,
+        /// CPU time in microseconds per 100 ms period (50000 = half a core).
+        #[arg(long)]
+        cpu_quota: Option<u64>,
+        /// Permission level (at most your own).
+        #[arg(long)]
+        level: Option<String>,
+        /// Ask the daemon to start it again when the daemon restarts.
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Stop an agent (SIGTERM, then SIGKILL after the grace period).
+    Kill {
+        /// Agent name or id.
+        name: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Print an agent's log file; -f keeps following it.
+    Logs {
+        /// Agent name or id.
+        name: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file (or the default one) and print the effective settings.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -137,6 +202,23 @@ macro_rules! say {
 }
 
 fn main() -> ExitCode {
+    // The agent launcher and the log copier run before anything else (no logging, no
+    // threads): see clove::supervisor::launch and clove::supervisor::logfile.
+    let mut args = std::env::args_os();
+    match args.nth(1) {
+        Some(a) if a == clove::supervisor::launch::SUBCOMMAND => {
+            let spec = args
+                .next()
+                .and_then(|s| s.into_string().ok())
+                .unwrap_or_default();
+            clove::supervisor::launch::main(&spec);
+        }
+        Some(a) if a == clove::supervisor::logfile::COPY_SUBCOMMAND => {
+            let rest: Vec<String> = args.filter_map(|s| s.into_string().ok()).collect();
+            clove::supervisor::logfile::copy_main(&rest);
+        }
+        _ => {}
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
@@ -171,6 +253,106 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let cfg = Config::load(config.as_deref(), &Overrides { socket, state_dir })
                 .map_err(|e| e.to_string())?;
             clove::daemon::serve(cfg).map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents { socket, json } => {
+            let path = config::client_socket(socket.socket.as_deref());
+            let mut c = Client::connect(&path).map_err(|e| e.to_string())?;
+            let list = clove::supervisor::cli::list(&mut c)?;
+            if json {
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                print!("{}", clove::supervisor::cli::agents_table(&list));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spawn {
+            name,
+            script,
+            args,
+            socket,
+            restart,
+            max_restarts,
+            restart_window,
+            interpreter,
+            no_sandbox,
+            network,
+            memory,
+            max_pids,
+            cpu_quota,
+            level,
+            persist,
+        } => {
+            let script = std::path::absolute(&script)
+                .map_err(|e| format!("bad script path {}: {e}", script.display()))?;
+            let mut req = serde_json::json!({
+                "name": name,
+                "script": script,
+                "args": args,
+                "restart_policy": restart,
+                "sandboxed": !no_sandbox,
+                "network": network || no_sandbox,
+                "persist": persist,
+            });
+            let mut limits = serde_json::Map::new();
+            if let Some(m) = memory {
+                limits.insert("memory".into(), m.into());
+            }
+            if let Some(p) = max_pids {
+                limits.insert("max_pids".into(), p.into());
+            }
+            if let Some(q) = cpu_quota {
+                limits.insert("cpu_quota".into(), q.into());
+            }
+            req["limits"] = limits.into();
+            for (k, v) in [
+                ("max_restarts", max_restarts.map(serde_json::Value::from)),
+                (
+                    "restart_window",
+                    restart_window.map(serde_json::Value::from),
+                ),
+                ("python", interpreter.map(serde_json::Value::from)),
+                ("level", level.map(serde_json::Value::from)),
+            ] {
+                if let Some(v) = v {
+                    req[k] = v;
+                }
+            }
+            agent_call(socket, ops::SPAWN, &req, |v| {
+                format!(
+                    "spawned {} (id {}, pid {}); log: {}",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["id"],
+                    v["pid"],
+                    v["log_path"].as_str().unwrap_or("?")
+                )
+            })
+        }
+        Command::Kill { name, socket } => {
+            let req = match name.parse::<u32>() {
+                Ok(id) => serde_json::json!({"id": id}),
+                Err(_) => serde_json::json!({"name": name}),
+            };
+            agent_call(socket, ops::KILL, &req, |v| {
+                format!(
+                    "killed agent {} (exit code {})",
+                    v["agent_id"], v["exit_code"]
+                )
+            })
+        }
+        Command::Logs {
+            name,
+            follow,
+            socket,
+        } => {
+            let path = config::client_socket(socket.socket.as_deref());
+            let mut c = Client::connect(&path).map_err(|e| e.to_string())?;
+            let log = clove::supervisor::cli::log_path(&mut c, &name)?;
+            drop(c);
+            clove::supervisor::cli::print_log(&log, follow)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
@@ -392,4 +574,25 @@ fn image_field(path: &std::path::Path) -> Result<serde_json::Value, String> {
         Some(m) => serde_json::json!({"data": data, "mime_type": m}),
         None => serde_json::Value::String(data),
     })
+}
+
+/// Sends one agent request and prints a one-line summary, or the error (exit code 1).
+fn agent_call(
+    socket: SocketArg,
+    op: u8,
+    req: &serde_json::Value,
+    summary: impl Fn(&serde_json::Value) -> String,
+) -> Result<ExitCode, String> {
+    let path = config::client_socket(socket.socket.as_deref());
+    let mut c = Client::connect(&path).map_err(|e| e.to_string())?;
+    let v = c
+        .call_json(op, req)
+        .map_err(|e| format!("request failed: {e}"))?;
+    if v["success"] == serde_json::json!(true) {
+        say!("{}", summary(&v));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("clove: {}", v["error"].as_str().unwrap_or("request failed"));
+        Ok(ExitCode::from(1))
+    }
 }

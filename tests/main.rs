@@ -14,4 +14,5 @@ mod perms_ops;
 mod python_client;
 mod smoke;
 mod state_ops;
+mod supervision;
 mod think;

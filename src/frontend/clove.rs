@@ -99,7 +99,10 @@ fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
     };
     match info.route {
         Route::Inline(handler) => match handler(env.kernel, call, payload) {
-            Outcome::Reply(bytes) => Dispatched::Reply(bytes, false),
+            Outcome::Reply(bytes) => {
+                env.kernel.audit.record_call(call.caller, call.op, &bytes);
+                Dispatched::Reply(bytes, false)
+            }
             Outcome::ReplyClose(bytes) => Dispatched::Reply(bytes, true),
             Outcome::Deferred => Dispatched::Pending,
         },

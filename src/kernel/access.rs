@@ -141,6 +141,13 @@ pub fn change(
     let new = Arc::new(new);
     k.with_caller(target, |c| c.perms = new.clone())
         .ok_or_else(|| format!("no agent has id {target}"))?;
+    k.audit(
+        super::audit::Category::Security,
+        "PERMISSIONS_CHANGED",
+        target,
+        true,
+        json!({"changed_by": actor, "agent_id": target, "level": new.level}),
+    );
     log::info!(
         "perms: agent {actor} set agent {target} to level {}",
         new.level
@@ -148,8 +155,15 @@ pub fn change(
     Ok(new)
 }
 
-/// Publishes SYSCALL_BLOCKED for a denied call.
+/// Publishes SYSCALL_BLOCKED for a denied call and records it in the audit log.
 pub fn blocked(k: &Kernel, call: &Call, reason: &str) {
+    k.audit(
+        super::audit::Category::Security,
+        "SYSCALL_BLOCKED",
+        call.caller,
+        false,
+        json!({"op": super::ops::name(call.op), "reason": reason}),
+    );
     k.emit(
         "SYSCALL_BLOCKED",
         json!({"agent_id": call.caller, "op": super::ops::name(call.op), "reason": reason}),

@@ -6,7 +6,9 @@
 //! worker handler (run on the pool, answering through a [`Responder`]).
 
 pub mod access;
+pub mod agents;
 pub mod asyncq;
+pub mod audit;
 pub mod core;
 pub mod events;
 pub mod exec;
@@ -89,10 +91,16 @@ pub struct Kernel {
     /// The HTTP op's threads (set once the daemon starts them).
     pub http: std::sync::OnceLock<crate::http::HttpService>,
     pub started: Instant,
+    /// Supervised agents: the table and the way to the supervisor thread.
+    pub agents: crate::supervisor::Agents,
+    pub audit: Arc<audit::Audit>,
+    /// CPU samples taken by the metrics sampler thread.
+    pub metrics: crate::metrics::Samples,
 }
 
 impl Kernel {
     pub fn new(config: Arc<Config>, sink: Sink) -> Kernel {
+        let audit = Arc::new(audit::Audit::new(config.audit.clone()));
         Kernel {
             store: StateStore::new(&config),
             ipc: Mutex::new(ipc::Ipc::with_bytes(
@@ -109,6 +117,9 @@ impl Kernel {
             llm: std::sync::OnceLock::new(),
             http: std::sync::OnceLock::new(),
             started: Instant::now(),
+            agents: crate::supervisor::Agents::default(),
+            audit,
+            metrics: crate::metrics::Samples::default(),
         }
     }
 
@@ -123,8 +134,24 @@ impl Kernel {
         }
     }
 
-    /// Registers a new connection and returns the caller id it speaks as.
+    /// Registers a new connection and returns the caller id it speaks as. A connection from a
+    /// supervised agent (its pid, or an ancestor's, is the agent's) speaks as that agent.
     pub fn connect(&self, peer: Peer) -> CallerId {
+        if let Some(agent) = self.agents.owner_of(peer.pid)
+            && self
+                .with_caller(agent, |c| {
+                    if c.kind == CallerKind::Agent {
+                        c.conns += 1;
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .unwrap_or(false)
+        {
+            log::debug!("pid {} connected as agent {agent}", peer.pid);
+            return agent;
+        }
         let id = self.allocate_id();
         let perms = self
             .config
@@ -171,6 +198,43 @@ impl Kernel {
         }
     }
 
+    /// Registers a spawned agent as a caller (no connection yet). Its record outlives its
+    /// connections and restarts, until [`Kernel::remove_agent`].
+    pub fn add_agent(&self, id: CallerId, perms: Permissions) {
+        self.callers.lock().insert(
+            id,
+            Caller {
+                kind: CallerKind::Agent,
+                perms: Arc::new(perms),
+                tokens_used: 0,
+                calls_made: 0,
+                conns: 0,
+                peer: Peer {
+                    pid: 0,
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                },
+            },
+        );
+    }
+
+    /// An agent stopped for good: its record, name, mailbox, subscriptions and async results
+    /// go. (Connections its leftover processes may still hold are treated as unknown callers.)
+    pub fn remove_agent(&self, id: CallerId) {
+        let removed = {
+            let mut callers = self.callers.lock();
+            match callers.get(&id) {
+                Some(c) if c.kind == CallerKind::Agent => callers.remove(&id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.ipc.lock().forget(id);
+            self.events.lock().forget(id);
+            self.asyncq.lock().forget(id);
+        }
+    }
+
     /// A copy of a caller's record.
     pub fn caller(&self, id: CallerId) -> Option<Caller> {
         self.callers.lock().get(&id).cloned()
@@ -213,6 +277,10 @@ impl Kernel {
             op: call.op,
             caller: call.caller,
             sent: false,
+            audit: self
+                .audit
+                .logs_calls_of(call.op)
+                .then(|| self.audit.clone()),
         }
     }
 
@@ -253,6 +321,8 @@ pub struct Responder {
     op: u8,
     caller: CallerId,
     sent: bool,
+    /// Set when per-call audit logging covers this op.
+    audit: Option<Arc<audit::Audit>>,
 }
 
 impl Responder {
@@ -268,6 +338,9 @@ impl Responder {
 
     fn send(&mut self, payload: &[u8]) {
         self.sent = true;
+        if let Some(a) = &self.audit {
+            a.record_call(self.caller, self.op, payload);
+        }
         self.sink.send(Completion::reply(
             self.conn,
             clove::encode(self.caller, self.op, payload),

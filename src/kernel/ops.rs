@@ -65,8 +65,8 @@ pub const LLM_REPORT: u8 = 0xF0;
 pub const HELLO: u8 = 0xFE;
 pub const EXIT: u8 = 0xFF;
 
-use super::{access, asyncq, core, events, exec, fs, ipc, state};
-use Route::{Inline, Unavailable, Worker};
+use super::{access, agents, asyncq, audit, core, events, exec, fs, ipc, state};
+use Route::{Inline, Worker};
 
 /// Every op the protocol defines, in code order.
 pub const OPS: &[OpInfo] = &[
@@ -75,11 +75,11 @@ pub const OPS: &[OpInfo] = &[
     op(EXEC, "EXEC", Worker(exec::exec)),
     op(READ, "READ", Worker(fs::read)),
     op(WRITE, "WRITE", Worker(fs::write)),
-    op(SPAWN, "SPAWN", Unavailable),
-    op(KILL, "KILL", Unavailable),
-    op(LIST, "LIST", Unavailable),
-    op(PAUSE, "PAUSE", Unavailable),
-    op(RESUME, "RESUME", Unavailable),
+    op(SPAWN, "SPAWN", Inline(agents::spawn)),
+    op(KILL, "KILL", Inline(agents::kill)),
+    op(LIST, "LIST", Inline(agents::list)),
+    op(PAUSE, "PAUSE", Inline(agents::pause)),
+    op(RESUME, "RESUME", Inline(agents::resume)),
     op(SEND, "SEND", Inline(ipc::send)),
     op(RECV, "RECV", Inline(ipc::recv)),
     op(BROADCAST, "BROADCAST", Inline(ipc::broadcast)),
@@ -95,13 +95,33 @@ pub const OPS: &[OpInfo] = &[
     op(UNSUBSCRIBE, "UNSUBSCRIBE", Inline(events::unsubscribe)),
     op(POLL_EVENTS, "POLL_EVENTS", Inline(events::poll)),
     op(EMIT, "EMIT", Inline(events::emit)),
-    op(GET_AUDIT_LOG, "GET_AUDIT_LOG", Unavailable),
-    op(SET_AUDIT_CONFIG, "SET_AUDIT_CONFIG", Unavailable),
+    op(GET_AUDIT_LOG, "GET_AUDIT_LOG", Inline(audit::get_audit_log)),
+    op(
+        SET_AUDIT_CONFIG,
+        "SET_AUDIT_CONFIG",
+        Inline(audit::set_audit_config),
+    ),
     op(ASYNC_POLL, "ASYNC_POLL", Inline(asyncq::poll)),
-    op(METRICS_SYSTEM, "METRICS_SYSTEM", Unavailable),
-    op(METRICS_AGENT, "METRICS_AGENT", Unavailable),
-    op(METRICS_ALL_AGENTS, "METRICS_ALL_AGENTS", Unavailable),
-    op(METRICS_CGROUP, "METRICS_CGROUP", Unavailable),
+    op(
+        METRICS_SYSTEM,
+        "METRICS_SYSTEM",
+        Worker(agents::metrics_system),
+    ),
+    op(
+        METRICS_AGENT,
+        "METRICS_AGENT",
+        Worker(agents::metrics_agent),
+    ),
+    op(
+        METRICS_ALL_AGENTS,
+        "METRICS_ALL_AGENTS",
+        Worker(agents::metrics_all_agents),
+    ),
+    op(
+        METRICS_CGROUP,
+        "METRICS_CGROUP",
+        Worker(agents::metrics_cgroup),
+    ),
     op(LLM_REPORT, "LLM_REPORT", Inline(access::llm_report)),
     op(HELLO, "HELLO", Inline(core::hello)),
     op(EXIT, "EXIT", Inline(core::exit)),

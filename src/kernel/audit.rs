@@ -1,0 +1,567 @@
+//! The audit log: a bounded, ordered record of lifecycle, security and (when enabled) per-call
+//! events, and the GET_AUDIT_LOG / SET_AUDIT_CONFIG handlers.
+//!
+//! The log is kept behind a small API ([`AuditLog::append`], [`AuditLog::query`],
+//! [`AuditLog::config`] / [`AuditLog::set_config`]) so that a durable store can back it later
+//! without touching the call sites. Entries have ids that only grow; paging with `since_id`
+//! returns the entries after that id, oldest first. When the log is full the oldest entry is
+//! dropped (and counted).
+//!
+//! Who may read it: a caller with the manage right sees every entry; others see only entries
+//! about themselves. Changing the configuration needs the manage right.
+
+use super::request::{Outcome, error, parse, to_bytes};
+use super::{Call, CallerId, Kernel};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::SystemTime;
+
+/// Largest `max_entries`.
+const MAX_ENTRIES_LIMIT: usize = 1_000_000;
+/// Most entries one GET_AUDIT_LOG returns.
+const MAX_PAGE: usize = 1000;
+
+/// `[audit]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub max_entries: Option<usize>,
+    pub log_syscalls: Option<bool>,
+    pub log_security: Option<bool>,
+    pub log_lifecycle: Option<bool>,
+    pub log_ipc: Option<bool>,
+    pub log_state: Option<bool>,
+    pub log_resource: Option<bool>,
+    pub log_network: Option<bool>,
+}
+
+/// What is recorded, and how much is kept. Also the SET_AUDIT_CONFIG request and reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditConfig {
+    pub max_entries: usize,
+    pub log_syscalls: bool,
+    pub log_security: bool,
+    pub log_lifecycle: bool,
+    pub log_ipc: bool,
+    pub log_state: bool,
+    pub log_resource: bool,
+    pub log_network: bool,
+}
+
+impl AuditConfig {
+    pub fn from_raw(raw: &RawAudit, errors: &mut Vec<String>) -> AuditConfig {
+        let max_entries = match raw.max_entries {
+            None => 10_000,
+            Some(n) if (1..=MAX_ENTRIES_LIMIT).contains(&n) => n,
+            Some(n) => {
+                errors.push(format!(
+                    "audit.max_entries: {n} must be between 1 and {MAX_ENTRIES_LIMIT}"
+                ));
+                10_000
+            }
+        };
+        AuditConfig {
+            max_entries,
+            log_syscalls: raw.log_syscalls.unwrap_or(false),
+            log_security: raw.log_security.unwrap_or(true),
+            log_lifecycle: raw.log_lifecycle.unwrap_or(true),
+            log_ipc: raw.log_ipc.unwrap_or(false),
+            log_state: raw.log_state.unwrap_or(false),
+            log_resource: raw.log_resource.unwrap_or(true),
+            log_network: raw.log_network.unwrap_or(false),
+        }
+    }
+
+    fn enabled(&self, c: Category) -> bool {
+        match c {
+            Category::Security => self.log_security,
+            Category::Lifecycle => self.log_lifecycle,
+            Category::Syscall => self.log_syscalls,
+            Category::Ipc => self.log_ipc,
+            Category::State => self.log_state,
+            Category::Resource => self.log_resource,
+            Category::Network => self.log_network,
+        }
+    }
+
+    /// Bit mask of the per-call categories that are on (see [`Audit::call_mask`]).
+    fn call_mask(&self) -> u8 {
+        let mut m = 0;
+        for c in [
+            Category::Syscall,
+            Category::Ipc,
+            Category::State,
+            Category::Network,
+        ] {
+            if self.enabled(c) {
+                m |= c.bit();
+            }
+        }
+        m
+    }
+}
+
+/// What an entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Category {
+    /// Denied calls, permission changes, audit config changes.
+    Security,
+    /// Agents spawned, exited, restarted, escalated, killed, paused, resumed.
+    #[serde(rename = "AGENT_LIFECYCLE")]
+    Lifecycle,
+    /// Every call (when `log_syscalls` is on) not covered by a narrower category.
+    Syscall,
+    /// SEND, RECV, BROADCAST, REGISTER (when `log_ipc` is on).
+    Ipc,
+    /// STORE, FETCH, DELETE, KEYS (when `log_state` is on).
+    State,
+    /// Resource warnings and limit kills.
+    Resource,
+    /// HTTP (when `log_network` is on).
+    Network,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Security => "SECURITY",
+            Category::Lifecycle => "AGENT_LIFECYCLE",
+            Category::Syscall => "SYSCALL",
+            Category::Ipc => "IPC",
+            Category::State => "STATE",
+            Category::Resource => "RESOURCE",
+            Category::Network => "NETWORK",
+        }
+    }
+
+    /// Parses a category name (any case; `lifecycle` is accepted for `AGENT_LIFECYCLE`).
+    pub fn parse(text: &str) -> Option<Category> {
+        Some(match text.to_ascii_uppercase().as_str() {
+            "SECURITY" => Category::Security,
+            "AGENT_LIFECYCLE" | "LIFECYCLE" => Category::Lifecycle,
+            "SYSCALL" | "SYSCALLS" => Category::Syscall,
+            "IPC" => Category::Ipc,
+            "STATE" => Category::State,
+            "RESOURCE" => Category::Resource,
+            "NETWORK" => Category::Network,
+            _ => return None,
+        })
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Category::Security => 1,
+            Category::Lifecycle => 2,
+            Category::Syscall => 4,
+            Category::Ipc => 8,
+            Category::State => 16,
+            Category::Resource => 32,
+            Category::Network => 64,
+        }
+    }
+
+    /// The per-call category of an op.
+    pub fn of_op(op: u8) -> Category {
+        use super::ops::*;
+        match op {
+            SEND | RECV | BROADCAST | REGISTER => Category::Ipc,
+            STORE | FETCH | DELETE | KEYS => Category::State,
+            HTTP => Category::Network,
+            _ => Category::Syscall,
+        }
+    }
+}
+
+/// One audit record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub wall: SystemTime,
+    pub category: Category,
+    pub event_type: String,
+    pub agent_id: CallerId,
+    pub agent_name: Option<String>,
+    pub success: bool,
+    pub details: Value,
+}
+
+impl AuditEntry {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "timestamp": super::iso8601(self.wall),
+            "category": self.category.as_str(),
+            "event_type": self.event_type,
+            "agent_id": self.agent_id,
+            "agent_name": self.agent_name,
+            "success": self.success,
+            "details": self.details,
+        })
+    }
+}
+
+/// A GET_AUDIT_LOG filter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub category: Option<Category>,
+    pub agent_id: Option<CallerId>,
+    /// Only entries with a larger id, oldest first. Without it, the newest `limit` entries.
+    pub since_id: Option<u64>,
+    pub limit: usize,
+}
+
+/// The bounded log.
+pub struct AuditLog {
+    config: AuditConfig,
+    entries: VecDeque<AuditEntry>,
+    next_id: u64,
+    /// Entries dropped because the log was full.
+    pub dropped: u64,
+}
+
+impl AuditLog {
+    pub fn new(config: AuditConfig) -> AuditLog {
+        AuditLog {
+            config,
+            entries: VecDeque::new(),
+            next_id: 1,
+            dropped: 0,
+        }
+    }
+
+    /// Records an entry if its category is enabled; returns its id.
+    pub fn append(
+        &mut self,
+        category: Category,
+        event_type: &str,
+        agent_id: CallerId,
+        agent_name: Option<String>,
+        success: bool,
+        details: Value,
+    ) -> Option<u64> {
+        if !self.config.enabled(category) {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        while self.entries.len() >= self.config.max_entries {
+            self.entries.pop_front();
+            self.dropped += 1;
+        }
+        self.entries.push_back(AuditEntry {
+            id,
+            wall: SystemTime::now(),
+            category,
+            event_type: event_type.to_string(),
+            agent_id,
+            agent_name,
+            success,
+            details,
+        });
+        Some(id)
+    }
+
+    /// Entries matching `q`, oldest first.
+    pub fn query(&self, q: &AuditQuery) -> Vec<&AuditEntry> {
+        let matches = |e: &&AuditEntry| {
+            q.category.is_none_or(|c| e.category == c) && q.agent_id.is_none_or(|a| e.agent_id == a)
+        };
+        match q.since_id {
+            Some(since) => {
+                let start = self.entries.partition_point(|e| e.id <= since);
+                self.entries
+                    .range(start..)
+                    .filter(matches)
+                    .take(q.limit)
+                    .collect()
+            }
+            None => {
+                let mut newest: Vec<&AuditEntry> = self
+                    .entries
+                    .iter()
+                    .rev()
+                    .filter(matches)
+                    .take(q.limit)
+                    .collect();
+                newest.reverse();
+                newest
+            }
+        }
+    }
+
+    pub fn config(&self) -> &AuditConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration; a smaller `max_entries` drops the oldest entries now.
+    pub fn set_config(&mut self, config: AuditConfig) {
+        while self.entries.len() > config.max_entries {
+            self.entries.pop_front();
+            self.dropped += 1;
+        }
+        self.config = config;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The kernel's audit log plus a lock-free flag for the per-call fast path.
+pub struct Audit {
+    log: Mutex<AuditLog>,
+    call_mask: AtomicU8,
+}
+
+impl Audit {
+    pub fn new(config: AuditConfig) -> Audit {
+        Audit {
+            call_mask: AtomicU8::new(config.call_mask()),
+            log: Mutex::new(AuditLog::new(config)),
+        }
+    }
+
+    /// Runs `f` on the log under its lock.
+    pub fn with<R>(&self, f: impl FnOnce(&mut AuditLog) -> R) -> R {
+        f(&mut self.log.lock())
+    }
+
+    /// Replaces the configuration.
+    pub fn set_config(&self, config: AuditConfig) {
+        self.call_mask.store(config.call_mask(), Ordering::Relaxed);
+        self.log.lock().set_config(config);
+    }
+
+    /// Records one answered call when per-call logging covers its op. `reply` is the reply
+    /// payload, from which success is read.
+    pub fn record_call(&self, caller: CallerId, op: u8, reply: &[u8]) {
+        if op == super::ops::GET_AUDIT_LOG || !self.logs_calls_of(op) {
+            return;
+        }
+        let failed = reply.starts_with(b"{\"success\":false");
+        let mut details = json!({"op": super::ops::name(op)});
+        if failed
+            && let Ok(v) = serde_json::from_slice::<Value>(reply)
+            && let Some(e) = v.get("error")
+        {
+            details["error"] = e.clone();
+        }
+        self.with(|log| {
+            log.append(
+                Category::of_op(op),
+                &super::ops::name(op),
+                caller,
+                None,
+                !failed,
+                details,
+            )
+        });
+    }
+
+    /// True when calls of `op` are recorded.
+    pub fn logs_calls_of(&self, op: u8) -> bool {
+        let mask = self.call_mask.load(Ordering::Relaxed);
+        mask != 0 && mask & Category::of_op(op).bit() != 0
+    }
+}
+
+impl Kernel {
+    /// Records an audit entry about `agent_id` (its registered name is looked up here).
+    pub fn audit(
+        &self,
+        category: Category,
+        event_type: &str,
+        agent_id: CallerId,
+        success: bool,
+        details: Value,
+    ) {
+        let name = self.ipc.lock().name_of(agent_id).map(str::to_string);
+        self.audit
+            .with(|log| log.append(category, event_type, agent_id, name, success, details));
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct GetReq {
+    category: Option<String>,
+    agent_id: Option<CallerId>,
+    since_id: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// GET_AUDIT_LOG `{category?, agent_id?, since_id?, limit?=100}`.
+pub fn get_audit_log(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    let req: GetReq = match parse(payload) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    let category = match req.category.as_deref() {
+        None | Some("") => None,
+        Some(c) => match Category::parse(c) {
+            Some(c) => Some(c),
+            None => {
+                return Outcome::Reply(error(format!(
+                    "unknown audit category {c:?} (known: SECURITY, AGENT_LIFECYCLE, SYSCALL, IPC, STATE, RESOURCE, NETWORK)"
+                )));
+            }
+        },
+    };
+    let mut agent_id = req.agent_id;
+    if !k.perms(call.caller).can_manage {
+        // Without the manage right a caller reads only what concerns itself.
+        if agent_id.is_some_and(|a| a != call.caller) {
+            let msg =
+                "permission denied: reading another agent's audit entries needs the manage right";
+            super::access::blocked(k, call, msg);
+            return Outcome::Reply(error(msg));
+        }
+        agent_id = Some(call.caller);
+    }
+    let q = AuditQuery {
+        category,
+        agent_id,
+        since_id: req.since_id,
+        limit: req.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+    };
+    let (entries, last_id, dropped) = k.audit.with(|log| {
+        let entries: Vec<Value> = log.query(&q).iter().map(|e| e.to_json()).collect();
+        (entries, log.next_id - 1, log.dropped)
+    });
+    Outcome::Reply(to_bytes(&json!({
+        "success": true,
+        "count": entries.len(),
+        "entries": entries,
+        "last_id": last_id,
+        "dropped": dropped,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SetReq {
+    max_entries: Option<usize>,
+    log_syscalls: Option<bool>,
+    log_security: Option<bool>,
+    log_lifecycle: Option<bool>,
+    log_ipc: Option<bool>,
+    log_state: Option<bool>,
+    log_resource: Option<bool>,
+    log_network: Option<bool>,
+}
+
+/// SET_AUDIT_CONFIG: changes what is recorded (needs the manage right).
+pub fn set_audit_config(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+    let req: SetReq = match parse(payload) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reply(error(e)),
+    };
+    if !k.perms(call.caller).can_manage {
+        let msg = "permission denied: changing the audit configuration needs the manage right";
+        super::access::blocked(k, call, msg);
+        return Outcome::Reply(error(msg));
+    }
+    let mut c = k.audit.with(|log| log.config().clone());
+    if let Some(n) = req.max_entries {
+        if !(1..=MAX_ENTRIES_LIMIT).contains(&n) {
+            return Outcome::Reply(error(format!(
+                "invalid max_entries {n}: must be between 1 and {MAX_ENTRIES_LIMIT}"
+            )));
+        }
+        c.max_entries = n;
+    }
+    let flags = [
+        (req.log_syscalls, &mut c.log_syscalls),
+        (req.log_security, &mut c.log_security),
+        (req.log_lifecycle, &mut c.log_lifecycle),
+        (req.log_ipc, &mut c.log_ipc),
+        (req.log_state, &mut c.log_state),
+        (req.log_resource, &mut c.log_resource),
+        (req.log_network, &mut c.log_network),
+    ];
+    for (v, slot) in flags {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    // Recorded before a possible `log_security = false` takes effect, so that turning the
+    // security log off is itself on record.
+    k.audit(
+        Category::Security,
+        "AUDIT_CONFIG_CHANGED",
+        call.caller,
+        true,
+        serde_json::to_value(&c).unwrap_or(Value::Null),
+    );
+    k.audit.set_config(c.clone());
+    Outcome::Reply(to_bytes(&json!({"success": true, "config": c})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(max: usize) -> AuditLog {
+        AuditLog::new(AuditConfig::from_raw(
+            &RawAudit {
+                max_entries: Some(max),
+                ..Default::default()
+            },
+            &mut vec![],
+        ))
+    }
+
+    #[test]
+    fn paging_returns_the_next_entries_in_order() {
+        let mut l = log(100);
+        for i in 0..10 {
+            l.append(Category::Lifecycle, "X", i, None, true, json!(i));
+        }
+        let q = |since, limit| AuditQuery {
+            since_id: since,
+            limit,
+            ..Default::default()
+        };
+        let ids = |v: Vec<&AuditEntry>| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(l.query(&q(Some(0), 3))), vec![1, 2, 3]);
+        assert_eq!(ids(l.query(&q(Some(3), 3))), vec![4, 5, 6]);
+        assert_eq!(ids(l.query(&q(Some(9), 3))), vec![10]);
+        assert_eq!(ids(l.query(&q(Some(10), 3))), Vec::<u64>::new());
+        assert_eq!(ids(l.query(&q(None, 3))), vec![8, 9, 10]);
+    }
+
+    #[test]
+    fn bounded_and_filtered() {
+        let mut l = log(5);
+        for i in 0..8 {
+            let c = if i % 2 == 0 {
+                Category::Security
+            } else {
+                Category::Lifecycle
+            };
+            l.append(c, "X", i, None, true, Value::Null);
+        }
+        assert_eq!(l.len(), 5);
+        assert_eq!(l.dropped, 3);
+        let sec = l.query(&AuditQuery {
+            category: Some(Category::Security),
+            since_id: Some(0),
+            limit: 10,
+            ..Default::default()
+        });
+        assert!(sec.iter().all(|e| e.category == Category::Security));
+        assert_eq!(sec.len(), 2);
+        // Per-call categories are off by default: nothing recorded.
+        assert_eq!(
+            l.append(Category::Syscall, "NOOP", 1, None, true, Value::Null),
+            None
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! The agent launcher: a small single-threaded program (our own binary, run as
+//! `clove __launch SPEC`) that builds an agent's sandbox and execs its interpreter.
+//!
+//! Why a separate process: a new pid namespace only applies to the *children* of the process
+//! that unshares, and namespace, mount and fork work is unsafe in the daemon's multi-threaded
+//! process. The launcher is freshly exec'd, so it is single-threaded and may fork freely.
+//!
+//! Sandboxed, the tree is `daemon → launcher → init (pid 1 in the new pid namespace) →
+//! interpreter`:
+//! * the launcher unshares the pid, mount, uts and (with `network: false`) net namespaces, plus
+//!   a user namespace when not root, then forks `init`; it ignores SIGTERM and friends, waits
+//!   for `init`, and finally ends the way the interpreter ended (same exit code, or killed by
+//!   the same signal), so the supervisor sees the agent's real exit;
+//! * `init` makes mount propagation private before mounting anything, mounts a fresh /proc,
+//!   sets the hostname, brings up loopback in a new net namespace, reports what was applied,
+//!   forks the interpreter and reaps every process of the namespace until the interpreter
+//!   ends (when `init` exits, the kernel kills whatever is left in the namespace);
+//! * the interpreter child joins the agent's cgroups, applies fallback rlimits, restores
+//!   default signal handling and execs `<interpreter> <script> <socket> [args...]`.
+//!
+//! Unsandboxed (or when namespaces are unavailable and not required) the launcher does the
+//! last step itself and execs directly, so the agent *is* the supervised process.
+//!
+//! The launcher talks to the supervisor through fd 3 (close-on-exec in the agent): one JSON
+//! line `{"isolation": {...}}` when the sandbox is ready, `{"error": "..."}` when it is not;
+//! end-of-file without an error means the interpreter was exec'd.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+
+/// The hidden subcommand that runs the launcher.
+pub const SUBCOMMAND: &str = "__launch";
+/// The fd the report pipe is given at in the launcher.
+pub const REPORT_FD: RawFd = 3;
+/// Exit code of a launcher that could not set up the sandbox or join the cgroup.
+pub const EXIT_SETUP: i32 = 126;
+/// Exit code of a launcher that could not exec the interpreter.
+pub const EXIT_EXEC: i32 = 127;
+
+/// Everything the launcher needs, passed as one JSON argument.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Absolute path of the interpreter.
+    pub program: PathBuf,
+    /// Its argv: `[name, script, socket, args...]`.
+    pub argv: Vec<String>,
+    pub sandboxed: bool,
+    pub network: bool,
+    pub hostname: String,
+    /// Refuse (instead of degrading) when the namespaces cannot be made.
+    pub require: bool,
+    /// `cgroup.procs` files to join.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Fallback limits when cgroups could not take them.
+    pub rlimit_as: Option<u64>,
+    pub rlimit_nproc: Option<u64>,
+}
+
+/// What the sandbox ended up with, as reported to the supervisor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NsReport {
+    pub namespaces: Vec<String>,
+    pub proc_mounted: bool,
+    pub loopback_up: bool,
+    pub degraded: Option<String>,
+}
+
+/// A line from the launcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Report {
+    Isolation(NsReport),
+    Error(String),
+}
+
+struct Reporter(Option<std::fs::File>);
+
+impl Reporter {
+    fn send(&mut self, r: &Report) {
+        if let Some(f) = self.0.as_mut()
+            && let Ok(mut line) = serde_json::to_vec(r)
+        {
+            line.push(b'\n');
+            let _ = f.write_all(&line);
+        }
+    }
+
+    fn fail(&mut self, code: i32, msg: String) -> ! {
+        self.send(&Report::Error(msg.clone()));
+        let _ = writeln!(std::io::stderr(), "clove launcher: {msg}");
+        // SAFETY: _exit(2) ends the process without running destructors; always safe.
+        unsafe { libc::_exit(code) }
+    }
+
+    fn close(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// Entry point of `clove __launch SPEC`. Never returns.
+pub fn main(spec_json: &str) -> ! {
+    // SAFETY: fcntl on an fd number only inspects it.
+    let report_ok = unsafe { libc::fcntl(REPORT_FD, libc::F_GETFD) } >= 0;
+    let mut rep = Reporter(if report_ok {
+        // SAFETY: fd 3 was given to us by the supervisor for this purpose; mark it
+        // close-on-exec so the interpreter does not inherit it (EOF tells "exec'd").
+        unsafe {
+            libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+            Some(std::fs::File::from_raw_fd(REPORT_FD))
+        }
+    } else {
+        None
+    });
+    let spec: LaunchSpec = match serde_json::from_str(spec_json) {
+        Ok(s) => s,
+        Err(e) => rep.fail(EXIT_SETUP, format!("bad launch spec: {e}")),
+    };
+    if !spec.sandboxed {
+        rep.send(&Report::Isolation(NsReport::default()));
+        exec_agent(&spec, &mut rep);
+    }
+    let root = nix::unistd::geteuid().is_root();
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS;
+    let mut names = vec!["pid", "mount", "uts"];
+    if !spec.network {
+        flags |= libc::CLONE_NEWNET;
+        names.push("net");
+    }
+    if !root {
+        flags |= libc::CLONE_NEWUSER;
+        names.push("user");
+    }
+    // SAFETY: unshare(2) with namespace flags; we are single-threaded.
+    if unsafe { libc::unshare(flags) } != 0 {
+        let err = std::io::Error::last_os_error();
+        let msg = format!("cannot create {} namespaces: {err}", names.join("+"));
+        if spec.require {
+            rep.fail(EXIT_SETUP, format!("sandbox requirement not met: {msg}"));
+        }
+        rep.send(&Report::Isolation(NsReport {
+            degraded: Some(msg),
+            ..Default::default()
+        }));
+        exec_agent(&spec, &mut rep);
+    }
+    if !root && let Err(e) = map_ids() {
+        rep.fail(
+            EXIT_SETUP,
+            format!("cannot map ids in the user namespace: {e}"),
+        );
+    }
+    let mut status_pipe = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        rep.fail(
+            EXIT_SETUP,
+            format!("pipe: {}", std::io::Error::last_os_error()),
+        );
+    }
+    // SAFETY: we are single-threaded, so the child may do anything.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => rep.fail(EXIT_SETUP, format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: closing our copy of the read end.
+            unsafe { libc::close(status_pipe[0]) };
+            init(&spec, names, &mut rep, status_pipe[1])
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            rep.close();
+            // SAFETY: closing our copy of the write end.
+            unsafe { libc::close(status_pipe[1]) };
+            ignore_stop_signals();
+            let status = wait_for(child.as_raw());
+            let mut buf = [0u8; 5];
+            // SAFETY: reading into a local buffer from our pipe end.
+            let n = unsafe { libc::read(status_pipe[0], buf.as_mut_ptr().cast(), buf.len()) };
+            let reported = (n == 5).then(|| {
+                let v = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                if buf[0] == 1 {
+                    Ended::Signal(v)
+                } else {
+                    Ended::Code(v)
+                }
+            });
+            mirror(reported.unwrap_or(status))
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+fn decode(status: libc::c_int) -> Ended {
+    if libc::WIFSIGNALED(status) {
+        Ended::Signal(libc::WTERMSIG(status))
+    } else {
+        Ended::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Waits for one child, retrying interruptions.
+fn wait_for(pid: libc::pid_t) -> Ended {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return decode(status);
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Ended::Code(EXIT_SETUP);
+        }
+    }
+}
+
+/// Ends this process the way the agent ended.
+fn mirror(e: Ended) -> ! {
+    match e {
+        Ended::Code(c) => std::process::exit(c),
+        Ended::Signal(sig) => {
+            // SAFETY: restoring the default action and re-raising the signal on ourselves;
+            // no core file (the agent's own, if any, was already written).
+            unsafe {
+                let zero = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                libc::kill(libc::getpid(), sig);
+                libc::_exit(128 + sig)
+            }
+        }
+    }
+}
+
+/// Signals a whole process group receives on KILL/PAUSE: the launcher and init must outlive
+/// the agent's own handling of them.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn ignore_stop_signals() {
+    for s in FORWARDED {
+        // SAFETY: setting a disposition to SIG_IGN.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
+    }
+}
+
+fn map_ids() -> std::io::Result<()> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    std::fs::write("/proc/self/setgroups", "deny")?;
+    std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    Ok(())
+}
+
+/// pid 1 of the agent's namespace.
+fn init(spec: &LaunchSpec, names: Vec<&str>, rep: &mut Reporter, status_fd: libc::c_int) -> ! {
+    // Die with the launcher. (Its death before this call cannot be detected from inside the
+    // namespace, where the parent's pid reads 0; the supervisor's SIGKILL to the process
+    // group covers that window.)
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut report = NsReport {
+        namespaces: names.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut problems = Vec::new();
+    // Private propagation first: nothing we mount may leak back to the host.
+    match mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE) {
+        Ok(()) => match mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        ) {
+            Ok(()) => report.proc_mounted = true,
+            Err(e) => problems.push(format!("cannot mount /proc: {e}")),
+        },
+        Err(e) => problems.push(format!("cannot make mounts private: {e}")),
+    }
+    let host = spec.hostname.as_bytes();
+    // SAFETY: the pointer and length describe `host`.
+    if unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) } != 0 {
+        problems.push(format!(
+            "cannot set hostname: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if !spec.network {
+        match loopback_up() {
+            Ok(()) => report.loopback_up = true,
+            Err(e) => problems.push(format!("cannot bring up loopback: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        let msg = problems.join("; ");
+        if spec.require && !report.proc_mounted {
+            rep.fail(EXIT_SETUP, format!("sandbox requirement not met: {msg}"));
+        }
+        report.degraded = Some(msg);
+    }
+    rep.send(&Report::Isolation(report));
+    ignore_stop_signals();
+    // SAFETY: init is single-threaded (a fork of the single-threaded launcher).
+    let agent = match unsafe { nix::unistd::fork() } {
+        Err(e) => rep.fail(EXIT_SETUP, format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: closing init's status pipe end in the agent.
+            unsafe { libc::close(status_fd) };
+            exec_agent(spec, rep)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+    };
+    rep.close();
+    // Reap everything in the namespace until the agent itself ends.
+    let ended = loop {
+        let mut status = 0;
+        // SAFETY: waitpid for any child with a valid status pointer; init owns the namespace.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == agent {
+            break decode(status);
+        }
+        if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                _ => break Ended::Code(EXIT_SETUP),
+            }
+        }
+    };
+    let (kind, v) = match ended {
+        Ended::Code(c) => (0u8, c),
+        Ended::Signal(s) => (1u8, s),
+    };
+    let mut buf = [kind, 0, 0, 0, 0];
+    buf[1..].copy_from_slice(&v.to_le_bytes());
+    // SAFETY: writing a local buffer to our pipe end, then exiting.
+    unsafe {
+        libc::write(status_fd, buf.as_ptr().cast(), buf.len());
+        libc::_exit(match ended {
+            Ended::Code(c) => c,
+            Ended::Signal(s) => 128 + s,
+        })
+    }
+}
+
+fn mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+) -> std::io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(std::io::Error::other);
+    let source = source.map(c).transpose()?;
+    let target = c(target)?;
+    let fstype = fstype.map(c).transpose()?;
+    let ptr = |o: &Option<CString>| o.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is a valid NUL-terminated string or null, as mount(2) allows.
+    let r = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `ip link set lo up` by ioctl.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain socket(2) call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // struct ifreq: 16 bytes of name, then a union whose first member here is `short flags`.
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    // SAFETY: `ifr` is a buffer at least as large as struct ifreq.
+    let r = unsafe {
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, ifr.as_mut_ptr());
+        if r == 0 {
+            let mut flags = i16::from_ne_bytes([ifr[16], ifr[17]]);
+            flags |= (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+            ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, ifr.as_mut_ptr());
+        }
+        r
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if r == 0 { Ok(()) } else { Err(err) }
+}
+
+/// Joins the cgroups, applies fallback rlimits, restores default signal handling and execs
+/// the interpreter. Only returns by exiting.
+fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
+    for procs in &spec.cgroup_procs {
+        // "0" means the writing process itself.
+        if let Err(e) = std::fs::write(procs, "0") {
+            rep.fail(
+                EXIT_SETUP,
+                format!("cannot join cgroup {}: {e}", procs.display()),
+            );
+        }
+    }
+    let set = |res, v: Option<u64>| -> Result<(), String> {
+        if let Some(v) = v {
+            let lim = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
+            // SAFETY: setrlimit with a valid struct.
+            if unsafe { libc::setrlimit(res, &lim) } != 0 {
+                return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = set(libc::RLIMIT_AS, spec.rlimit_as)
+        .and_then(|()| set(libc::RLIMIT_NPROC, spec.rlimit_nproc))
+    {
+        rep.fail(EXIT_SETUP, e);
+    }
+    // SAFETY: restoring default dispositions and an empty mask before exec.
+    unsafe {
+        for s in FORWARDED {
+            libc::signal(s, libc::SIG_DFL);
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(&spec.program);
+    if let Some((first, rest)) = spec.argv.split_first() {
+        cmd.arg0(first).args(rest);
+    }
+    let err = cmd.exec();
+    rep.fail(
+        EXIT_EXEC,
+        format!("cannot run {}: {err}", spec.program.display()),
+    )
+}

@@ -1,0 +1,1651 @@
+//! The supervisor: the one thread that starts agents, reaps them, restarts them per policy,
+//! pauses, resumes and kills them, and keeps their cgroups and log files.
+//!
+//! Ownership: the supervisor thread alone owns the agents' processes. Other threads talk to
+//! it with [`Command`]s over a bounded channel plus a [`mio::Waker`]; it answers through the
+//! requests' [`Responder`]s, so an op handler never waits for it. The public view of every
+//! agent (LIST, metrics, identity binding) is the [`Table`] in [`Agents`], written only by the
+//! supervisor under a short lock.
+//!
+//! Reaping: the thread sleeps in its own `mio::Poll` and is woken by SIGCHLD (signal-hook's
+//! self-pipe), never by a timer. On each wake it calls `waitpid(pid, WNOHANG)` for the pids it
+//! spawned, never `waitpid(-1)` (EXEC workers reap their own children). Because the daemon is
+//! a child subreaper, orphaned descendants of agents are re-parented to the daemon's *main
+//! thread*, which never forks; so the zombies listed in the main thread's `children` file are
+//! exactly those orphans, and reaping them cannot steal another thread's child.
+//!
+//! Timers (SIGKILL after the kill grace, restart backoff, spawn timeout) are deadlines that
+//! bound the poll timeout.
+
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod launch;
+pub mod logfile;
+pub mod policy;
+pub mod spawn;
+
+use crate::kernel::audit::Category;
+use crate::kernel::perms::Permissions;
+use crate::kernel::{CallerId, Kernel, Responder, request};
+use cgroup::{AgentCgroup, Cgroups, Limits};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use launch::{NsReport, Report};
+use logfile::LogFile;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use policy::{Decision, ExitFacts, RestartConfig, RestartPolicy, RestartTracker, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Commands waiting for the supervisor.
+const COMMAND_QUEUE: usize = 1024;
+/// Bytes read from an agent's output pipe per turn, so one chatty agent cannot starve others.
+const LOG_CHUNK: usize = 64 * 1024;
+/// Longest report line a launcher may send.
+const MAX_REPORT: usize = 64 * 1024;
+
+const WAKER: Token = Token(0);
+const SIGCHLD: Token = Token(1);
+const FIRST_PIPE: usize = 16;
+
+/// What SPAWN asked for, resolved and checked. Serializable, so a durable store can keep the
+/// specs of agents spawned with `persist: true` and start them again at daemon start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub name: String,
+    pub script: PathBuf,
+    pub interpreter: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub sandboxed: bool,
+    pub network: bool,
+    pub limits: Limits,
+    pub restart_policy: RestartPolicy,
+    pub max_restarts: u32,
+    pub restart_window_ms: u64,
+    pub persist: bool,
+    /// Permissions the agent starts with.
+    pub permissions: Permissions,
+    /// The caller that spawned it.
+    pub parent_id: CallerId,
+}
+
+/// How an incarnation ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitInfo {
+    /// The exit code, or `-signal` when a signal ended it.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// "exited", "signaled", "killed" (KILL), "shutdown", "oom", "spawn_failed".
+    pub reason: &'static str,
+    pub killed_by: Option<CallerId>,
+}
+
+/// The public view of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub id: CallerId,
+    pub spec: Arc<AgentSpec>,
+    pub status: Status,
+    /// The supervised process (the launcher when sandboxed).
+    pub pid: Option<i32>,
+    /// The interpreter's pid, when known.
+    pub main_pid: Option<i32>,
+    pub started_at: Option<Instant>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitInfo>,
+    pub isolation: Value,
+    pub cgroup: Option<AgentCgroup>,
+    pub log_path: PathBuf,
+}
+
+impl AgentInfo {
+    /// The LIST entry.
+    pub fn list_entry(&self) -> Value {
+        let uptime = match (self.status.has_process(), self.started_at) {
+            (true, Some(t)) => t.elapsed().as_millis() as u64,
+            _ => 0,
+        };
+        let mut v = json!({
+            "id": self.id,
+            "agent_id": self.id,
+            "name": self.spec.name,
+            "pid": self.main_pid.or(self.pid),
+            "supervisor_pid": self.pid,
+            "state": self.status.as_str(),
+            "status": self.status.as_str().to_ascii_lowercase(),
+            "running": self.status.has_process(),
+            "uptime_ms": uptime,
+            "restarts": self.restarts,
+            "restart_policy": self.spec.restart_policy.as_str(),
+            "sandboxed": self.spec.sandboxed,
+            "network": self.spec.network,
+            "script": self.spec.script,
+            "parent_id": self.spec.parent_id,
+            "log_path": self.log_path,
+        });
+        if let Some(e) = &self.last_exit {
+            v["exit_code"] = e.exit_code.into();
+            v["signal"] = e.signal.into();
+            v["exit_reason"] = e.reason.into();
+        }
+        v
+    }
+}
+
+/// Every agent the daemon knows, by id; with the pids of running ones.
+#[derive(Default)]
+pub struct Table {
+    pub agents: BTreeMap<CallerId, AgentInfo>,
+    by_pid: HashMap<i32, CallerId>,
+}
+
+impl Table {
+    pub fn get(&self, id: CallerId) -> Option<&AgentInfo> {
+        self.agents.get(&id)
+    }
+
+    /// The live (not stopped for good) agent called `name`, else the newest stopped one.
+    pub fn find_name(&self, name: &str) -> Option<&AgentInfo> {
+        let mut found: Option<&AgentInfo> = None;
+        for a in self.agents.values().filter(|a| a.spec.name == name) {
+            if !a.status.is_final() {
+                return Some(a);
+            }
+            found = Some(a);
+        }
+        found
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.agents
+            .values()
+            .filter(|a| !a.status.is_final())
+            .count()
+    }
+}
+
+/// Commands for the supervisor thread.
+pub enum Command {
+    Spawn {
+        req: Box<spawn::SpawnRequest>,
+        id: CallerId,
+        responder: Responder,
+    },
+    /// Start an agent from a stored spec (persisted agents at daemon start); `id` comes from
+    /// [`Kernel::allocate_id`].
+    Start {
+        spec: Box<AgentSpec>,
+        id: CallerId,
+    },
+    Kill {
+        id: CallerId,
+        by: CallerId,
+        responder: Responder,
+    },
+    Pause {
+        id: CallerId,
+        responder: Responder,
+    },
+    Resume {
+        id: CallerId,
+        responder: Responder,
+    },
+    /// Stop (or leave) every agent and end the thread; `done` is dropped when finished.
+    Shutdown {
+        stop: bool,
+        done: Sender<()>,
+    },
+}
+
+/// The way to reach the supervisor thread.
+#[derive(Clone)]
+pub struct Handle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Handle {
+    /// Queues a command without blocking; gives it back when the queue is full.
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(c)) | Err(TrySendError::Disconnected(c)) => Err(c),
+        }
+    }
+}
+
+/// The kernel's view of agents: the table and the way to the supervisor.
+#[derive(Default)]
+pub struct Agents {
+    pub table: Mutex<Table>,
+    handle: OnceLock<Handle>,
+    /// Facts about cgroups, fixed at start.
+    pub cgroups: OnceLock<Cgroups>,
+}
+
+impl Agents {
+    pub fn handle(&self) -> Option<&Handle> {
+        self.handle.get()
+    }
+
+    /// The agent whose supervised process is `pid` or an ancestor of it.
+    pub fn owner_of(&self, pid: i32) -> Option<CallerId> {
+        if self.table.lock().by_pid.is_empty() || pid <= 1 {
+            return None;
+        }
+        let me = std::process::id() as i32;
+        let mut chain = Vec::new();
+        let mut p = pid;
+        // Walk up at most 32 generations, stopping at the daemon or init.
+        for _ in 0..32 {
+            if p <= 1 || p == me {
+                break;
+            }
+            chain.push(p);
+            match parent_of(p) {
+                Some(pp) => p = pp,
+                None => break,
+            }
+        }
+        let t = self.table.lock();
+        chain.iter().find_map(|p| t.by_pid.get(p).copied())
+    }
+}
+
+/// The parent pid from /proc/PID/stat.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Starts the supervisor thread.
+pub fn start(kernel: Arc<Kernel>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+    let (sig_r, sig_w) = std::os::unix::net::UnixStream::pair()?;
+    sig_r.set_nonblocking(true)?;
+    sig_w.set_nonblocking(true)?;
+    signal_hook::low_level::pipe::register(libc::SIGCHLD, sig_w)?;
+    let mut sig_r = mio::net::UnixStream::from_std(sig_r);
+    poll.registry()
+        .register(&mut sig_r, SIGCHLD, Interest::READABLE)?;
+    let cfg = &kernel.config;
+    let cgroups = Cgroups::detect(cfg.sandbox.cgroups, cfg.sandbox.cgroup_v2_root.as_deref());
+    match &cgroups.backend {
+        cgroup::Backend::Off(reason) => log::warn!("agent limits will use rlimits: {reason}"),
+        b => log::info!(
+            "agent cgroups: {} ({})",
+            cgroups.version().unwrap_or("?"),
+            match b {
+                cgroup::Backend::V1(d) => d
+                    .iter()
+                    .map(|(c, p)| format!("{c}={}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cgroup::Backend::V2 { dir, .. } => dir.display().to_string(),
+                cgroup::Backend::Off(_) => String::new(),
+            }
+        ),
+    }
+    let _ = kernel.agents.cgroups.set(cgroups.clone());
+    let _ = kernel.agents.handle.set(Handle {
+        tx,
+        waker: waker.clone(),
+    });
+    let log_dir = cfg.state_dir.join("agents");
+    if let Err(e) = std::fs::create_dir_all(&log_dir) {
+        log::warn!("cannot create {}: {e}", log_dir.display());
+    }
+    let socket = std::fs::canonicalize(&cfg.socket).unwrap_or_else(|_| cfg.socket.clone());
+    let mut sup = Supervisor {
+        kernel,
+        poll,
+        rx,
+        sig_r,
+        cgroups,
+        log_dir,
+        socket,
+        runtimes: HashMap::new(),
+        pipes: HashMap::new(),
+        next_token: FIRST_PIPE,
+        busy_logs: Vec::new(),
+        cgroup_gc: Vec::new(),
+        shutdown: None,
+        started: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("clove-supervisor".into())
+        .spawn(move || sup.run())
+}
+
+/// Which pipe a token belongs to.
+#[derive(Clone, Copy)]
+enum PipeKind {
+    Log,
+    Report,
+}
+
+struct Pipe {
+    agent: CallerId,
+    kind: PipeKind,
+    fd: OwnedFd,
+    /// Report bytes not yet ending in a newline.
+    partial: Vec<u8>,
+}
+
+/// A start in progress: waiting for the launcher's report.
+struct Starting {
+    responder: Option<Responder>,
+    deadline: Instant,
+    isolation: Option<NsReport>,
+    error: Option<String>,
+}
+
+/// A stop in progress.
+struct Stopping {
+    by: Option<CallerId>,
+    shutdown: bool,
+    sigkill_at: Option<Instant>,
+    responders: Vec<Responder>,
+}
+
+/// The supervisor's private state of one agent.
+struct Runtime {
+    id: CallerId,
+    spec: Arc<AgentSpec>,
+    restart: RestartConfig,
+    tracker: RestartTracker,
+    child: Option<Child>,
+    starting: Option<Starting>,
+    stopping: Option<Stopping>,
+    restart_at: Option<Instant>,
+    log: LogFile,
+    cgroup: Option<AgentCgroup>,
+    /// Requested limits the cgroup did not take (applied as rlimits).
+    rlimit_as: Option<u64>,
+    rlimit_nproc: Option<u64>,
+    /// The isolation block of the SPAWN reply (cgroup part fixed at creation).
+    limits_report: Value,
+    degraded: Vec<String>,
+    oom_before: u64,
+    frozen_by_cgroup: bool,
+    last_exit_code: i32,
+    /// When the previous incarnation was reaped (for the respawn latency of a restart).
+    exited_at: Option<Instant>,
+}
+
+struct Supervisor {
+    kernel: Arc<Kernel>,
+    poll: Poll,
+    rx: Receiver<Command>,
+    sig_r: mio::net::UnixStream,
+    cgroups: Cgroups,
+    log_dir: PathBuf,
+    socket: PathBuf,
+    runtimes: HashMap<CallerId, Runtime>,
+    pipes: HashMap<Token, Pipe>,
+    next_token: usize,
+    /// Log pipes with more output waiting (edge-triggered readiness: read them next turn).
+    busy_logs: Vec<Token>,
+    /// Cgroups of stopped agents that could not be removed yet (processes still exiting).
+    cgroup_gc: Vec<AgentCgroup>,
+    shutdown: Option<(bool, Sender<()>)>,
+    started: Instant,
+}
+
+impl Supervisor {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("supervisor poll failed: {e}");
+                break;
+            }
+            let mut sigchld = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    SIGCHLD => sigchld = true,
+                    t => self.pipe_ready(t),
+                }
+            }
+            self.drain_commands();
+            if sigchld {
+                self.drain_sigchld();
+            }
+            // Always look for exits: a report EOF or a command may have raced with SIGCHLD.
+            self.reap();
+            self.run_timers();
+            for t in std::mem::take(&mut self.busy_logs) {
+                self.pipe_ready(t);
+            }
+            if let Some((stop, _)) = &self.shutdown {
+                let live = self.runtimes.values().any(|r| r.child.is_some());
+                if !*stop || !live {
+                    break;
+                }
+            }
+        }
+        self.finish();
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.busy_logs.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for r in self.runtimes.values() {
+            if let Some(t) = r.restart_at {
+                consider(t);
+            }
+            if let Some(s) = &r.starting {
+                consider(s.deadline);
+            }
+            if let Some(t) = r.stopping.as_ref().and_then(|s| s.sigkill_at) {
+                consider(t);
+            }
+        }
+        next.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Spawn { req, id, responder } => self.spawn(*req, id, responder),
+                Command::Start { spec, id } => self.start_spec(*spec, id, None),
+                Command::Kill { id, by, responder } => self.kill(id, by, responder),
+                Command::Pause { id, responder } => self.pause(id, true, responder),
+                Command::Resume { id, responder } => self.pause(id, false, responder),
+                Command::Shutdown { stop, done } => self.begin_shutdown(stop, done),
+            }
+        }
+    }
+
+    fn drain_sigchld(&mut self) {
+        let mut buf = [0u8; 256];
+        loop {
+            match self.sig_r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.reap_orphans();
+        self.collect_cgroups();
+    }
+
+    /// Reaps zombies re-parented to the daemon (children of its main thread).
+    fn reap_orphans(&mut self) {
+        let me = std::process::id();
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        for pid in text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if self
+                .runtimes
+                .values()
+                .any(|r| r.child.as_ref().is_some_and(|c| c.id() as i32 == pid))
+            {
+                continue;
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on a specific pid that is our (re-parented) child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                log::debug!("reaped orphaned agent descendant pid={pid}");
+            }
+        }
+    }
+
+    fn collect_cgroups(&mut self) {
+        self.cgroup_gc.retain(|cg| !cg.remove());
+    }
+
+    fn new_token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn register_pipe(&mut self, agent: CallerId, kind: PipeKind, fd: OwnedFd) {
+        if let Err(e) = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        ) {
+            log::warn!("agent={agent}: cannot make pipe non-blocking: {e}");
+        }
+        let token = self.new_token();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+        {
+            log::warn!("agent={agent}: cannot watch pipe: {e}");
+            return;
+        }
+        self.pipes.insert(
+            token,
+            Pipe {
+                agent,
+                kind,
+                fd,
+                partial: Vec::new(),
+            },
+        );
+        // Output may already be waiting.
+        self.busy_logs.push(token);
+    }
+
+    fn close_pipe(&mut self, token: Token) -> Option<Pipe> {
+        let p = self.pipes.remove(&token)?;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+        Some(p)
+    }
+
+    /// Reads what a pipe has. Log output goes to the agent's log file; report lines update the
+    /// start in progress; end-of-file on the report pipe means the interpreter was exec'd.
+    fn pipe_ready(&mut self, token: Token) {
+        let mut buf = vec![0u8; LOG_CHUNK];
+        let Some(pipe) = self.pipes.get_mut(&token) else {
+            return;
+        };
+        let (agent, kind) = (pipe.agent, pipe.kind);
+        let mut eof = false;
+        let mut got = 0usize;
+        loop {
+            match nix::unistd::read(&pipe.fd, &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    got += n;
+                    match kind {
+                        PipeKind::Log => {
+                            if let Some(r) = self.runtimes.get_mut(&agent) {
+                                r.log.write(&buf[..n]);
+                            }
+                            if got >= LOG_CHUNK {
+                                // Fair share used: come back after the others.
+                                self.busy_logs.push(token);
+                                return;
+                            }
+                        }
+                        PipeKind::Report => {
+                            pipe.partial.extend_from_slice(&buf[..n]);
+                            if pipe.partial.len() > MAX_REPORT {
+                                pipe.partial.truncate(MAX_REPORT);
+                            }
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if let PipeKind::Report = kind {
+            let data = std::mem::take(&mut pipe.partial);
+            let (lines, rest) = match data.iter().rposition(|b| *b == b'\n') {
+                Some(i) => (data[..=i].to_vec(), data[i + 1..].to_vec()),
+                None => (Vec::new(), data),
+            };
+            pipe.partial = rest;
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                self.report_line(agent, line);
+            }
+            if eof {
+                self.close_pipe(token);
+                self.exec_done(agent);
+            }
+        } else if eof {
+            self.close_pipe(token);
+        }
+    }
+
+    fn report_line(&mut self, agent: CallerId, line: &[u8]) {
+        let Some(s) = self
+            .runtimes
+            .get_mut(&agent)
+            .and_then(|r| r.starting.as_mut())
+        else {
+            return;
+        };
+        match serde_json::from_slice::<Report>(line) {
+            Ok(Report::Isolation(ns)) => s.isolation = Some(ns),
+            Ok(Report::Error(e)) => s.error = Some(e),
+            Err(e) => {
+                s.error = Some(format!(
+                    "launcher sent an unreadable report ({e}): {}",
+                    String::from_utf8_lossy(line)
+                ))
+            }
+        }
+    }
+
+    // ---- spawning ---------------------------------------------------------------------
+
+    fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
+        match spawn::resolve(req, &self.kernel.config.agents.default_interpreter) {
+            Ok(spec) => self.start_spec(spec, id, Some(responder)),
+            Err(e) => responder.error(e),
+        }
+    }
+
+    /// Starts a new agent from a checked spec. Without a responder (an agent started by the
+    /// daemon itself, e.g. a persisted one), problems are logged.
+    fn start_spec(&mut self, spec: AgentSpec, id: CallerId, responder: Option<Responder>) {
+        let k = self.kernel.clone();
+        let fail = |responder: Option<Responder>, msg: String| match responder {
+            Some(r) => r.error(msg),
+            None => log::warn!("cannot start agent {}: {msg}", spec.name),
+        };
+        if self.shutdown.is_some() {
+            return fail(responder, "the daemon is shutting down".into());
+        }
+        {
+            let t = k.agents.table.lock();
+            if let Some(a) = t.find_name(&spec.name)
+                && !a.status.is_final()
+            {
+                let msg = format!(
+                    "an agent named {:?} is already {} (id {})",
+                    spec.name,
+                    a.status.as_str(),
+                    a.id
+                );
+                drop(t);
+                return fail(responder, msg);
+            }
+            if t.live_count() >= k.config.agents.max_agents {
+                drop(t);
+                return fail(
+                    responder,
+                    format!(
+                        "too many agents: the daemon runs at most {} (agents.max_agents)",
+                        k.config.agents.max_agents
+                    ),
+                );
+            }
+        }
+        let require = k.config.sandbox.require;
+        // Cgroup first: its outcome decides what rlimits must cover.
+        let limits = spec.limits;
+        let mut degraded = Vec::new();
+        let leaf = format!("{}-{id}", spec.name);
+        let cg = match self.cgroups.create(&leaf, &limits) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                if require && !limits.is_empty() {
+                    return fail(
+                        responder,
+                        format!(
+                            "sandbox requirement not met: cannot apply limits with cgroups: {e}"
+                        ),
+                    );
+                }
+                if !limits.is_empty() {
+                    degraded.push(format!("no cgroup: {e}"));
+                }
+                None
+            }
+        };
+        let applied: Vec<String> = cg.as_ref().map(|c| c.applied.clone()).unwrap_or_default();
+        let is_applied = |n: &str| applied.iter().any(|a| a == n);
+        let mut lim = serde_json::Map::new();
+        let (mut rlimit_as, mut rlimit_nproc) = (None, None);
+        let mut unapplied = Vec::new();
+        for (name, value) in [
+            ("memory", limits.memory),
+            ("max_pids", limits.max_pids),
+            ("cpu_quota", limits.cpu_quota),
+            ("cpu_shares", limits.cpu_shares),
+        ] {
+            let Some(v) = value else { continue };
+            let via = if is_applied(name) {
+                "cgroup"
+            } else if name == "memory" {
+                rlimit_as = Some(v);
+                "rlimit"
+            } else if name == "max_pids" {
+                rlimit_nproc = Some(v);
+                "rlimit"
+            } else {
+                unapplied.push(name);
+                "not applied"
+            };
+            lim.insert(name.into(), json!({"value": v, "via": via}));
+        }
+        if require && (rlimit_as.is_some() || rlimit_nproc.is_some() || !unapplied.is_empty()) {
+            if let Some(cg) = &cg {
+                cg.remove();
+            }
+            return fail(
+                responder,
+                "sandbox requirement not met: some limits cannot be applied through cgroups on this machine"
+                    .into(),
+            );
+        }
+        if rlimit_as.is_some() {
+            degraded.push("memory limited by RLIMIT_AS (address space), not a cgroup".into());
+        }
+        if rlimit_nproc.is_some() {
+            degraded.push(
+                "max_pids limited by RLIMIT_NPROC, which counts all processes of the user".into(),
+            );
+        }
+        if !unapplied.is_empty() {
+            degraded.push(format!("not applied: {}", unapplied.join(", ")));
+        }
+        if !spec.sandboxed && !spec.network {
+            if require {
+                if let Some(cg) = &cg {
+                    cg.remove();
+                }
+                return fail(
+                    responder,
+                    "sandbox requirement not met: network: false needs sandboxed: true".into(),
+                );
+            }
+            degraded.push("network: false has no effect without the sandbox".into());
+        }
+        let limits_report = json!({
+            "cgroup": cg.as_ref().map(|c| json!({
+                "version": format!("v{}", c.version),
+                "controllers": c.dirs.iter().map(|(n, _)| n.clone()).filter(|n| !n.is_empty()).collect::<Vec<_>>(),
+                "paths": c.dirs.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+            })),
+            "limits": lim,
+        });
+        // The agent's identity: a caller record and its name.
+        if let Err(e) = k.ipc.lock().register(id, &spec.name) {
+            if let Some(cg) = &cg {
+                cg.remove();
+            }
+            return fail(responder, e);
+        }
+        k.add_agent(id, spec.permissions.clone());
+        let log_path = self.log_dir.join(format!("{}.log", spec.name));
+        let spec = Arc::new(spec);
+        let cfg = &k.config.agents;
+        let restart = RestartConfig {
+            policy: spec.restart_policy,
+            max_restarts: spec.max_restarts,
+            window_ms: spec.restart_window_ms,
+            backoff_initial_ms: cfg.backoff_initial.as_millis() as u64,
+            backoff_cap_ms: cfg.backoff_cap.as_millis() as u64,
+        };
+        {
+            let mut t = k.agents.table.lock();
+            // A stopped agent of the same name is replaced.
+            let old: Vec<CallerId> = t
+                .agents
+                .values()
+                .filter(|a| a.spec.name == spec.name)
+                .map(|a| a.id)
+                .collect();
+            for o in old {
+                t.agents.remove(&o);
+            }
+            t.agents.insert(
+                id,
+                AgentInfo {
+                    id,
+                    spec: spec.clone(),
+                    status: Status::Starting,
+                    pid: None,
+                    main_pid: None,
+                    started_at: None,
+                    restarts: 0,
+                    last_exit: None,
+                    isolation: Value::Null,
+                    cgroup: cg.clone(),
+                    log_path: log_path.clone(),
+                },
+            );
+        }
+        let rt = Runtime {
+            id,
+            spec,
+            restart,
+            tracker: RestartTracker::new(),
+            child: None,
+            starting: None,
+            stopping: None,
+            restart_at: None,
+            log: LogFile::open(log_path, cfg.log_max_bytes, cfg.log_files),
+            oom_before: cg.as_ref().map_or(0, |c| c.oom_kills()),
+            cgroup: cg,
+            rlimit_as,
+            rlimit_nproc,
+            limits_report,
+            degraded,
+            frozen_by_cgroup: false,
+            last_exit_code: 0,
+            exited_at: None,
+        };
+        self.runtimes.insert(id, rt);
+        self.start_incarnation(id, responder);
+    }
+
+    /// Starts (or restarts) an agent's process. The reply to SPAWN waits for the launcher.
+    fn start_incarnation(&mut self, id: CallerId, responder: Option<Responder>) {
+        let require = self.kernel.config.sandbox.require;
+        let timeout = self.kernel.config.agents.spawn_timeout;
+        let Some(rt) = self.runtimes.get_mut(&id) else {
+            return;
+        };
+        rt.restart_at = None;
+        rt.frozen_by_cgroup = false;
+        let started = spawn::start(&spawn::Incarnation {
+            spec: &rt.spec,
+            id,
+            socket: &self.socket,
+            cgroup: rt.cgroup.as_ref(),
+            require,
+            rlimit_as: rt.rlimit_as,
+            rlimit_nproc: rt.rlimit_nproc,
+        });
+        match started {
+            Ok(s) => {
+                let pid = s.child.id() as i32;
+                rt.log.note(&format!(
+                    "starting {} {} (pid {pid}, restart {})",
+                    rt.spec.interpreter.display(),
+                    rt.spec.script.display(),
+                    rt.tracker.total
+                ));
+                rt.child = Some(s.child);
+                rt.starting = Some(Starting {
+                    responder,
+                    deadline: Instant::now() + timeout,
+                    isolation: None,
+                    error: None,
+                });
+                {
+                    let mut t = self.kernel.agents.table.lock();
+                    t.by_pid.insert(pid, id);
+                    if let Some(a) = t.agents.get_mut(&id) {
+                        set_status(a, Status::Starting);
+                        a.pid = Some(pid);
+                        a.main_pid = None;
+                    }
+                }
+                self.register_pipe(id, PipeKind::Log, s.log);
+                self.register_pipe(id, PipeKind::Report, s.report);
+            }
+            Err(e) => {
+                log::warn!("agent={id}: {e}");
+                rt.log.note(&format!("cannot start: {e}"));
+                if let Some(r) = responder {
+                    r.error(&e);
+                    self.forget_agent(id, Status::Failed, None);
+                } else {
+                    // A restart that cannot even fork counts as a failed run.
+                    let facts = ExitFacts {
+                        code: Some(launch::EXIT_SETUP),
+                        signal: None,
+                        requested: false,
+                    };
+                    self.after_exit(
+                        id,
+                        facts,
+                        ExitInfo {
+                            exit_code: launch::EXIT_SETUP,
+                            signal: None,
+                            reason: "spawn_failed",
+                            killed_by: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The report pipe closed: the interpreter runs (or the launcher gave up).
+    fn exec_done(&mut self, id: CallerId) {
+        let Some(rt) = self.runtimes.get_mut(&id) else {
+            return;
+        };
+        let Some(st) = rt.starting.take() else {
+            return;
+        };
+        if let Some(err) = st.error {
+            // The launcher exits now; the reap reports the failure. Keep the error for it.
+            rt.starting = Some(Starting {
+                error: Some(err),
+                ..st
+            });
+            return;
+        }
+        let Some(pid) = rt.child.as_ref().map(|c| c.id() as i32) else {
+            return;
+        };
+        let ns = st.isolation.unwrap_or_default();
+        let forked = ns.namespaces.iter().any(|n| n == "pid");
+        let main_pid = if forked {
+            first_child(pid).and_then(first_child)
+        } else {
+            Some(pid)
+        };
+        let mut degraded = rt.degraded.clone();
+        if let Some(d) = &ns.degraded {
+            degraded.insert(0, d.clone());
+        }
+        let mut isolation = rt.limits_report.clone();
+        isolation["sandboxed"] = rt.spec.sandboxed.into();
+        isolation["namespaces"] = json!(ns.namespaces);
+        isolation["proc_mounted"] = ns.proc_mounted.into();
+        isolation["network"] = if !rt.spec.network && ns.namespaces.iter().any(|n| n == "net") {
+            "none"
+        } else {
+            "host"
+        }
+        .into();
+        isolation["applied"] = degraded.is_empty().into();
+        isolation["degraded_reason"] = if degraded.is_empty() {
+            Value::Null
+        } else {
+            degraded.join("; ").into()
+        };
+        let restarts = rt.tracker.total;
+        let spec = rt.spec.clone();
+        // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
+        let stopping = rt.stopping.is_some();
+        let respawn = rt.exited_at.take().map(|t| t.elapsed());
+        {
+            let mut t = self.kernel.agents.table.lock();
+            if let Some(a) = t.agents.get_mut(&id) {
+                a.main_pid = main_pid;
+                a.isolation = isolation.clone();
+                a.started_at = Some(Instant::now());
+                a.restarts = restarts;
+                if !stopping {
+                    set_status(a, Status::Running);
+                }
+            }
+            if let Some(mp) = main_pid {
+                t.by_pid.insert(mp, id);
+            }
+        }
+        let shown_pid = main_pid.unwrap_or(pid);
+        let mut data = json!({
+            "agent_id": id,
+            "name": spec.name,
+            "pid": shown_pid,
+            "parent_id": spec.parent_id,
+            "restart_count": restarts,
+        });
+        if let Some(d) = respawn {
+            // From reaping the previous process to this one's interpreter running (backoff
+            // included).
+            data["respawn_ms"] = (d.as_secs_f64() * 1000.0).into();
+        }
+        self.event("AGENT_SPAWNED", id, data, Category::Lifecycle);
+        if let Some(r) = st.responder {
+            r.reply(&request::to_bytes(&json!({
+                "success": true,
+                "id": id,
+                "agent_id": id,
+                "name": spec.name,
+                "pid": shown_pid,
+                "supervisor_pid": pid,
+                "status": if stopping { "stopping" } else { "running" },
+                "restart_policy": spec.restart_policy.as_str(),
+                "max_restarts": spec.max_restarts,
+                "restart_window": spec.restart_window_ms as f64 / 1000.0,
+                "persist": spec.persist,
+                "level": spec.permissions.level,
+                "isolation": isolation,
+                "log_path": self.runtimes.get(&id).map(|r| r.log.path().to_path_buf()),
+            })));
+        }
+    }
+
+    // ---- exits ------------------------------------------------------------------------
+
+    /// `waitpid(pid, WNOHANG)` for every agent process.
+    fn reap(&mut self) {
+        let ids: Vec<CallerId> = self
+            .runtimes
+            .values()
+            .filter(|r| r.child.is_some())
+            .map(|r| r.id)
+            .collect();
+        for id in ids {
+            let Some(rt) = self.runtimes.get_mut(&id) else {
+                continue;
+            };
+            let Some(child) = rt.child.as_mut() else {
+                continue;
+            };
+            let pid = child.id() as i32;
+            if !has_exited(pid) {
+                continue;
+            }
+            // The launcher is a zombie now, so its pid (and process group id) cannot be
+            // reused: kill what it left behind before reaping it.
+            signal_group(pid, libc::SIGKILL);
+            if let Some(cg) = &rt.cgroup {
+                cg.kill_all();
+            }
+            let status = match child.try_wait() {
+                Ok(Some(st)) => st,
+                Ok(None) => continue,
+                Err(e) => {
+                    log::error!("agent={id}: cannot wait for pid {}: {e}", child.id());
+                    continue;
+                }
+            };
+            rt.child = None;
+            self.exited(id, pid, status);
+        }
+    }
+
+    fn exited(&mut self, id: CallerId, pid: i32, status: std::process::ExitStatus) {
+        // Whatever the launcher reported before exiting.
+        let report_tokens: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| p.agent == id && matches!(p.kind, PipeKind::Report))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in report_tokens {
+            self.pipe_ready(t);
+            self.close_pipe(t);
+        }
+        let Some(rt) = self.runtimes.get_mut(&id) else {
+            return;
+        };
+        let oom_now = rt.cgroup.as_ref().map_or(0, |c| c.oom_kills());
+        let oom = oom_now > rt.oom_before;
+        rt.oom_before = oom_now;
+        let signal = status.signal();
+        let code = status.code();
+        let exit_code = code.unwrap_or_else(|| -signal.unwrap_or(0));
+        let stopping = rt.stopping.take();
+        let starting = rt.starting.take();
+        let reason = match (&stopping, oom, signal) {
+            (Some(s), _, _) if s.shutdown => "shutdown",
+            (Some(_), _, _) => "killed",
+            (None, true, _) => "oom",
+            (None, false, Some(_)) => "signaled",
+            _ if starting.as_ref().is_some_and(|s| s.error.is_some()) => "spawn_failed",
+            _ => "exited",
+        };
+        let info = ExitInfo {
+            exit_code,
+            signal,
+            reason,
+            killed_by: stopping.as_ref().and_then(|s| s.by),
+        };
+        rt.last_exit_code = exit_code;
+        rt.exited_at = Some(Instant::now());
+        rt.log.note(&format!(
+            "pid {pid} exited: {reason}, exit code {exit_code}{}",
+            signal.map(|s| format!(", signal {s}")).unwrap_or_default()
+        ));
+        self.kernel
+            .agents
+            .table
+            .lock()
+            .by_pid
+            .retain(|_, a| *a != id);
+        // A first start that failed answers SPAWN with the launcher's error and is forgotten.
+        if let Some(st) = starting
+            && let Some(r) = st.responder
+        {
+            let why = st.error.unwrap_or_else(|| {
+                format!("the agent exited while starting (exit code {exit_code})")
+            });
+            r.error(&why);
+            self.forget_agent(id, Status::Failed, Some(info));
+            return;
+        }
+        let mut data = json!({
+            "agent_id": id,
+            "name": self.runtimes.get(&id).map(|r| r.spec.name.clone()),
+            "exit_code": exit_code,
+            "reason": reason,
+        });
+        if let Some(s) = signal {
+            data["signal"] = s.into();
+            data["signal_name"] = signal_name(s).into();
+        }
+        if let Some(by) = info.killed_by {
+            data["killed_by"] = by.into();
+        }
+        if oom {
+            data["oom_killed"] = true.into();
+        }
+        self.event("AGENT_EXITED", id, data.clone(), Category::Lifecycle);
+        if oom {
+            self.event(
+                "RESOURCE_WARNING",
+                id,
+                json!({"agent_id": id, "kind": "oom_kill", "name": data["name"]}),
+                Category::Resource,
+            );
+        }
+        let facts = ExitFacts {
+            code,
+            signal,
+            requested: stopping.is_some(),
+        };
+        let responders = stopping.map(|s| s.responders).unwrap_or_default();
+        self.after_exit(id, facts, info);
+        for r in responders {
+            r.reply(&request::to_bytes(&json!({
+                "success": true, "killed": true, "agent_id": id, "exit_code": exit_code,
+            })));
+        }
+    }
+
+    /// Applies the restart policy after an exit.
+    fn after_exit(&mut self, id: CallerId, facts: ExitFacts, info: ExitInfo) {
+        let now_ms = self.now_ms();
+        let shutting_down = self.shutdown.is_some();
+        let Some(rt) = self.runtimes.get_mut(&id) else {
+            return;
+        };
+        let facts = ExitFacts {
+            requested: facts.requested || shutting_down,
+            ..facts
+        };
+        let decision = rt.tracker.decide(&rt.restart, &facts, now_ms);
+        let name = rt.spec.name.clone();
+        let exit_code = info.exit_code;
+        match decision {
+            Decision::Stop => self.forget_agent(id, Status::Exited, Some(info)),
+            Decision::Escalate { restart_count } => {
+                self.event(
+                    "AGENT_ESCALATED",
+                    id,
+                    json!({"agent_id": id, "agent_name": name, "name": name,
+                        "restart_count": restart_count, "exit_code": exit_code}),
+                    Category::Lifecycle,
+                );
+                self.forget_agent(id, Status::Failed, Some(info));
+            }
+            Decision::Restart {
+                delay_ms,
+                restart_count,
+                ..
+            } => {
+                rt.restart_at = Some(Instant::now() + Duration::from_millis(delay_ms));
+                {
+                    let mut t = self.kernel.agents.table.lock();
+                    if let Some(a) = t.agents.get_mut(&id) {
+                        set_status(a, Status::Restarting);
+                        a.last_exit = Some(info);
+                        a.restarts = restart_count;
+                        a.main_pid = None;
+                        a.pid = None;
+                    }
+                }
+                self.event(
+                    "AGENT_RESTARTING",
+                    id,
+                    json!({"agent_id": id, "agent_name": name, "name": name,
+                        "restart_count": restart_count, "exit_code": exit_code,
+                        "delay_ms": delay_ms}),
+                    Category::Lifecycle,
+                );
+            }
+        }
+    }
+
+    /// The agent is stopped for good: its name, mailbox and caller record go, its cgroup is
+    /// removed, and LIST keeps it (bounded by `agents.keep_exited`).
+    fn forget_agent(&mut self, id: CallerId, status: Status, info: Option<ExitInfo>) {
+        if let Some(rt) = self.runtimes.remove(&id)
+            && let Some(cg) = rt.cgroup
+        {
+            cg.kill_all();
+            if !cg.remove() {
+                self.cgroup_gc.push(cg);
+            }
+        }
+        let tokens: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| p.agent == id && matches!(p.kind, PipeKind::Report))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            self.close_pipe(t);
+        }
+        self.kernel.remove_agent(id);
+        let keep = self.kernel.config.agents.keep_exited;
+        let mut t = self.kernel.agents.table.lock();
+        t.by_pid.retain(|_, a| *a != id);
+        if let Some(a) = t.agents.get_mut(&id) {
+            set_status(a, status);
+            a.pid = None;
+            a.main_pid = None;
+            if info.is_some() {
+                a.last_exit = info;
+            }
+        }
+        let stopped: Vec<CallerId> = t
+            .agents
+            .values()
+            .filter(|a| a.status.is_final())
+            .map(|a| a.id)
+            .collect();
+        if stopped.len() > keep {
+            for old in &stopped[..stopped.len() - keep] {
+                t.agents.remove(old);
+            }
+        }
+    }
+
+    // ---- timers -----------------------------------------------------------------------
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        let mut restarts = Vec::new();
+        let mut timeouts = Vec::new();
+        for r in self.runtimes.values_mut() {
+            if r.restart_at.is_some_and(|t| t <= now) {
+                r.restart_at = None;
+                restarts.push(r.id);
+            }
+            if r.starting.as_ref().is_some_and(|s| s.deadline <= now) {
+                timeouts.push(r.id);
+            }
+            if let Some(s) = r.stopping.as_mut()
+                && s.sigkill_at.is_some_and(|t| t <= now)
+            {
+                s.sigkill_at = None;
+                if let Some(c) = &r.child {
+                    log::info!("agent={}: grace over, sending SIGKILL", r.id);
+                    signal_group(c.id() as i32, libc::SIGKILL);
+                }
+                if let Some(cg) = &r.cgroup {
+                    cg.kill_all();
+                }
+            }
+        }
+        for id in restarts {
+            self.start_incarnation(id, None);
+        }
+        for id in timeouts {
+            if let Some(r) = self.runtimes.get_mut(&id)
+                && let Some(s) = r.starting.as_mut()
+            {
+                s.error = Some(format!(
+                    "the agent did not start within {:?} (agents.spawn_timeout_ms)",
+                    self.kernel.config.agents.spawn_timeout
+                ));
+                s.deadline = now + Duration::from_secs(3600);
+                if let Some(c) = &r.child {
+                    signal_group(c.id() as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    // ---- kill, pause, resume ----------------------------------------------------------
+
+    fn kill(&mut self, id: CallerId, by: CallerId, responder: Responder) {
+        let status = self.kernel.agents.table.lock().get(id).map(|a| a.status);
+        match status {
+            None => responder.error(format!("no agent has id {id}")),
+            Some(s) if s.is_final() => {
+                responder.error(format!("agent {id} is not running ({})", s.as_str()))
+            }
+            Some(Status::Restarting) => {
+                self.event(
+                    "AGENT_EXITED",
+                    id,
+                    json!({"agent_id": id, "name": self.runtimes.get(&id).map(|r| r.spec.name.clone()),
+                        "exit_code": self.runtimes.get(&id).map_or(0, |r| r.last_exit_code),
+                        "reason": "killed", "killed_by": by}),
+                    Category::Lifecycle,
+                );
+                self.forget_agent(id, Status::Exited, None);
+                responder.reply(&request::to_bytes(
+                    &json!({"success": true, "killed": true, "agent_id": id}),
+                ));
+            }
+            Some(_) => {
+                self.stop_agent(id, Some(by), false);
+                match self.runtimes.get_mut(&id).and_then(|r| r.stopping.as_mut()) {
+                    Some(s) => s.responders.push(responder),
+                    None => responder.reply(&request::to_bytes(
+                        &json!({"success": true, "killed": true, "agent_id": id}),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// SIGTERM to the agent's process group (thawing it if paused); SIGKILL after the grace.
+    fn stop_agent(&mut self, id: CallerId, by: Option<CallerId>, shutdown: bool) {
+        let grace = self.kernel.config.agents.kill_grace;
+        let Some(rt) = self.runtimes.get_mut(&id) else {
+            return;
+        };
+        let Some(pid) = rt.child.as_ref().map(|c| c.id() as i32) else {
+            return;
+        };
+        if rt.stopping.is_some() {
+            return;
+        }
+        if grace.is_zero() {
+            signal_group(pid, libc::SIGKILL);
+            if let Some(cg) = &rt.cgroup {
+                cg.kill_all();
+            }
+        } else {
+            signal_group(pid, libc::SIGTERM);
+        }
+        // A paused agent must run to handle SIGTERM (and a v1-frozen one to die at all).
+        if rt.frozen_by_cgroup
+            && let Some(cg) = &rt.cgroup
+        {
+            let _ = cg.freeze(false);
+        }
+        signal_group(pid, libc::SIGCONT);
+        rt.frozen_by_cgroup = false;
+        rt.stopping = Some(Stopping {
+            by,
+            shutdown,
+            sigkill_at: (!grace.is_zero()).then(|| Instant::now() + grace),
+            responders: Vec::new(),
+        });
+        let mut t = self.kernel.agents.table.lock();
+        if let Some(a) = t.agents.get_mut(&id) {
+            set_status(a, Status::Stopping);
+        }
+    }
+
+    fn pause(&mut self, id: CallerId, pause: bool, responder: Responder) {
+        let status = self.kernel.agents.table.lock().get(id).map(|a| a.status);
+        let word = if pause { "paused" } else { "resumed" };
+        let ok = |r: Responder| {
+            r.reply(&request::to_bytes(
+                &json!({"success": true, word: true, "agent_id": id}),
+            ))
+        };
+        match (status, pause) {
+            (None, _) => return responder.error(format!("no agent has id {id}")),
+            (Some(Status::Paused), true) | (Some(Status::Running), false) => return ok(responder),
+            (Some(Status::Running), true) | (Some(Status::Paused), false) => {}
+            (Some(s), _) => {
+                return responder.error(format!(
+                    "agent {id} is {}; only a RUNNING agent can be paused and a PAUSED one resumed",
+                    s.as_str()
+                ));
+            }
+        }
+        let Some(rt) = self.runtimes.get_mut(&id) else {
+            return responder.error(format!("no agent has id {id}"));
+        };
+        let Some(pid) = rt.child.as_ref().map(|c| c.id() as i32) else {
+            return responder.error(format!("agent {id} has no process"));
+        };
+        let mut how = "signal";
+        match (&rt.cgroup, pause) {
+            (Some(cg), true) if cg.can_freeze() => match cg.freeze(true) {
+                Ok(()) => {
+                    rt.frozen_by_cgroup = true;
+                    how = "freezer";
+                }
+                Err(e) => {
+                    log::warn!("agent={id}: freezer failed ({e}); using SIGSTOP");
+                    signal_group(pid, libc::SIGSTOP);
+                }
+            },
+            (_, true) => signal_group(pid, libc::SIGSTOP),
+            (_, false) => {
+                if rt.frozen_by_cgroup
+                    && let Some(cg) = &rt.cgroup
+                    && let Err(e) = cg.freeze(false)
+                {
+                    return responder.error(format!("cannot thaw agent {id}: {e}"));
+                }
+                rt.frozen_by_cgroup = false;
+                signal_group(pid, libc::SIGCONT);
+            }
+        }
+        let name = rt.spec.name.clone();
+        {
+            let mut t = self.kernel.agents.table.lock();
+            if let Some(a) = t.agents.get_mut(&id) {
+                set_status(
+                    a,
+                    if pause {
+                        Status::Paused
+                    } else {
+                        Status::Running
+                    },
+                );
+            }
+        }
+        let kind = if pause {
+            "AGENT_PAUSED"
+        } else {
+            "AGENT_RESUMED"
+        };
+        self.event(
+            kind,
+            id,
+            json!({"agent_id": id, "name": name, "method": how}),
+            Category::Lifecycle,
+        );
+        ok(responder);
+    }
+
+    // ---- shutdown ---------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self, stop: bool, done: Sender<()>) {
+        self.shutdown = Some((stop, done));
+        if !stop {
+            return;
+        }
+        let ids: Vec<CallerId> = self.runtimes.keys().copied().collect();
+        for id in ids {
+            let has_child = self.runtimes.get(&id).is_some_and(|r| r.child.is_some());
+            if has_child {
+                self.stop_agent(id, None, true);
+            } else {
+                self.forget_agent(id, Status::Exited, None);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let stop = self.shutdown.as_ref().is_none_or(|(s, _)| *s);
+        if stop {
+            // Every process is gone; what remains are pending answers and cgroups.
+            let ids: Vec<CallerId> = self.runtimes.keys().copied().collect();
+            for id in ids {
+                self.forget_agent(id, Status::Exited, None);
+            }
+            self.reap_orphans();
+            self.collect_cgroups();
+            self.cgroups.cleanup();
+        } else {
+            self.hand_over_logs();
+        }
+        log::info!("supervisor stopped");
+    }
+
+    /// Agents left running keep an output pipe whose reader is us: hand each one to a small
+    /// `clove __logcopy` process, so their writes neither fail nor get lost after we exit.
+    fn hand_over_logs(&mut self) {
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let (max, keep) = (
+            self.kernel.config.agents.log_max_bytes,
+            self.kernel.config.agents.log_files,
+        );
+        let tokens: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| matches!(p.kind, PipeKind::Log))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            let Some(pipe) = self.close_pipe(t) else {
+                continue;
+            };
+            let Some(rt) = self.runtimes.get(&pipe.agent) else {
+                continue;
+            };
+            if let Err(e) = nix::fcntl::fcntl(
+                &pipe.fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+            ) {
+                log::warn!("agent={}: {e}", pipe.agent);
+            }
+            let started = std::process::Command::new(&exe)
+                .arg(logfile::COPY_SUBCOMMAND)
+                .arg(rt.log.path())
+                .arg(max.to_string())
+                .arg(keep.to_string())
+                .stdin(std::process::Stdio::from(pipe.fd))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn();
+            match started {
+                // Not waited for: it outlives us and is re-parented to init.
+                Ok(child) => drop(child),
+                Err(e) => log::warn!("agent={}: cannot keep its log: {e}", rt.id),
+            }
+        }
+    }
+
+    // ---- events -----------------------------------------------------------------------
+
+    fn event(&self, kind: &str, id: CallerId, data: Value, category: Category) {
+        let success = !matches!(kind, "AGENT_ESCALATED" | "RESOURCE_WARNING");
+        // The agent's name is in the data (its registered name may already be released).
+        let name = data["name"].as_str().map(str::to_string);
+        self.kernel
+            .audit
+            .with(|log| log.append(category, kind, id, name, success, data.clone()));
+        self.kernel.emit(kind, data, id);
+    }
+}
+
+/// Changes a status through the transition table (a disallowed change is logged and skipped:
+/// it would be a supervisor bug, not something input can cause).
+fn set_status(a: &mut AgentInfo, next: Status) {
+    if a.status == next {
+        return;
+    }
+    if a.status.can_become(next) {
+        a.status = next;
+    } else {
+        log::error!(
+            "agent={}: refused status change {} -> {}",
+            a.id,
+            a.status.as_str(),
+            next.as_str()
+        );
+    }
+}
+
+/// True when `pid` (our child) has exited; the zombie is left in place (`WNOWAIT`).
+fn has_exited(pid: i32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid(2).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on one specific child with a valid siginfo pointer.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read after a successful waitid.
+    r == 0 && unsafe { info.si_pid() } == pid
+}
+
+/// Sends a signal to a process group; a group that is gone is fine.
+fn signal_group(pgid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+/// The first child of a process (its children file), used to find the interpreter under
+/// the launcher and init.
+fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// "SIGKILL" for 9.
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("SIG{sig}"))
+}
+
+/// Asks the supervisor to stop (or leave) every agent and waits until it has.
+pub fn shutdown(kernel: &Kernel, thread: std::thread::JoinHandle<()>, stop: bool) {
+    let Some(h) = kernel.agents.handle() else {
+        return;
+    };
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let cmd = Command::Shutdown {
+        stop,
+        done: done_tx,
+    };
+    // A blocking send is fine here (the main thread, at exit); it fails only when the
+    // supervisor thread is already gone.
+    if h.tx.send(cmd).is_ok() {
+        let _ = h.waker.wake();
+        // The supervisor drops `done` when it finishes; the join is what really waits.
+        let _ = done_rx.recv();
+    }
+    let _ = thread.join();
+}
