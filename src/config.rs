@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub fs: RawFs,
     #[serde(default)]
     pub permissions: RawPermissions,
+    #[serde(default)]
+    pub store: crate::store::RawStore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +132,8 @@ pub struct Config {
     pub agent_level: String,
     /// The five presets after config overrides.
     pub levels: BTreeMap<String, Permissions>,
+    /// The `[store]` section: the state database.
+    pub store: crate::store::StoreConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -335,6 +339,7 @@ impl Config {
             ));
         }
         let fs_max_read_bytes = raw.fs.max_read_bytes.unwrap_or(16 << 20);
+        let store = crate::store::StoreConfig::from_raw(&raw.store, &state_dir, &mut errors);
 
         let state_text = state_dir.to_string_lossy().into_owned();
         let mut levels = BTreeMap::new();
@@ -414,6 +419,7 @@ impl Config {
             client_level,
             agent_level,
             levels,
+            store,
         })
     }
 

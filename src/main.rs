@@ -94,10 +94,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check, export or import the durable state of a STOPPED daemon (they refuse while a
+    /// daemon holds the store). The store is found like `clove serve` finds it: --config,
+    /// --state-dir, then store.path.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+        /// Config file (as for `clove serve`).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// State directory (as for `clove serve`).
+        #[arg(long, value_name = "DIR", global = true)]
+        state_dir: Option<PathBuf>,
+    },
     /// Validate a config file (or the default one) and print the effective settings.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Verify the database (SQLite integrity check, every value parses); exit 1 on damage.
+    Check,
+    /// Write the durable state as JSON (to stdout, or --output FILE).
+    Export {
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace the durable state with a JSON dump made by `clove state export`.
+    Import {
+        file: PathBuf,
+        /// Overwrite a store that is not empty.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -137,6 +168,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             clove::daemon::serve(cfg).map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::State {
+            action,
+            config,
+            state_dir,
+        } => {
+            let cfg = Config::load(
+                config.as_deref(),
+                &Overrides {
+                    socket: None,
+                    state_dir,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            state_command(&cfg, action)
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())
@@ -243,6 +289,59 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 println!("{result}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `clove state ...`.
+fn state_command(cfg: &Config, action: StateAction) -> Result<ExitCode, String> {
+    use clove::store::{StoreLimits, dump};
+    match action {
+        StateAction::Check => {
+            let report = dump::check(&cfg.store).map_err(|e| e.to_string())?;
+            println!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        StateAction::Export { output } => {
+            let d = dump::export(&cfg.store).map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?;
+            match output {
+                None => println!("{text}"),
+                Some(path) => {
+                    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+                    std::fs::write(&tmp, format!("{text}\n"))
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    eprintln!(
+                        "exported {} keys, {} agent names, {} persistent agents, {} audit entries to {}",
+                        d.keys.len(),
+                        d.agent_names.len(),
+                        d.agent_specs.len(),
+                        d.audit.len(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StateAction::Import { file, replace } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let d = dump::parse(&text, &StoreLimits::from_config(cfg))?;
+            let c = dump::import(&cfg.store, &d, replace)?;
+            println!(
+                "imported into {}: {} keys, {} agent names, {} persistent agents, {} audit entries",
+                cfg.store.path.display(),
+                c.keys,
+                c.agent_names,
+                c.agent_specs,
+                c.audit_entries
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
