@@ -3,4 +3,5 @@
 
 mod harness;
 
+mod durability;
 mod smoke;

@@ -92,6 +92,9 @@ pub fn store(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
         Scope::Session => false,
         Scope::Agent => k.with_caller(call.caller, |c| c.kind) == Some(CallerKind::Agent),
     };
+    if let Err(e) = k.store.precheck_put(key, req.value) {
+        return Outcome::Reply(error(format!("cannot store {key:?}: {e}")));
+    }
     let responder = k.responder(call);
     let events = k.events.clone();
     let caller = call.caller;
@@ -167,6 +170,9 @@ pub fn delete(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
         Err(e) => return Outcome::Reply(error(e)),
     };
     let key = req.key.to_string();
+    if let Err(e) = k.store.precheck() {
+        return Outcome::Reply(error(format!("cannot delete {key:?}: {e}")));
+    }
     let responder = k.responder(call);
     let events = k.events.clone();
     let caller = call.caller;

@@ -161,7 +161,15 @@ impl Database {
             log::info!("created state store {}", path.display());
         }
         let latest = migrations.last().map_or(0, |m| m.version);
-        let (conn, version) = open_verified(path, latest)?;
+        // Reading a database in WAL mode creates an empty log file; a refused file is left
+        // exactly as it was found, so such a log is removed again.
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let had_wal = wal.exists();
+        let (conn, version) = open_verified(path, latest).inspect_err(|_| {
+            if !had_wal && std::fs::metadata(&wal).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&wal);
+            }
+        })?;
         let fail = |e: rusqlite::Error| classify(path, e);
         if version < latest {
             log::info!(

@@ -666,6 +666,22 @@ impl StateStore {
         w.submit(op, done);
     }
 
+    /// The refusals that need no planning: the writer's queue is full, or it is closed. Handlers
+    /// on the reactor thread call this first so that they can answer such refusals directly
+    /// (a completion from the reactor thread to itself could wait on its own full queue).
+    pub fn precheck(&self) -> Result<(), StoreError> {
+        match &self.writer {
+            Some(w) => w.precheck(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`StateStore::precheck`] plus the key and value size limits of a put.
+    pub fn precheck_put(&self, key: &str, value: &RawValue) -> Result<(), StoreError> {
+        self.limits.check(key, value)?;
+        self.precheck()
+    }
+
     /// Stores a value once it is committed; see [`Put`]. Size limits are checked at once.
     pub fn submit_put(&self, put: Put, done: Done) {
         if let Err(e) = self.limits.check(&put.key, &put.value) {
@@ -1065,5 +1081,215 @@ mod tests {
         put(&s, Namespace::Agent(1), "b", "2", Scope::Agent, None).unwrap();
         assert!(s.expire(1000).is_empty());
         assert_eq!(s.usage().0, 1);
+    }
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("clove-store")
+            .tempdir_in("/tmp")
+            .unwrap()
+    }
+
+    fn big_limits() -> StoreLimits {
+        StoreLimits {
+            max_keys: 1000,
+            max_key_bytes: 64,
+            max_value_bytes: 1024,
+            max_total_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn durable_keys_survive_reopen_and_others_do_not() {
+        let d = tmp();
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        assert!(s.is_durable());
+        let now = crate::kernel::now_ms();
+        let sh = Namespace::Shared;
+        put(&s, sh, "g", r#"{"a": 1}"#, Scope::Global, None).unwrap();
+        put(&s, sh, "sess", "1", Scope::Session, None).unwrap();
+        put(&s, sh, "soon", "1", Scope::Global, Some(now + 1)).unwrap();
+        put(&s, sh, "later", "1", Scope::Global, Some(now + 3_600_000)).unwrap();
+        put(&s, Namespace::Agent(9), "mine", "2", Scope::Agent, None).unwrap();
+        s.put_wait(Put {
+            ns: Namespace::Agent(10),
+            key: "client".into(),
+            value: raw("3"),
+            scope: Scope::Agent,
+            expires_ms: None,
+            durable: false,
+        })
+        .unwrap();
+        // A global key turned into a session key is no longer durable, and back.
+        put(&s, sh, "flip", "1", Scope::Global, None).unwrap();
+        put(&s, sh, "flip", "2", Scope::Session, None).unwrap();
+        put(&s, sh, "flop", "1", Scope::Session, None).unwrap();
+        put(&s, sh, "flop", "2", Scope::Global, None).unwrap();
+        put(&s, sh, "gone", "1", Scope::Global, None).unwrap();
+        assert_eq!(
+            s.delete_wait("gone", Namespace::Agent(9), Some(sh)),
+            Ok(Some((sh, Scope::Global)))
+        );
+        assert_eq!(
+            s.delete_wait("gone", Namespace::Agent(9), Some(sh)),
+            Ok(None)
+        );
+        s.close();
+        assert_eq!(
+            put(&s, sh, "late", "1", Scope::Global, None),
+            Err(StoreError::Closed)
+        );
+        drop(s);
+        // Wait (without sleeping blindly) until "soon" has expired on the wall clock.
+        while crate::kernel::now_ms() <= now + 1 {
+            std::thread::yield_now();
+        }
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let t = crate::kernel::now_ms();
+        assert_eq!(s.get(sh, "g", t).unwrap().value.get(), r#"{"a": 1}"#);
+        assert_eq!(s.get(sh, "g", t).unwrap().scope, Scope::Global);
+        assert!(s.get(sh, "sess", t).is_none());
+        assert!(s.get(sh, "soon", t).is_none());
+        assert!(s.get(sh, "later", t).is_some());
+        assert_eq!(s.next_expiry(), Some(now + 3_600_000));
+        let mine = s.get(Namespace::Agent(9), "mine", t).unwrap();
+        assert_eq!((mine.value.get(), mine.scope), ("2", Scope::Agent));
+        assert!(s.get(Namespace::Agent(10), "client", t).is_none());
+        assert!(s.get(sh, "flip", t).is_none());
+        assert_eq!(s.get(sh, "flop", t).unwrap().value.get(), "2");
+        assert!(s.get(sh, "gone", t).is_none());
+        assert_eq!(s.take_recovered().expired_at_start, 1);
+        // Ids continue above every agent that owns durable data.
+        assert!(s.id_counter().load(Ordering::Relaxed) >= 10);
+    }
+
+    #[test]
+    fn agent_records_and_audit() {
+        let d = tmp();
+        let mut cfg = StoreConfig::at(&d.path().join("s.db"));
+        cfg.audit_max_entries = 5;
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let spec = |id: u32| AgentSpecRecord {
+            agent_id: id,
+            name: Some(format!("a{id}")),
+            spec: serde_json::json!({"script": format!("a{id}.py"), "persist": true}),
+            saved_ms: 1,
+        };
+        s.save_agent_spec(spec(3)).unwrap();
+        s.save_agent_spec(spec(4)).unwrap();
+        s.save_agent_spec(spec(5)).unwrap();
+        s.delete_agent_spec(4).unwrap();
+        s.save_agent_name("a3", 3).unwrap();
+        s.save_agent_name("a5", 5).unwrap();
+        s.release_agent_name("a5").unwrap();
+        for i in 0..12u32 {
+            s.append_audit(AuditRecord {
+                id: 0,
+                ts_ms: 1000 + u64::from(i),
+                category: if i % 2 == 0 { "lifecycle" } else { "state" }.into(),
+                event_type: format!("e{i}"),
+                agent_id: i,
+                agent_name: None,
+                success: true,
+                details: serde_json::json!({"i": i}),
+            });
+        }
+        let all = s
+            .query_audit(AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let kinds: Vec<&str> = all.iter().map(|a| a.event_type.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["e7", "e8", "e9", "e10", "e11"],
+            "bounded, oldest pruned"
+        );
+        let newest_two = s
+            .query_audit(AuditQuery {
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(newest_two.len(), 2);
+        assert_eq!(newest_two[1].event_type, "e11");
+        let since = s
+            .query_audit(AuditQuery {
+                since_id: Some(all[2].id),
+                category: Some("lifecycle".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let kinds: Vec<&str> = since.iter().map(|a| a.event_type.as_str()).collect();
+        assert_eq!(kinds, ["e10"]);
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let r = s.take_recovered();
+        assert_eq!(
+            r.agent_specs.iter().map(|a| a.agent_id).collect::<Vec<_>>(),
+            [3, 5]
+        );
+        assert_eq!(r.agent_specs[0].spec["script"], "a3.py");
+        assert_eq!(
+            r.agent_names,
+            vec![AgentName {
+                name: "a3".into(),
+                agent_id: 3
+            }]
+        );
+        assert!(s.take_recovered().agent_specs.is_empty(), "taken once");
+        assert_eq!(
+            s.query_audit(AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            5
+        );
+        assert!(s.id_counter().load(Ordering::Relaxed) > 5);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_writes() {
+        let d = tmp();
+        let mut cfg = StoreConfig::at(&d.path().join("s.db"));
+        cfg.max_pending_writes = 1;
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        {
+            // While memory is locked the writer cannot plan, so the queue stays full.
+            let _held = s.inner.lock();
+            for i in 0..3 {
+                let tx = tx.clone();
+                s.submit_put(
+                    Put {
+                        ns: Namespace::Shared,
+                        key: format!("k{i}"),
+                        value: raw("1"),
+                        scope: Scope::Global,
+                        expires_ms: None,
+                        durable: true,
+                    },
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+            }
+        }
+        let results: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        assert!(
+            results.contains(&Err(StoreError::Busy { max: 1 })),
+            "{results:?}"
+        );
+        assert!(results.contains(&Ok(Applied::Stored)), "{results:?}");
+        assert_eq!(
+            s.stats_json()["busy_refusals"].as_u64(),
+            Some(results.iter().filter(|r| r.is_err()).count() as u64)
+        );
     }
 }

@@ -109,6 +109,20 @@ impl Handle {
         })
     }
 
+    /// Whether a change would be accepted right now.
+    pub(crate) fn precheck(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if self.tx.is_full() {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Busy {
+                max: self.max_pending,
+            });
+        }
+        Ok(())
+    }
+
     /// Queues a change without blocking.
     pub(crate) fn submit(&self, op: Op, done: Done) {
         if self.closed.load(Ordering::Acquire) {
