@@ -90,6 +90,12 @@ enum Command {
         /// Unmeasured warm-up requests.
         #[arg(long, default_value_t = 10_000)]
         warmup: u64,
+        /// Connections that STORE continuously during the run (e.g. FETCH under writes).
+        #[arg(long, default_value_t = 0)]
+        background_writers: usize,
+        /// Total STOREs per second of the background writers (0: as fast as answered).
+        #[arg(long, default_value_t = 0)]
+        background_rate: u64,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -270,6 +276,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             keys,
             idle,
             warmup,
+            background_writers,
+            background_rate,
             json,
         } => {
             let spec = BenchSpec {
@@ -282,6 +290,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 keys,
                 idle,
                 warmup,
+                background_writers,
+                background_rate,
             };
             let result = clove::bench::run(&spec).map_err(|e| format!("bench failed: {e}"))?;
             if json {
