@@ -356,6 +356,13 @@ impl Config {
                     Err(e) => errors.push(format!("permissions.levels.{name}: {e}")),
                 }
             }
+            // A state database outside the state directory is as private as the directory
+            // (the file, its write-ahead log and its lock).
+            if !p.filesystem.blocked.is_empty() && !store.path.starts_with(&state_dir) {
+                p.filesystem
+                    .blocked
+                    .push(format!("{}*", store.path.display()));
+            }
             if let Err(e) = p.validate() {
                 errors.push(format!("permissions.levels.{name}: {e}"));
             }
@@ -523,6 +530,23 @@ mod tests {
         let e = parse("[server]\nworkers = 0\nsocket_mode = \"0400\"\n[limits]\nmailbox_len = 0\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn a_store_outside_the_state_dir_is_blocked_too() {
+        let c = parse("[store]\npath = \"/data/clove/s.db\"\n").unwrap();
+        let std = c.level("standard").unwrap();
+        assert!(std.may_read(Path::new("/data/clove/s.db")).is_err());
+        assert!(std.may_read(Path::new("/data/clove/s.db-wal")).is_err());
+        assert!(std.may_read(Path::new("/data/clove/other")).is_ok());
+        assert!(
+            c.level("unrestricted")
+                .unwrap()
+                .may_read(Path::new("/data/clove/s.db"))
+                .is_ok()
+        );
+        let c = parse("").unwrap();
+        assert_eq!(c.store.path, Path::new("/tmp/state/store.db"));
     }
 
     #[test]

@@ -119,6 +119,11 @@ fn acknowledged_state_survives_restarts_and_session_state_does_not() {
         op::STORE,
         json!({"key": "flip", "value": 2, "scope": "session"}),
     );
+    c.ok(
+        op::STORE,
+        json!({"key": "mine", "value": 5, "scope": "agent"}),
+    );
+    assert_eq!(fetch(&mut c, "mine")["scope"], "agent");
     c.ok(op::STORE, json!({"key": "gone", "value": true}));
     let r = c.ok(op::DELETE, json!({"key": "gone"}));
     assert_eq!(r["deleted"], true);
@@ -144,6 +149,11 @@ fn acknowledged_state_survives_restarts_and_session_state_does_not() {
         "a global key turned session is no longer durable"
     );
     assert_eq!(fetch(&mut c, "gone")["exists"], false);
+    assert_eq!(
+        fetch(&mut c, "mine")["exists"],
+        false,
+        "a plain client's agent keys are memory only"
+    );
     let f = c.call_raw(op::FETCH, br#"{"key":"exact"}"#);
     assert!(
         String::from_utf8_lossy(&f.payload).contains(r#""value":{ "spaced" :  [1,  2] }"#),
@@ -209,7 +219,7 @@ struct WriterLog {
     acked: HashMap<String, Option<Value>>,
     /// A change sent and not yet answered when the daemon died.
     inflight: Option<(String, Option<Value>)>,
-    /// The connection's id as the daemon gave it.
+    /// The connection's id, once a STORE of it was acknowledged (so it owns committed data).
     id: u32,
 }
 
@@ -234,7 +244,7 @@ fn crash_writer(
         x ^= x >> 7;
         x ^= x << 17;
         let key = format!("{prefix}-{}", x % 40);
-        let (op, payload, change) = if x % 5 == 0 {
+        let (op, payload, change) = if x.is_multiple_of(5) {
             (
                 op::DELETE,
                 json!({"key": key}),
@@ -258,8 +268,14 @@ fn crash_writer(
         };
         let v: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(v["success"], true, "{v}");
-        log.id = reply.agent_id;
+        assert_eq!(v["key"], key, "the reply answers this request");
+        if log.id != 0 {
+            assert_eq!(reply.agent_id, log.id, "replies come to this connection");
+        }
         let (k, val) = log.inflight.take().unwrap();
+        if val.is_some() {
+            log.id = reply.agent_id;
+        }
         log.acked.insert(k, val);
         total.fetch_add(1, Ordering::Relaxed);
     }
@@ -281,13 +297,19 @@ fn crash_test_acknowledged_writes_survive_kill_9_at_random_moments() {
     // key -> expected value (None = absent), across all rounds.
     let mut expected: HashMap<String, Option<Value>> = HashMap::new();
     let mut max_id_seen = 0u32;
-    for round in 0..5u64 {
+    // CLOVE_CRASH_ROUNDS=50 makes it a soak test.
+    let rounds = std::env::var("CLOVE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5u64);
+    for round in 0..rounds {
         let sync = if round % 2 == 0 { "full" } else { "normal" };
         std::fs::write(&d.config_path, format!("[store]\nsync = \"{sync}\"\n")).unwrap();
         if round > 0 {
             d.spawn().unwrap();
         }
-        // A new connection never gets an id that an earlier run handed out.
+        // A new connection never gets the id of a connection whose writes were committed, nor
+        // one handed out before a clean stop.
         let mut probe = d.client();
         let id = probe.my_id();
         assert!(
@@ -303,7 +325,9 @@ fn crash_test_acknowledged_writes_survive_kill_9_at_random_moments() {
                 let socket = d.socket.clone();
                 let (total, stop) = (total.clone(), stop.clone());
                 let prefix = format!("w{w}");
-                let seed = next();
+                // Unrelated streams per writer (consecutive xorshift states would only be
+                // shifted copies of one another).
+                let seed = next().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ w;
                 std::thread::spawn(move || crash_writer(socket, prefix, seed, total, stop))
             })
             .collect();
@@ -346,6 +370,9 @@ fn crash_test_acknowledged_writes_survive_kill_9_at_random_moments() {
             }
             if let Some((k, v)) = &l.inflight {
                 inflight.insert(k.clone(), v.clone());
+                // A key no acknowledged change ever touched was absent before its change in
+                // flight; it must be found absent or with that change.
+                expected.entry(k.clone()).or_insert(None);
             }
         }
         for (key, want) in expected.iter_mut() {
@@ -361,9 +388,6 @@ fn crash_test_acknowledged_writes_survive_kill_9_at_random_moments() {
                     "round {round}: key {key}: acknowledged {want:?}, found {got:?} after kill -9 (seed {seed})"
                 ),
             }
-        }
-        for (key, v) in inflight {
-            expected.entry(key).or_insert(v);
         }
         drop(c);
         d.stop();

@@ -455,6 +455,9 @@ impl Writer {
             r.map_err(stmt_err)?;
             queries.push(query);
         }
+        // The id high-water mark goes into the same transaction: every id that owns data in it
+        // is below the value written.
+        let id = self.ids.load(Ordering::Relaxed);
         let tail = || -> Result<usize, rusqlite::Error> {
             if audits > 0 {
                 prune_audit(&tx, self.audit_max.load(Ordering::Relaxed))?;
@@ -464,7 +467,6 @@ impl Writer {
             } else {
                 0
             };
-            let id = self.ids.load(Ordering::Relaxed);
             if id > self.recorded_id {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_id'")?
                     .execute([id])?;
@@ -472,7 +474,6 @@ impl Writer {
             Ok(purged)
         };
         let purged = tail().map_err(stmt_err)?;
-        let id = self.ids.load(Ordering::Relaxed);
         if let Err(e) = tx.commit() {
             // A failed COMMIT is normally rolled back by SQLite; if the transaction is still
             // open, or the error leaves the outcome unknown, stop trusting memory.
