@@ -112,10 +112,10 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     }
     let result = reactor.run();
     log::info!("shutting down");
+    kernel.shutdown();
     // Without the reactor (and its completion queue) replies to late commits are dropped
     // instead of waiting for a reader; then the writer commits what is queued and stops.
     drop(reactor);
-    kernel.shutdown();
     kernel.store.close();
     bound.remove();
     result.map_err(io_err("event loop failed"))

@@ -365,7 +365,7 @@ impl Inner {
                         max: limits.max_keys,
                     });
                 }
-                let bytes_after = view.bytes - old.map_or(0, |m| m.size) + size;
+                let bytes_after = view.bytes.saturating_sub(old.map_or(0, |m| m.size)) + size;
                 if bytes_after > limits.max_total_bytes {
                     return Err(StoreError::TooManyBytes {
                         max: limits.max_total_bytes,
@@ -398,8 +398,8 @@ impl Inner {
                     let Some(m) = self.projected(view, ns, key) else {
                         continue;
                     };
-                    view.keys -= 1;
-                    view.bytes -= m.size;
+                    view.keys = view.keys.saturating_sub(1);
+                    view.bytes = view.bytes.saturating_sub(m.size);
                     view.touched.insert((ns, key.clone()), None);
                     removed.push((ns, m.durable));
                     if m.expires_ms.is_none_or(|e| e > now_ms) {
@@ -423,8 +423,8 @@ impl Inner {
                     .collect();
                 for key in keys.into_iter().chain(pending) {
                     if let Some(m) = self.projected(view, ns, &key) {
-                        view.keys -= 1;
-                        view.bytes -= m.size;
+                        view.keys = view.keys.saturating_sub(1);
+                        view.bytes = view.bytes.saturating_sub(m.size);
                         view.touched.insert((ns, key), None);
                     }
                 }
