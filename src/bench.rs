@@ -37,6 +37,11 @@ pub struct BenchSpec {
     pub keys: usize,
     pub idle: usize,
     pub warmup: u64,
+    /// Extra connections that STORE continuously (each with one write in flight) while the
+    /// measured run goes on: FETCH under concurrent writes.
+    pub background_writers: usize,
+    /// Total STOREs per second of the background writers (0: as fast as they are answered).
+    pub background_rate: u64,
 }
 
 /// What a run measured.
@@ -57,6 +62,22 @@ pub struct BenchResult {
     pub idle_conns: usize,
     pub server_pid: Option<i32>,
     pub server_rss_kib: Option<u64>,
+    /// Acknowledged STOREs per second of the background writers, if any ran.
+    pub background_writes_per_sec: Option<f64>,
+    /// The state store's commits during the run (from HELLO before and after), if the server
+    /// reports them.
+    pub store: Option<StoreFigures>,
+}
+
+/// What the state store's writer did during a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreFigures {
+    pub sync: String,
+    pub commits: u64,
+    pub changes: u64,
+    pub avg_batch: f64,
+    /// (batch size bucket, commits), smallest first; only buckets that were used.
+    pub batch_sizes: Vec<(String, u64)>,
 }
 
 impl std::fmt::Display for BenchResult {
@@ -76,6 +97,29 @@ impl std::fmt::Display for BenchResult {
             "  latency p50 {:.1}us  p99 {:.1}us  p99.9 {:.1}us  max {:.1}us",
             self.p50_us, self.p99_us, self.p999_us, self.max_us
         )?;
+        if let Some(w) = self.background_writes_per_sec {
+            write!(f, "\n  concurrent background STOREs: {w:.0}/s")?;
+        }
+        if let Some(s) = &self.store {
+            let sizes: Vec<String> = s
+                .batch_sizes
+                .iter()
+                .map(|(b, n)| format!("{b}:{n}"))
+                .collect();
+            write!(
+                f,
+                "\n  store (sync={}): {} commits of {} changes, average batch {:.2}; commits by batch size {}",
+                s.sync,
+                s.commits,
+                s.changes,
+                s.avg_batch,
+                if sizes.is_empty() {
+                    "-".to_string()
+                } else {
+                    sizes.join(" ")
+                }
+            )?;
+        }
         if let (Some(pid), Some(rss)) = (self.server_pid, self.server_rss_kib) {
             write!(f, "\n  server pid {pid} rss {:.1} MiB", rss as f64 / 1024.0)?;
         }
@@ -169,6 +213,8 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         });
     }
     let server_pid = peer_pid(&conns[0].stream);
+    let stats_before = store_stats(&spec.socket);
+    let background = Background::start(spec)?;
 
     let total = spec.requests + spec.warmup;
     let mut issued: u64 = 0;
@@ -247,6 +293,11 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         lat[i] as f64 / 1000.0
     };
     let server_rss_kib = server_pid.and_then(rss_kib);
+    let background_writes_per_sec = background.stop()?;
+    let store = match (stats_before, store_stats(&spec.socket)) {
+        (Some(a), Some(b)) => Some(store_delta(&a, &b)),
+        _ => None,
+    };
     drop(idle);
     Ok(BenchResult {
         op: format!("{:?}", spec.op).to_lowercase(),
@@ -264,7 +315,138 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         idle_conns: spec.idle,
         server_pid,
         server_rss_kib,
+        background_writes_per_sec,
+        store,
     })
+}
+
+/// The `store` object of the server's HELLO reply (absent on servers without one).
+fn store_stats(socket: &std::path::Path) -> Option<serde_json::Value> {
+    let mut c = crate::client::Client::connect(socket).ok()?;
+    let v = c.call(crate::kernel::ops::HELLO, b"{}").ok()?.json().ok()?;
+    v.get("store").filter(|s| s["durable"] == true).cloned()
+}
+
+fn store_delta(a: &serde_json::Value, b: &serde_json::Value) -> StoreFigures {
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let commits = n(b, "commits").saturating_sub(n(a, "commits"));
+    let changes = n(b, "changes_committed").saturating_sub(n(a, "changes_committed"));
+    let buckets = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["batch_sizes"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap_or("?").to_string(),
+                            p[1].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = buckets(a);
+    let batch_sizes = buckets(b)
+        .into_iter()
+        .map(|(name, after)| {
+            let was = before.iter().find(|(n, _)| *n == name).map_or(0, |x| x.1);
+            (name, after.saturating_sub(was))
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    StoreFigures {
+        sync: b["sync"].as_str().unwrap_or("?").to_string(),
+        commits,
+        changes,
+        avg_batch: changes as f64 / commits.max(1) as f64,
+        batch_sizes,
+    }
+}
+
+/// Background writers: one thread keeping one STORE in flight on each of its connections.
+struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<io::Result<(u64, Duration)>>>,
+}
+
+impl Background {
+    fn start(spec: &BenchSpec) -> io::Result<Background> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if spec.background_writers == 0 {
+            return Ok(Background { stop, thread: None });
+        }
+        let mut conns = Vec::with_capacity(spec.background_writers);
+        for _ in 0..spec.background_writers {
+            let s = std::os::unix::net::UnixStream::connect(&spec.socket)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            conns.push(s);
+        }
+        let flag = stop.clone();
+        let value = "y".repeat(spec.size);
+        // One round sends one STORE per connection; pace rounds to reach the requested rate.
+        let round_gap = (spec.background_rate > 0).then(|| {
+            Duration::from_secs_f64(spec.background_writers as f64 / spec.background_rate as f64)
+        });
+        let thread = std::thread::Builder::new()
+            .name("bench-writers".into())
+            .spawn(move || -> io::Result<(u64, Duration)> {
+                let started = Instant::now();
+                let mut done = 0u64;
+                let mut i = 0u64;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (c, s) in conns.iter_mut().enumerate() {
+                        let payload = format!(
+                            "{{\"key\":\"bench:bg:{c}:{}\",\"value\":\"{value}\"}}",
+                            i % 1000
+                        );
+                        s.write_all(&clove::encode(
+                            0,
+                            crate::kernel::ops::STORE,
+                            payload.as_bytes(),
+                        ))?;
+                    }
+                    for s in conns.iter_mut() {
+                        let r = crate::client::read_frame(s)?;
+                        if !r.payload.starts_with(b"{\"success\":true") {
+                            return Err(io::Error::other(format!(
+                                "background STORE failed: {}",
+                                String::from_utf8_lossy(&r.payload)
+                            )));
+                        }
+                        done += 1;
+                    }
+                    i += 1;
+                    if let Some(gap) = round_gap {
+                        // The load generator paces itself; it never waits on the server here.
+                        let due = started + gap.mul_f64(i as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                }
+                Ok((done, started.elapsed()))
+            })?;
+        Ok(Background {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the writers; returns their acknowledged writes per second.
+    fn stop(mut self) -> io::Result<Option<f64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take() {
+            None => Ok(None),
+            Some(t) => {
+                let (n, took) = t
+                    .join()
+                    .map_err(|_| io::Error::other("background writer panicked"))??;
+                Ok(Some(n as f64 / took.as_secs_f64().max(1e-9)))
+            }
+        }
+    }
 }
 
 fn fill(

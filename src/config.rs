@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub sandbox: crate::supervisor::config::RawSandbox,
     #[serde(default)]
     pub audit: crate::kernel::audit::RawAudit,
+    #[serde(default)]
+    pub store: crate::store::RawStore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +148,8 @@ pub struct Config {
     pub agents: crate::supervisor::config::AgentsConfig,
     pub sandbox: crate::supervisor::config::SandboxConfig,
     pub audit: crate::kernel::audit::AuditConfig,
+    /// The `[store]` section: the state database.
+    pub store: crate::store::StoreConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -351,6 +355,7 @@ impl Config {
             ));
         }
         let fs_max_read_bytes = raw.fs.max_read_bytes.unwrap_or(16 << 20);
+        let store = crate::store::StoreConfig::from_raw(&raw.store, &state_dir, &mut errors);
 
         let state_text = state_dir.to_string_lossy().into_owned();
         let mut levels = BTreeMap::new();
@@ -366,6 +371,13 @@ impl Config {
                     }
                     Err(e) => errors.push(format!("permissions.levels.{name}: {e}")),
                 }
+            }
+            // A state database outside the state directory is as private as the directory
+            // (the file, its write-ahead log and its lock).
+            if !p.filesystem.blocked.is_empty() && !store.path.starts_with(&state_dir) {
+                p.filesystem
+                    .blocked
+                    .push(format!("{}*", store.path.display()));
             }
             if let Err(e) = p.validate() {
                 errors.push(format!("permissions.levels.{name}: {e}"));
@@ -440,6 +452,7 @@ impl Config {
             agents,
             sandbox,
             audit,
+            store,
         })
     }
 
@@ -543,6 +556,23 @@ mod tests {
         let e = parse("[server]\nworkers = 0\nsocket_mode = \"0400\"\n[limits]\nmailbox_len = 0\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn a_store_outside_the_state_dir_is_blocked_too() {
+        let c = parse("[store]\npath = \"/data/clove/s.db\"\n").unwrap();
+        let std = c.level("standard").unwrap();
+        assert!(std.may_read(Path::new("/data/clove/s.db")).is_err());
+        assert!(std.may_read(Path::new("/data/clove/s.db-wal")).is_err());
+        assert!(std.may_read(Path::new("/data/clove/other")).is_ok());
+        assert!(
+            c.level("unrestricted")
+                .unwrap()
+                .may_read(Path::new("/data/clove/s.db"))
+                .is_ok()
+        );
+        let c = parse("").unwrap();
+        assert_eq!(c.store.path, Path::new("/tmp/state/store.db"));
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     raise_fd_limit();
     let config = Arc::new(config);
     prepare_state_dir(&config.state_dir)?;
+    // The store first: a damaged, newer or locked state file stops the start before the socket
+    // is touched.
+    let store =
+        crate::store::StateStore::open(&config).map_err(|e| DaemonError::Refused(e.to_string()))?;
     let (listener, bound) = bind_socket(&config)?;
 
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
@@ -71,7 +75,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("cannot create waker"))?);
     let (tx, rx) = crossbeam_channel::bounded(COMPLETION_QUEUE);
     let sink = Sink::new(tx, waker.clone());
-    let kernel = Arc::new(Kernel::new(config.clone(), sink.clone()));
+    let kernel = Arc::new(Kernel::with_store(config.clone(), sink.clone(), store));
     let llm = crate::llm::LlmService::start(&kernel).map_err(io_err("cannot start LLM threads"))?;
     let _ = kernel.llm.set(llm);
     let http =
@@ -132,6 +136,10 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     crate::supervisor::shutdown(&kernel, supervisor, stop);
     drop(sampler_stop);
     let _ = sampler.join();
+    // Without the reactor (and its completion queue) replies to late commits are dropped
+    // instead of waiting for a reader; then the writer commits what is queued and stops.
+    drop(reactor);
+    kernel.store.close();
     bound.remove();
     result.map_err(io_err("event loop failed"))
 }

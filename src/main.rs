@@ -90,6 +90,12 @@ enum Command {
         /// Unmeasured warm-up requests.
         #[arg(long, default_value_t = 10_000)]
         warmup: u64,
+        /// Connections that STORE continuously during the run (e.g. FETCH under writes).
+        #[arg(long, default_value_t = 0)]
+        background_writers: usize,
+        /// Total STOREs per second of the background writers (0: as fast as answered).
+        #[arg(long, default_value_t = 0)]
+        background_rate: u64,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -187,6 +193,19 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Check, export or import the durable state of a STOPPED daemon (they refuse while a
+    /// daemon holds the store). The store is found like `clove serve` finds it: --config,
+    /// --state-dir, then store.path.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+        /// Config file (as for `clove serve`).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// State directory (as for `clove serve`).
+        #[arg(long, value_name = "DIR", global = true)]
+        state_dir: Option<PathBuf>,
+    },
     /// Validate a config file (or the default one) and print the effective settings.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -199,6 +218,24 @@ macro_rules! say {
     ($($arg:tt)*) => {{
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Verify the database (SQLite integrity check, every value parses); exit 1 on damage.
+    Check,
+    /// Write the durable state as JSON (to stdout, or --output FILE).
+    Export {
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace the durable state with a JSON dump made by `clove state export`.
+    Import {
+        file: PathBuf,
+        /// Overwrite a store that is not empty.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -354,6 +391,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             drop(c);
             clove::supervisor::cli::print_log(&log, follow)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::State {
+            action,
+            config,
+            state_dir,
+        } => {
+            let cfg = Config::load(
+                config.as_deref(),
+                &Overrides {
+                    socket: None,
+                    state_dir,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            state_command(&cfg, action)
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())
@@ -527,6 +579,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             keys,
             idle,
             warmup,
+            background_writers,
+            background_rate,
             json,
         } => {
             let spec = BenchSpec {
@@ -539,6 +593,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 keys,
                 idle,
                 warmup,
+                background_writers,
+                background_rate,
             };
             let result = clove::bench::run(&spec).map_err(|e| format!("bench failed: {e}"))?;
             if json {
@@ -594,5 +650,58 @@ fn agent_call(
     } else {
         eprintln!("clove: {}", v["error"].as_str().unwrap_or("request failed"));
         Ok(ExitCode::from(1))
+    }
+}
+
+/// `clove state ...`.
+fn state_command(cfg: &Config, action: StateAction) -> Result<ExitCode, String> {
+    use clove::store::{StoreLimits, dump};
+    match action {
+        StateAction::Check => {
+            let report = dump::check(&cfg.store).map_err(|e| e.to_string())?;
+            say!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        StateAction::Export { output } => {
+            let d = dump::export(&cfg.store).map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?;
+            match output {
+                None => say!("{text}"),
+                Some(path) => {
+                    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+                    std::fs::write(&tmp, format!("{text}\n"))
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    eprintln!(
+                        "exported {} keys, {} agent names, {} persistent agents, {} audit entries to {}",
+                        d.keys.len(),
+                        d.agent_names.len(),
+                        d.agent_specs.len(),
+                        d.audit.len(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StateAction::Import { file, replace } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let d = dump::parse(&text, &StoreLimits::from_config(cfg))?;
+            let c = dump::import(&cfg.store, &d, replace)?;
+            say!(
+                "imported into {}: {} keys, {} agent names, {} persistent agents, {} audit entries",
+                cfg.store.path.display(),
+                c.keys,
+                c.agent_names,
+                c.agent_specs,
+                c.audit_entries
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

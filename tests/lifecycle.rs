@@ -20,8 +20,14 @@ fn socket_is_owner_only_by_default_and_mode_is_configurable() {
 #[test]
 fn second_daemon_on_a_live_socket_is_refused() {
     let d = Daemon::start();
-    let out = d
-        .command()
+    // Same socket, its own state directory: the live socket alone must stop it.
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--state-dir")
+        .arg(d.path("other-state"))
+        .env_remove("CLOVE_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()

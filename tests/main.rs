@@ -4,6 +4,7 @@
 mod fakes;
 mod harness;
 
+mod durability;
 mod event_ops;
 mod exec_fs_ops;
 mod framing;

@@ -14,7 +14,7 @@ pub fn noop(_: &Kernel, _: &Call, payload: &[u8]) -> Outcome {
 }
 
 /// HELLO: who the kernel is, what it offers, and the caller's id.
-pub fn hello(_k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
+pub fn hello(k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
     let mut features = Map::new();
     for info in ops::OPS {
         features.insert(
@@ -29,6 +29,8 @@ pub fn hello(_k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
         "kernel_version": env!("CARGO_PKG_VERSION"),
         "features": features,
         "agent_id": call.caller,
+        // Commit counters and batch sizes of the state store's writer.
+        "store": k.store.stats_json(),
     })))
 }
 

@@ -78,11 +78,13 @@ pub struct Call {
 pub struct Kernel {
     pub config: Arc<Config>,
     sink: Sink,
-    next_id: AtomicU32,
+    /// Shared with the state store, which records its high-water mark with every commit.
+    next_id: Arc<AtomicU32>,
     callers: Mutex<HashMap<CallerId, Caller>>,
     pub store: StateStore,
     pub ipc: Mutex<ipc::Ipc>,
-    pub events: Mutex<events::EventBus>,
+    /// Shared (`Arc`) so that state-store completions can publish STATE_CHANGED after commit.
+    pub events: Arc<Mutex<events::EventBus>>,
     pub asyncq: Mutex<asyncq::AsyncResults>,
     /// Process groups of running EXEC commands, killed at shutdown.
     exec_groups: Mutex<HashSet<i32>>,
@@ -99,19 +101,26 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// A kernel whose state store lives in memory only.
     pub fn new(config: Arc<Config>, sink: Sink) -> Kernel {
+        let store = StateStore::new(&config);
+        Kernel::with_store(config, sink, store)
+    }
+
+    /// A kernel around an opened (durable) state store; ids continue from the store's counter.
+    pub fn with_store(config: Arc<Config>, sink: Sink, store: StateStore) -> Kernel {
         let audit = Arc::new(audit::Audit::new(config.audit.clone()));
         Kernel {
-            store: StateStore::new(&config),
+            next_id: store.id_counter(),
+            store,
             ipc: Mutex::new(ipc::Ipc::with_bytes(
                 config.mailbox_len,
                 config.mailbox_max_bytes,
             )),
-            events: Mutex::new(events::EventBus::new(config.event_queue_len)),
+            events: Arc::new(Mutex::new(events::EventBus::new(config.event_queue_len))),
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
             config,
             sink,
-            next_id: AtomicU32::new(1),
             callers: Mutex::new(HashMap::new()),
             exec_groups: Mutex::new(HashSet::new()),
             llm: std::sync::OnceLock::new(),

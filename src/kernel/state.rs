@@ -3,10 +3,17 @@
 //! A caller's own `agent`-scoped keys are found by their plain names and shadow shared keys of
 //! the same name for that caller only. Every change publishes STATE_CHANGED; changes to private
 //! keys are announced only to their owner, so key names do not leak.
+//!
+//! STORE and DELETE answer only after the change is committed to the state database (see
+//! [`crate::store`]): the handler hands a completion holding the client's responder to the
+//! store's writer thread and returns [`Outcome::Deferred`]; the connection waits, so replies stay
+//! in order. FETCH and KEYS read memory and never wait for the writer.
 
-use super::request::{Outcome, error, outcome, parse_borrowed, to_bytes};
-use super::{Call, CallerId, Kernel, now_ms};
-use crate::store::{Expired, Namespace, Scope};
+use super::events::EventBus;
+use super::request::{Outcome, error, parse_borrowed, to_bytes};
+use super::{Call, CallerId, CallerKind, Kernel, now_ms};
+use crate::store::{Applied, Expired, Namespace, Put, Scope};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -77,22 +84,52 @@ pub fn store(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
     };
     let key = req.key.as_ref();
     let ns = ns_for(scope, call.caller);
-    if let Err(e) = k.store.put(ns, key, req.value, scope, expires) {
+    // What can be reached again after a restart is kept on disk: global keys, and the private
+    // keys of supervised agents. A plain client's id dies with its connection, so its `agent`
+    // keys stay in memory like `session` ones.
+    let durable = match scope {
+        Scope::Global => true,
+        Scope::Session => false,
+        Scope::Agent => k.with_caller(call.caller, |c| c.kind) == Some(CallerKind::Agent),
+    };
+    if let Err(e) = k.store.precheck_put(key, req.value) {
         return Outcome::Reply(error(format!("cannot store {key:?}: {e}")));
     }
-    // A shared key moving between global and session keeps one copy; an agent key is private.
-    announce(k, call.caller, key, "store", scope, ns);
-    #[derive(Serialize)]
-    struct Reply<'a> {
-        success: bool,
-        key: &'a str,
-        scope: &'static str,
-    }
-    Outcome::Reply(to_bytes(&Reply {
-        success: true,
-        key,
-        scope: scope.as_str(),
-    }))
+    let responder = k.responder(call);
+    let events = k.events.clone();
+    let caller = call.caller;
+    let owned_key = key.to_string();
+    k.store.submit_put(
+        Put {
+            ns,
+            key: owned_key.clone(),
+            value: req.value.to_owned(),
+            scope,
+            expires_ms: expires,
+            durable,
+        },
+        Box::new(move |result| match result {
+            Ok(_) => {
+                // A shared key moving between global and session keeps one copy; an agent key
+                // is private.
+                announce(&events, caller, &owned_key, "store", scope, ns);
+                #[derive(Serialize)]
+                struct Reply<'a> {
+                    success: bool,
+                    key: &'a str,
+                    scope: &'static str,
+                }
+                responder.reply(&to_bytes(&Reply {
+                    success: true,
+                    key: &owned_key,
+                    scope: scope.as_str(),
+                }));
+            }
+            Err(e) => responder.error(format!("cannot store {owned_key:?}: {e}")),
+        }),
+    );
+    // The reply is sent once the write is committed; the connection waits for it.
+    Outcome::Deferred
 }
 
 pub fn fetch(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
@@ -132,22 +169,34 @@ pub fn delete(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::Reply(error(e)),
     };
-    let now = now_ms();
-    let key = req.key.as_ref();
-    let own = Namespace::Agent(call.caller);
-    let deleted = match k.store.delete(own, key, now) {
-        Some(scope) => Some((scope, own)),
-        None => k
-            .store
-            .delete(Namespace::Shared, key, now)
-            .map(|s| (s, Namespace::Shared)),
-    };
-    if let Some((scope, ns)) = deleted {
-        announce(k, call.caller, key, "delete", scope, ns);
+    let key = req.key.to_string();
+    if let Err(e) = k.store.precheck() {
+        return Outcome::Reply(error(format!("cannot delete {key:?}: {e}")));
     }
-    outcome(Ok(to_bytes(
-        &json!({"success": true, "deleted": deleted.is_some(), "key": key}),
-    )))
+    let responder = k.responder(call);
+    let events = k.events.clone();
+    let caller = call.caller;
+    k.store.submit_delete(
+        key.clone(),
+        Namespace::Agent(caller),
+        Some(Namespace::Shared),
+        Box::new(move |result| match result {
+            Ok(applied) => {
+                let deleted = match applied {
+                    Applied::Deleted(found) => found,
+                    _ => None,
+                };
+                if let Some((ns, scope)) = deleted {
+                    announce(&events, caller, &key, "delete", scope, ns);
+                }
+                responder.reply(&to_bytes(
+                    &json!({"success": true, "deleted": deleted.is_some(), "key": key}),
+                ));
+            }
+            Err(e) => responder.error(format!("cannot delete {key:?}: {e}")),
+        }),
+    );
+    Outcome::Deferred
 }
 
 pub fn keys(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
@@ -174,12 +223,19 @@ pub fn keys(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
 }
 
 /// STATE_CHANGED for a change made by `caller`.
-fn announce(k: &Kernel, caller: CallerId, key: &str, action: &str, scope: Scope, ns: Namespace) {
+fn announce(
+    events: &Mutex<EventBus>,
+    caller: CallerId,
+    key: &str,
+    action: &str,
+    scope: Scope,
+    ns: Namespace,
+) {
     let only = match ns {
         Namespace::Agent(owner) => Some(owner),
         Namespace::Shared => None,
     };
-    let mut bus = k.events.lock();
+    let mut bus = events.lock();
     if !bus.has_subscribers("STATE_CHANGED") {
         return;
     }
@@ -197,5 +253,5 @@ pub fn announce_expiry(k: &Kernel, e: &Expired) {
         Namespace::Agent(id) => id,
         Namespace::Shared => 0,
     };
-    announce(k, owner, &e.key, "expire", e.scope, e.ns);
+    announce(&k.events, owner, &e.key, "expire", e.scope, e.ns);
 }

@@ -1,4 +1,7 @@
-//! The state store: keys and values of the STORE/FETCH/DELETE/KEYS ops, with scopes and TTL.
+//! The state store: keys and values of the STORE/FETCH/DELETE/KEYS ops, with scopes and TTL,
+//! kept in memory for reads and, for the durable ones, in an SQLite database written by one
+//! writer thread with group commit. Also the other durable records of the daemon (supervised
+//! agents' names and persistent specs, the audit log), see [`records`].
 //!
 //! This module is the only owner of state data; handlers call its methods and never see how
 //! entries are kept. Values are kept as raw JSON text (`Box<RawValue>`), so what a client stores
@@ -8,13 +11,37 @@
 //! scopes); every agent has its own namespace for `agent` keys, so no global key can reach
 //! them. Expiry uses absolute wall-clock milliseconds: expired entries are removed by
 //! [`StateStore::expire`] (driven by the reactor's timer) and never returned by reads in the
-//! meantime.
+//! meantime; on disk they are purged by the writer and, at the latest, at the next start.
+//!
+//! # Writes, commits and what readers see
+//! Every change goes to the writer thread ([`StateStore::submit_put`],
+//! [`StateStore::submit_delete`]) over a bounded queue. The writer takes everything queued,
+//! checks each change against the limits in queue order, runs the durable ones in ONE SQLite
+//! transaction, commits, then applies all of them to memory in the same order, and only then
+//! calls each change's completion (which sends the client's reply). So memory is updated **at
+//! commit**: a reader never sees a value that a crash could still take back, and a client that
+//! got its reply reads its own write. Non-durable changes (scope `session`, and `agent` keys of
+//! plain clients, whose owner cannot outlive a restart anyway) take the same path so that the
+//! order of changes to one key is the order they were accepted in; a batch with nothing
+//! durable in it skips the transaction.
+
+pub mod config;
+pub mod db;
+pub mod dump;
+pub mod records;
+mod writer;
+
+pub use config::{RawStore, StoreConfig, SyncMode};
+pub use db::OpenError;
+pub use records::{AgentName, AgentSpecRecord, AuditQuery, AuditRecord, Recovered};
 
 use crate::config::Config;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// The three scopes of the state store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,12 +79,31 @@ pub enum Namespace {
     Agent(u32),
 }
 
+impl Namespace {
+    /// The namespace's number on disk: 0 for shared keys, else the agent's id (never 0).
+    pub fn to_db(self) -> i64 {
+        match self {
+            Namespace::Shared => 0,
+            Namespace::Agent(id) => i64::from(id),
+        }
+    }
+
+    pub fn from_db(ns: u32) -> Namespace {
+        match ns {
+            0 => Namespace::Shared,
+            id => Namespace::Agent(id),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     value: Box<RawValue>,
     scope: Scope,
     /// Absolute expiry in Unix milliseconds.
     expires_ms: Option<u64>,
+    /// Kept in the database (and so restored at start).
+    durable: bool,
 }
 
 impl Entry {
@@ -81,7 +127,7 @@ pub struct Found {
     pub scope: Scope,
 }
 
-/// Why a write was refused.
+/// Why a change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("key must not be empty")]
@@ -94,6 +140,102 @@ pub enum StoreError {
     TooManyKeys { max: usize },
     #[error("state store is full: storing this would exceed {max} bytes")]
     TooManyBytes { max: usize },
+    #[error(
+        "the state store is busy: {max} writes are already waiting to be committed (store.max_pending_writes); try again"
+    )]
+    Busy { max: usize },
+    #[error("cannot write to the state database: {0}; nothing was changed")]
+    Write(String),
+    #[error(
+        "the state database failed ({0}); writes are refused until the daemon is restarted, which recovers from the file"
+    )]
+    Failed(String),
+    #[error("the state store is shutting down")]
+    Closed,
+}
+
+/// What a committed change did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// A key was stored.
+    Stored,
+    /// A delete ran: the namespace and scope of the live key it removed, if any.
+    Deleted(Option<(Namespace, Scope)>),
+    /// A record was saved or removed.
+    Done,
+    /// Audit entries read.
+    Audit(Vec<AuditRecord>),
+}
+
+/// Called once with the outcome of a change, on the writer thread, after its commit.
+pub type Done = Box<dyn FnOnce(Result<Applied, StoreError>) + Send>;
+
+/// A key to store.
+#[derive(Debug)]
+pub struct Put {
+    pub ns: Namespace,
+    pub key: String,
+    pub value: Box<RawValue>,
+    pub scope: Scope,
+    pub expires_ms: Option<u64>,
+    /// Kept in the database: scope `global`, and `agent` keys of supervised agents.
+    pub durable: bool,
+}
+
+/// One change for the writer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Put(Put),
+    /// Deletes `key` from `first`, or when it holds no live key there, from `then`.
+    Delete {
+        key: String,
+        first: Namespace,
+        then: Option<Namespace>,
+    },
+    DropNamespace(u32),
+    SaveSpec(AgentSpecRecord),
+    DeleteSpec(u32),
+    SaveName(AgentName),
+    ReleaseName(String),
+    Audit(AuditRecord),
+    QueryAudit(AuditQuery),
+}
+
+/// What the limit check decided for one change, before it is written.
+#[derive(Debug)]
+pub(crate) enum Planned {
+    Put(KvWrite),
+    Delete {
+        /// Entries removed, with whether each has a row in the database.
+        removed: Vec<(Namespace, bool)>,
+        found: Option<(Namespace, Scope)>,
+    },
+    Other,
+}
+
+/// What a put does to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KvWrite {
+    Upsert,
+    /// A non-durable value replaces a durable one: the row goes.
+    DeleteRow,
+    Nothing,
+}
+
+/// Sizes and flags of one entry, as seen by the limit check.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    size: usize,
+    scope: Scope,
+    expires_ms: Option<u64>,
+    durable: bool,
+}
+
+/// The state after the changes planned so far in one batch (on top of memory).
+struct View {
+    touched: HashMap<(Namespace, String), Option<Meta>>,
+    keys: usize,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -139,6 +281,205 @@ impl Inner {
         }
         removed
     }
+
+    /// Inserts or replaces an entry, keeping the totals (limits were checked by `plan`).
+    fn insert(&mut self, p: Put) {
+        let Put {
+            ns,
+            key,
+            value,
+            scope,
+            expires_ms,
+            durable,
+        } = p;
+        let vlen = value.get().len();
+        if let Some(at) = expires_ms {
+            self.expiries.push(Reverse((at, ns, key.clone())));
+        }
+        let klen = key.len();
+        let entry = Entry {
+            value,
+            scope,
+            expires_ms,
+            durable,
+        };
+        match self.map_mut(ns).insert(key, entry) {
+            // Same key: only the value's size changes.
+            Some(old) => self.bytes = self.bytes - old.value.get().len() + vlen,
+            None => {
+                self.keys += 1;
+                self.bytes += klen + vlen;
+            }
+        }
+        // Heap entries are only checked when popped; keep stale ones from piling up when the
+        // same keys are rewritten with TTLs over and over.
+        if self.expiries.len() > 2 * self.keys + 1024 {
+            self.rebuild_expiries();
+        }
+    }
+
+    fn meta(&self, ns: Namespace, key: &str) -> Option<Meta> {
+        self.map(ns).and_then(|m| m.get(key)).map(|e| Meta {
+            size: key.len() + e.value.get().len(),
+            scope: e.scope,
+            expires_ms: e.expires_ms,
+            durable: e.durable,
+        })
+    }
+
+    fn view(&self) -> View {
+        View {
+            touched: HashMap::new(),
+            keys: self.keys,
+            bytes: self.bytes,
+        }
+    }
+
+    fn projected(&self, view: &View, ns: Namespace, key: &str) -> Option<Meta> {
+        // A batch rarely touches one key twice; look the key up without allocating first.
+        if !view.touched.is_empty()
+            && let Some(m) = view.touched.get(&(ns, key.to_string()))
+        {
+            return *m;
+        }
+        self.meta(ns, key)
+    }
+
+    /// Checks one change against the limits and the state after the earlier changes of its
+    /// batch, and records its effect in `view`.
+    fn plan(
+        &self,
+        op: &Op,
+        view: &mut View,
+        limits: &StoreLimits,
+        now_ms: u64,
+    ) -> Result<Planned, StoreError> {
+        match op {
+            Op::Put(p) => {
+                limits.check(&p.key, &p.value)?;
+                let old = self.projected(view, p.ns, &p.key);
+                let size = p.key.len() + p.value.get().len();
+                let keys_after = view.keys + usize::from(old.is_none());
+                if keys_after > limits.max_keys {
+                    return Err(StoreError::TooManyKeys {
+                        max: limits.max_keys,
+                    });
+                }
+                let bytes_after = view.bytes.saturating_sub(old.map_or(0, |m| m.size)) + size;
+                if bytes_after > limits.max_total_bytes {
+                    return Err(StoreError::TooManyBytes {
+                        max: limits.max_total_bytes,
+                    });
+                }
+                view.keys = keys_after;
+                view.bytes = bytes_after;
+                view.touched.insert(
+                    (p.ns, p.key.clone()),
+                    Some(Meta {
+                        size,
+                        scope: p.scope,
+                        expires_ms: p.expires_ms,
+                        durable: p.durable,
+                    }),
+                );
+                let sql = if p.durable {
+                    KvWrite::Upsert
+                } else if old.is_some_and(|m| m.durable) {
+                    KvWrite::DeleteRow
+                } else {
+                    KvWrite::Nothing
+                };
+                Ok(Planned::Put(sql))
+            }
+            Op::Delete { key, first, then } => {
+                let mut removed = Vec::new();
+                let mut found = None;
+                for ns in std::iter::once(*first).chain(*then) {
+                    let Some(m) = self.projected(view, ns, key) else {
+                        continue;
+                    };
+                    view.keys = view.keys.saturating_sub(1);
+                    view.bytes = view.bytes.saturating_sub(m.size);
+                    view.touched.insert((ns, key.clone()), None);
+                    removed.push((ns, m.durable));
+                    if m.expires_ms.is_none_or(|e| e > now_ms) {
+                        found = Some((ns, m.scope));
+                        break;
+                    }
+                }
+                Ok(Planned::Delete { removed, found })
+            }
+            Op::DropNamespace(id) => {
+                let ns = Namespace::Agent(*id);
+                let keys: Vec<String> = self
+                    .map(ns)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                let pending: Vec<String> = view
+                    .touched
+                    .iter()
+                    .filter(|((n, _), m)| *n == ns && m.is_some())
+                    .map(|((_, k), _)| k.clone())
+                    .collect();
+                for key in keys.into_iter().chain(pending) {
+                    if let Some(m) = self.projected(view, ns, &key) {
+                        view.keys = view.keys.saturating_sub(1);
+                        view.bytes = view.bytes.saturating_sub(m.size);
+                        view.touched.insert((ns, key), None);
+                    }
+                }
+                Ok(Planned::Other)
+            }
+            _ => Ok(Planned::Other),
+        }
+    }
+
+    /// Applies a committed change to memory.
+    fn apply(&mut self, op: Op, planned: &Planned) -> Applied {
+        match (op, planned) {
+            (Op::Put(p), _) => {
+                self.insert(p);
+                Applied::Stored
+            }
+            (Op::Delete { key, .. }, Planned::Delete { removed, found }) => {
+                for (ns, _) in removed {
+                    self.remove(*ns, &key);
+                }
+                Applied::Deleted(*found)
+            }
+            (Op::DropNamespace(id), _) => {
+                self.drop_namespace(id);
+                Applied::Done
+            }
+            _ => Applied::Done,
+        }
+    }
+
+    fn drop_namespace(&mut self, agent: u32) {
+        if let Some(m) = self.agents.remove(&agent) {
+            for (k, e) in m {
+                self.keys -= 1;
+                self.bytes -= k.len() + e.value.get().len();
+            }
+        }
+    }
+
+    fn rebuild_expiries(&mut self) {
+        let mut heap = BinaryHeap::new();
+        for (k, e) in &self.shared {
+            if let Some(at) = e.expires_ms {
+                heap.push(Reverse((at, Namespace::Shared, k.clone())));
+            }
+        }
+        for (id, m) in &self.agents {
+            for (k, e) in m {
+                if let Some(at) = e.expires_ms {
+                    heap.push(Reverse((at, Namespace::Agent(*id), k.clone())));
+                }
+            }
+        }
+        self.expiries = heap;
+    }
 }
 
 /// Limits applied to writes.
@@ -150,93 +491,312 @@ pub struct StoreLimits {
     pub max_total_bytes: usize,
 }
 
-/// The state store.
-pub struct StateStore {
-    inner: Mutex<Inner>,
-    limits: StoreLimits,
-}
-
-impl StateStore {
-    pub fn new(config: &Config) -> StateStore {
-        StateStore::with_limits(StoreLimits {
+impl StoreLimits {
+    pub fn from_config(config: &Config) -> StoreLimits {
+        StoreLimits {
             max_keys: config.state_max_keys,
             max_key_bytes: config.state_max_key_bytes,
             max_value_bytes: config.state_max_value_bytes,
             max_total_bytes: config.state_max_total_bytes,
-        })
-    }
-
-    pub fn with_limits(limits: StoreLimits) -> StateStore {
-        StateStore {
-            inner: Mutex::new(Inner::default()),
-            limits,
         }
     }
 
-    /// Stores a value. `ns` is [`Namespace::Agent`] for scope `agent`, else Shared.
-    pub fn put(
-        &self,
-        ns: Namespace,
-        key: &str,
-        value: &RawValue,
-        scope: Scope,
-        expires_ms: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let l = &self.limits;
+    /// The checks that need no state: key and value sizes.
+    pub fn check(&self, key: &str, value: &RawValue) -> Result<(), StoreError> {
         if key.is_empty() {
             return Err(StoreError::EmptyKey);
         }
-        if key.len() > l.max_key_bytes {
+        if key.len() > self.max_key_bytes {
             return Err(StoreError::KeyTooLong {
                 len: key.len(),
-                max: l.max_key_bytes,
+                max: self.max_key_bytes,
             });
         }
         let vlen = value.get().len();
-        if vlen > l.max_value_bytes {
+        if vlen > self.max_value_bytes {
             return Err(StoreError::ValueTooLarge {
                 len: vlen,
-                max: l.max_value_bytes,
+                max: self.max_value_bytes,
             });
-        }
-        let mut inner = self.inner.lock();
-        let old = inner
-            .map(ns)
-            .and_then(|m| m.get(key))
-            .map(|e| key.len() + e.value.get().len());
-        let keys_after = inner.keys + usize::from(old.is_none());
-        if keys_after > l.max_keys {
-            return Err(StoreError::TooManyKeys { max: l.max_keys });
-        }
-        let bytes_after = inner.bytes - old.unwrap_or(0) + key.len() + vlen;
-        if bytes_after > l.max_total_bytes {
-            return Err(StoreError::TooManyBytes {
-                max: l.max_total_bytes,
-            });
-        }
-        inner.keys = keys_after;
-        inner.bytes = bytes_after;
-        if let Some(at) = expires_ms {
-            inner.expiries.push(Reverse((at, ns, key.to_string())));
-        }
-        let entry = Entry {
-            value: value.to_owned(),
-            scope,
-            expires_ms,
-        };
-        let map = inner.map_mut(ns);
-        match map.get_mut(key) {
-            Some(slot) => *slot = entry,
-            None => {
-                map.insert(key.to_string(), entry);
-            }
-        }
-        // Heap entries are only checked when popped; keep stale ones from piling up when the
-        // same keys are rewritten with TTLs over and over.
-        if inner.expiries.len() > 2 * inner.keys + 1024 {
-            Self::rebuild_expiries(&mut inner);
         }
         Ok(())
+    }
+}
+
+/// The state store.
+pub struct StateStore {
+    inner: Arc<Mutex<Inner>>,
+    limits: StoreLimits,
+    /// `None`: memory only (nothing survives a restart); changes apply at once.
+    writer: Option<writer::Handle>,
+    /// The connection/agent id counter, shared with the kernel; its high-water mark is
+    /// recorded with every commit, so an id that owns durable data is never handed out again.
+    ids: Arc<AtomicU32>,
+    audit_max: Arc<AtomicUsize>,
+    recovered: Mutex<Recovered>,
+}
+
+impl StateStore {
+    /// A memory-only store with the configured limits (nothing is durable).
+    pub fn new(config: &Config) -> StateStore {
+        StateStore::with_limits(StoreLimits::from_config(config))
+    }
+
+    /// A memory-only store.
+    pub fn with_limits(limits: StoreLimits) -> StateStore {
+        StateStore {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            limits,
+            writer: None,
+            ids: Arc::new(AtomicU32::new(1)),
+            audit_max: Arc::new(AtomicUsize::new(0)),
+            recovered: Mutex::new(Recovered::default()),
+        }
+    }
+
+    /// Opens (or creates) the durable store of `config`, loads it into memory and starts the
+    /// writer thread. Refuses, leaving the file untouched, when it is locked, damaged or newer.
+    pub fn open(config: &Config) -> Result<StateStore, OpenError> {
+        Self::open_at(&config.store, StoreLimits::from_config(config))
+    }
+
+    /// [`StateStore::open`] with explicit settings.
+    pub fn open_at(cfg: &StoreConfig, limits: StoreLimits) -> Result<StateStore, OpenError> {
+        let db = db::Database::open(&cfg.path, cfg.sync, true)?;
+        let now = crate::kernel::now_ms();
+        let expired_at_start = db
+            .purge_expired(now)
+            .map_err(|e| db::classify(&cfg.path, e))?;
+        let mut inner = Inner::default();
+        db.for_each_key(|ns, key, value, expires_ms| {
+            let ns = Namespace::from_db(ns);
+            let scope = match ns {
+                Namespace::Shared => Scope::Global,
+                Namespace::Agent(_) => Scope::Agent,
+            };
+            inner.insert(Put {
+                ns,
+                key,
+                value,
+                scope,
+                expires_ms,
+                durable: true,
+            });
+        })?;
+        if inner.keys > limits.max_keys || inner.bytes > limits.max_total_bytes {
+            log::warn!(
+                "the state store holds {} keys / {} bytes, over the configured limits ({} / {}); new keys are refused until it shrinks",
+                inner.keys,
+                inner.bytes,
+                limits.max_keys,
+                limits.max_total_bytes
+            );
+        }
+        let recovered = Recovered {
+            agent_names: db.agent_names()?,
+            agent_specs: db.agent_specs()?,
+            expired_at_start,
+        };
+        let first_id = db.first_free_id()?;
+        log::info!(
+            "state store {} (sync={}): {} keys loaded, {} expired keys removed, {} agent names, {} persistent agents",
+            cfg.path.display(),
+            cfg.sync.as_str(),
+            inner.keys,
+            expired_at_start,
+            recovered.agent_names.len(),
+            recovered.agent_specs.len()
+        );
+        let inner = Arc::new(Mutex::new(inner));
+        let ids = Arc::new(AtomicU32::new(first_id));
+        let audit_max = Arc::new(AtomicUsize::new(cfg.audit_max_entries));
+        let writer = writer::Handle::start(
+            db,
+            cfg,
+            limits,
+            inner.clone(),
+            ids.clone(),
+            audit_max.clone(),
+        )
+        .map_err(|e| OpenError::Io {
+            path: cfg.path.clone(),
+            detail: format!("cannot start the writer thread: {e}"),
+        })?;
+        Ok(StateStore {
+            inner,
+            limits,
+            writer: Some(writer),
+            ids,
+            audit_max,
+            recovered: Mutex::new(recovered),
+        })
+    }
+
+    /// True when changes are kept in a database.
+    pub fn is_durable(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// The connection/agent id counter (the kernel allocates ids from it).
+    pub fn id_counter(&self) -> Arc<AtomicU32> {
+        self.ids.clone()
+    }
+
+    /// What the database held at start besides keys (agent names and persistent specs); the
+    /// second call returns an empty set.
+    pub fn take_recovered(&self) -> Recovered {
+        std::mem::take(&mut *self.recovered.lock())
+    }
+
+    /// Hands a change to the writer; `done` runs after it is committed (or refused). Never
+    /// blocks: with no room in the queue, `done` gets [`StoreError::Busy`] at once.
+    pub(crate) fn submit(&self, op: Op, done: Done) {
+        let Some(w) = &self.writer else {
+            let now = crate::kernel::now_ms();
+            let mut inner = self.inner.lock();
+            let mut view = inner.view();
+            let result = match inner.plan(&op, &mut view, &self.limits, now) {
+                Ok(planned) => Ok(inner.apply(op, &planned)),
+                Err(e) => Err(e),
+            };
+            drop(inner);
+            done(result);
+            return;
+        };
+        w.submit(op, done);
+    }
+
+    /// The refusals that need no planning: the writer's queue is full, or it is closed. Handlers
+    /// on the reactor thread call this first so that they can answer such refusals directly
+    /// (a completion from the reactor thread to itself could wait on its own full queue).
+    pub fn precheck(&self) -> Result<(), StoreError> {
+        match &self.writer {
+            Some(w) => w.precheck(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`StateStore::precheck`] plus the key and value size limits of a put.
+    pub fn precheck_put(&self, key: &str, value: &RawValue) -> Result<(), StoreError> {
+        self.limits.check(key, value)?;
+        self.precheck()
+    }
+
+    /// Stores a value once it is committed; see [`Put`]. Size limits are checked at once.
+    pub fn submit_put(&self, put: Put, done: Done) {
+        if let Err(e) = self.limits.check(&put.key, &put.value) {
+            done(Err(e));
+            return;
+        }
+        self.submit(Op::Put(put), done);
+    }
+
+    /// Deletes `key` from `first`, or if it has no live key there, from `then`.
+    pub fn submit_delete(
+        &self,
+        key: String,
+        first: Namespace,
+        then: Option<Namespace>,
+        done: Done,
+    ) {
+        self.submit(Op::Delete { key, first, then }, done);
+    }
+
+    /// Submits and waits for the commit. Never call this on the reactor thread.
+    fn wait(&self, op: Op) -> Result<Applied, StoreError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.submit(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Stores a value and waits until it is committed (for threads that may block).
+    pub fn put_wait(&self, put: Put) -> Result<(), StoreError> {
+        self.limits.check(&put.key, &put.value)?;
+        self.wait(Op::Put(put)).map(|_| ())
+    }
+
+    /// Deletes and waits; returns what was removed.
+    pub fn delete_wait(
+        &self,
+        key: &str,
+        first: Namespace,
+        then: Option<Namespace>,
+    ) -> Result<Option<(Namespace, Scope)>, StoreError> {
+        match self.wait(Op::Delete {
+            key: key.to_string(),
+            first,
+            then,
+        })? {
+            Applied::Deleted(found) => Ok(found),
+            _ => Ok(None),
+        }
+    }
+
+    /// Drops an agent's whole namespace (when the agent is removed for good). Does not wait.
+    pub fn drop_namespace(&self, agent: u32) {
+        self.submit(
+            Op::DropNamespace(agent),
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    log::error!("cannot drop the state of agent {agent}: {e}");
+                }
+            }),
+        );
+    }
+
+    /// Saves (or replaces) the spec of a `persist: true` agent; waits for the commit.
+    pub fn save_agent_spec(&self, rec: AgentSpecRecord) -> Result<(), StoreError> {
+        self.wait(Op::SaveSpec(rec)).map(|_| ())
+    }
+
+    /// Forgets a persistent agent's spec; waits for the commit.
+    pub fn delete_agent_spec(&self, agent_id: u32) -> Result<(), StoreError> {
+        self.wait(Op::DeleteSpec(agent_id)).map(|_| ())
+    }
+
+    /// Records that `name` belongs to supervised agent `agent_id`; waits for the commit.
+    pub fn save_agent_name(&self, name: &str, agent_id: u32) -> Result<(), StoreError> {
+        self.wait(Op::SaveName(AgentName {
+            name: name.to_string(),
+            agent_id,
+        }))
+        .map(|_| ())
+    }
+
+    /// Releases a supervised agent's name; waits for the commit.
+    pub fn release_agent_name(&self, name: &str) -> Result<(), StoreError> {
+        self.wait(Op::ReleaseName(name.to_string())).map(|_| ())
+    }
+
+    /// Appends an audit entry without waiting (it is committed with the next batch). The log
+    /// keeps the newest `store.audit_max_entries` entries.
+    pub fn append_audit(&self, rec: AuditRecord) {
+        self.submit(
+            Op::Audit(rec),
+            Box::new(|r| {
+                if let Err(e) = r {
+                    log::warn!("audit entry lost: {e}");
+                }
+            }),
+        );
+    }
+
+    /// Reads audit entries (served by the writer thread, so it sees every earlier append).
+    pub fn query_audit(&self, q: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        match self.wait(Op::QueryAudit(q))? {
+            Applied::Audit(v) => Ok(v),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Changes how many audit entries are kept (SET_AUDIT_CONFIG max_entries).
+    pub fn set_audit_max(&self, n: usize) {
+        self.audit_max.store(n.max(1), Ordering::Relaxed);
     }
 
     /// Reads a key from one namespace.
@@ -264,13 +824,6 @@ impl StateStore {
         }
     }
 
-    /// Deletes a key; returns its scope if it existed (and had not expired).
-    pub fn delete(&self, ns: Namespace, key: &str, now_ms: u64) -> Option<Scope> {
-        let mut inner = self.inner.lock();
-        let e = inner.remove(ns, key)?;
-        e.live(now_ms).then_some(e.scope)
-    }
-
     /// Live keys of a namespace that start with `prefix`, sorted.
     pub fn keys(&self, ns: Namespace, prefix: &str, now_ms: u64, limit: usize) -> Vec<String> {
         let inner = self.inner.lock();
@@ -286,7 +839,8 @@ impl StateStore {
         out
     }
 
-    /// Removes every entry whose expiry is at or before `now_ms`.
+    /// Removes every entry whose expiry is at or before `now_ms` from memory. (On disk, the
+    /// writer purges expired rows on its own; they are dead by their expiry either way.)
     pub fn expire(&self, now_ms: u64) -> Vec<Expired> {
         let mut inner = self.inner.lock();
         let mut out = Vec::new();
@@ -329,32 +883,23 @@ impl StateStore {
         (inner.keys, inner.bytes)
     }
 
-    /// Drops an agent's whole namespace (when the agent is removed for good).
-    pub fn drop_namespace(&self, agent: u32) {
-        let mut inner = self.inner.lock();
-        if let Some(m) = inner.agents.remove(&agent) {
-            for (k, e) in m {
-                inner.keys -= 1;
-                inner.bytes -= k.len() + e.value.get().len();
-            }
-        }
+    /// Commit counters for users (HELLO's `store` object).
+    pub fn stats_json(&self) -> serde_json::Value {
+        let (keys, bytes) = self.usage();
+        let mut v = match &self.writer {
+            Some(w) => w.stats_json(),
+            None => serde_json::json!({"durable": false}),
+        };
+        v["keys"] = keys.into();
+        v["bytes"] = bytes.into();
+        v
     }
 
-    fn rebuild_expiries(inner: &mut Inner) {
-        let mut heap = BinaryHeap::new();
-        for (k, e) in &inner.shared {
-            if let Some(at) = e.expires_ms {
-                heap.push(Reverse((at, Namespace::Shared, k.clone())));
-            }
+    /// Commits what is queued and stops the writer thread (at daemon exit).
+    pub fn close(&self) {
+        if let Some(w) = &self.writer {
+            w.close();
         }
-        for (id, m) in &inner.agents {
-            for (k, e) in m {
-                if let Some(at) = e.expires_ms {
-                    heap.push(Reverse((at, Namespace::Agent(*id), k.clone())));
-                }
-            }
-        }
-        inner.expiries = heap;
     }
 }
 
@@ -362,100 +907,166 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    fn store() -> StateStore {
-        StateStore::with_limits(StoreLimits {
+    fn limits() -> StoreLimits {
+        StoreLimits {
             max_keys: 3,
             max_key_bytes: 8,
             max_value_bytes: 16,
             max_total_bytes: 30,
-        })
+        }
+    }
+
+    fn store() -> StateStore {
+        StateStore::with_limits(limits())
     }
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
     }
 
+    fn put(
+        s: &StateStore,
+        ns: Namespace,
+        key: &str,
+        v: &str,
+        scope: Scope,
+        exp: Option<u64>,
+    ) -> Result<(), StoreError> {
+        s.put_wait(Put {
+            ns,
+            key: key.into(),
+            value: raw(v),
+            scope,
+            expires_ms: exp,
+            durable: scope == Scope::Global || matches!(ns, Namespace::Agent(_)),
+        })
+    }
+
     #[test]
     fn namespaces_are_separate() {
         let s = store();
-        s.put(Namespace::Shared, "k", &raw("1"), Scope::Global, None)
-            .unwrap();
-        s.put(Namespace::Agent(7), "k", &raw("2"), Scope::Agent, None)
-            .unwrap();
+        put(&s, Namespace::Shared, "k", "1", Scope::Global, None).unwrap();
+        put(&s, Namespace::Agent(7), "k", "2", Scope::Agent, None).unwrap();
         assert_eq!(s.get(Namespace::Shared, "k", 0).unwrap().value.get(), "1");
         assert_eq!(s.get(Namespace::Agent(7), "k", 0).unwrap().value.get(), "2");
         assert!(s.get(Namespace::Agent(8), "k", 0).is_none());
-        assert_eq!(s.delete(Namespace::Shared, "k", 0), Some(Scope::Global));
+        assert_eq!(
+            s.delete_wait("k", Namespace::Agent(8), Some(Namespace::Shared)),
+            Ok(Some((Namespace::Shared, Scope::Global)))
+        );
         assert!(s.get(Namespace::Agent(7), "k", 0).is_some());
     }
 
     #[test]
-    fn limits() {
+    fn limits_enforced() {
         let s = store();
+        let sh = Namespace::Shared;
         assert_eq!(
-            s.put(Namespace::Shared, "", &raw("1"), Scope::Global, None),
+            put(&s, sh, "", "1", Scope::Global, None),
             Err(StoreError::EmptyKey)
         );
         assert!(matches!(
-            s.put(
-                Namespace::Shared,
-                "123456789",
-                &raw("1"),
-                Scope::Global,
-                None
-            ),
+            put(&s, sh, "123456789", "1", Scope::Global, None),
             Err(StoreError::KeyTooLong { .. })
         ));
         assert!(matches!(
-            s.put(
-                Namespace::Shared,
-                "a",
-                &raw("\"0123456789abcdef\""),
-                Scope::Global,
-                None
-            ),
+            put(&s, sh, "a", "\"0123456789abcdef\"", Scope::Global, None),
             Err(StoreError::ValueTooLarge { .. })
         ));
         for k in ["a", "b", "c"] {
-            s.put(Namespace::Shared, k, &raw("1"), Scope::Global, None)
-                .unwrap();
+            put(&s, sh, k, "1", Scope::Global, None).unwrap();
         }
         assert_eq!(
-            s.put(Namespace::Shared, "d", &raw("1"), Scope::Global, None),
+            put(&s, sh, "d", "1", Scope::Global, None),
             Err(StoreError::TooManyKeys { max: 3 })
         );
         // Overwriting an existing key does not count as a new key.
-        s.put(Namespace::Shared, "a", &raw("2"), Scope::Global, None)
-            .unwrap();
+        put(&s, sh, "a", "2", Scope::Global, None).unwrap();
+        put(&s, sh, "a", "\"0123456789abcd\"", Scope::Global, None).unwrap();
         assert!(matches!(
-            s.put(
-                Namespace::Shared,
-                "a",
-                &raw("\"0123456789abcd\""),
-                Scope::Global,
-                None
-            ),
-            Ok(())
-        ));
-        assert!(matches!(
-            s.put(
-                Namespace::Shared,
-                "b",
-                &raw("\"0123456789abcd\""),
-                Scope::Global,
-                None
-            ),
+            put(&s, sh, "b", "\"0123456789abcd\"", Scope::Global, None),
             Err(StoreError::TooManyBytes { .. })
         ));
+        assert_eq!(s.usage(), (3, 1 + 16 + 2 + 2));
+    }
+
+    #[test]
+    fn limits_within_one_batch() {
+        // Several changes planned together see each other's effect.
+        let s = store();
+        let inner = s.inner.lock();
+        let mut view = inner.view();
+        let op = |k: &str| {
+            Op::Put(Put {
+                ns: Namespace::Shared,
+                key: k.into(),
+                value: raw("1"),
+                scope: Scope::Global,
+                expires_ms: None,
+                durable: true,
+            })
+        };
+        for k in ["a", "b", "c"] {
+            assert!(inner.plan(&op(k), &mut view, &s.limits, 0).is_ok());
+        }
+        assert!(matches!(
+            inner.plan(&op("d"), &mut view, &s.limits, 0),
+            Err(StoreError::TooManyKeys { .. })
+        ));
+        assert!(inner.plan(&op("a"), &mut view, &s.limits, 0).is_ok());
+        let del = Op::Delete {
+            key: "a".into(),
+            first: Namespace::Shared,
+            then: None,
+        };
+        match inner.plan(&del, &mut view, &s.limits, 0).unwrap() {
+            Planned::Delete { removed, found } => {
+                assert_eq!(removed, vec![(Namespace::Shared, true)]);
+                assert_eq!(found, Some((Namespace::Shared, Scope::Global)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(inner.plan(&op("d"), &mut view, &s.limits, 0).is_ok());
+    }
+
+    #[test]
+    fn session_over_durable_deletes_the_row() {
+        let s = store();
+        let inner = s.inner.lock();
+        let mut view = inner.view();
+        let op = |scope: Scope| {
+            Op::Put(Put {
+                ns: Namespace::Shared,
+                key: "k".into(),
+                value: raw("1"),
+                scope,
+                expires_ms: None,
+                durable: scope == Scope::Global,
+            })
+        };
+        let p = |r: Result<Planned, StoreError>| match r.unwrap() {
+            Planned::Put(w) => w,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            p(inner.plan(&op(Scope::Session), &mut view, &s.limits, 0)),
+            KvWrite::Nothing
+        );
+        assert_eq!(
+            p(inner.plan(&op(Scope::Global), &mut view, &s.limits, 0)),
+            KvWrite::Upsert
+        );
+        assert_eq!(
+            p(inner.plan(&op(Scope::Session), &mut view, &s.limits, 0)),
+            KvWrite::DeleteRow
+        );
     }
 
     #[test]
     fn expiry_reclaims() {
         let s = store();
-        s.put(Namespace::Shared, "a", &raw("1"), Scope::Global, Some(100))
-            .unwrap();
-        s.put(Namespace::Agent(1), "b", &raw("1"), Scope::Agent, Some(200))
-            .unwrap();
+        put(&s, Namespace::Shared, "a", "1", Scope::Global, Some(100)).unwrap();
+        put(&s, Namespace::Agent(1), "b", "1", Scope::Agent, Some(200)).unwrap();
         assert_eq!(s.next_expiry(), Some(100));
         assert!(s.get(Namespace::Shared, "a", 99).is_some());
         assert!(
@@ -467,9 +1078,218 @@ mod tests {
         assert_eq!(gone[0].key, "a");
         assert_eq!(s.usage().0, 1, "reclaimed, not just hidden");
         // A key rewritten without TTL does not expire from its old heap entry.
-        s.put(Namespace::Agent(1), "b", &raw("2"), Scope::Agent, None)
-            .unwrap();
+        put(&s, Namespace::Agent(1), "b", "2", Scope::Agent, None).unwrap();
         assert!(s.expire(1000).is_empty());
         assert_eq!(s.usage().0, 1);
+    }
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("clove-store")
+            .tempdir_in("/tmp")
+            .unwrap()
+    }
+
+    fn big_limits() -> StoreLimits {
+        StoreLimits {
+            max_keys: 1000,
+            max_key_bytes: 64,
+            max_value_bytes: 1024,
+            max_total_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn durable_keys_survive_reopen_and_others_do_not() {
+        let d = tmp();
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        assert!(s.is_durable());
+        let now = crate::kernel::now_ms();
+        let sh = Namespace::Shared;
+        put(&s, sh, "g", r#"{"a": 1}"#, Scope::Global, None).unwrap();
+        put(&s, sh, "sess", "1", Scope::Session, None).unwrap();
+        put(&s, sh, "soon", "1", Scope::Global, Some(now + 1)).unwrap();
+        put(&s, sh, "later", "1", Scope::Global, Some(now + 3_600_000)).unwrap();
+        put(&s, Namespace::Agent(9), "mine", "2", Scope::Agent, None).unwrap();
+        s.put_wait(Put {
+            ns: Namespace::Agent(10),
+            key: "client".into(),
+            value: raw("3"),
+            scope: Scope::Agent,
+            expires_ms: None,
+            durable: false,
+        })
+        .unwrap();
+        // A global key turned into a session key is no longer durable, and back.
+        put(&s, sh, "flip", "1", Scope::Global, None).unwrap();
+        put(&s, sh, "flip", "2", Scope::Session, None).unwrap();
+        put(&s, sh, "flop", "1", Scope::Session, None).unwrap();
+        put(&s, sh, "flop", "2", Scope::Global, None).unwrap();
+        put(&s, sh, "gone", "1", Scope::Global, None).unwrap();
+        assert_eq!(
+            s.delete_wait("gone", Namespace::Agent(9), Some(sh)),
+            Ok(Some((sh, Scope::Global)))
+        );
+        assert_eq!(
+            s.delete_wait("gone", Namespace::Agent(9), Some(sh)),
+            Ok(None)
+        );
+        s.close();
+        assert_eq!(
+            put(&s, sh, "late", "1", Scope::Global, None),
+            Err(StoreError::Closed)
+        );
+        drop(s);
+        // Wait (without sleeping blindly) until "soon" has expired on the wall clock.
+        while crate::kernel::now_ms() <= now + 1 {
+            std::thread::yield_now();
+        }
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let t = crate::kernel::now_ms();
+        assert_eq!(s.get(sh, "g", t).unwrap().value.get(), r#"{"a": 1}"#);
+        assert_eq!(s.get(sh, "g", t).unwrap().scope, Scope::Global);
+        assert!(s.get(sh, "sess", t).is_none());
+        assert!(s.get(sh, "soon", t).is_none());
+        assert!(s.get(sh, "later", t).is_some());
+        assert_eq!(s.next_expiry(), Some(now + 3_600_000));
+        let mine = s.get(Namespace::Agent(9), "mine", t).unwrap();
+        assert_eq!((mine.value.get(), mine.scope), ("2", Scope::Agent));
+        assert!(s.get(Namespace::Agent(10), "client", t).is_none());
+        assert!(s.get(sh, "flip", t).is_none());
+        assert_eq!(s.get(sh, "flop", t).unwrap().value.get(), "2");
+        assert!(s.get(sh, "gone", t).is_none());
+        assert_eq!(s.take_recovered().expired_at_start, 1);
+        // Ids continue above every agent that owns durable data.
+        assert!(s.id_counter().load(Ordering::Relaxed) >= 10);
+    }
+
+    #[test]
+    fn agent_records_and_audit() {
+        let d = tmp();
+        let mut cfg = StoreConfig::at(&d.path().join("s.db"));
+        cfg.audit_max_entries = 5;
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let spec = |id: u32| AgentSpecRecord {
+            agent_id: id,
+            name: Some(format!("a{id}")),
+            spec: serde_json::json!({"script": format!("a{id}.py"), "persist": true}),
+            saved_ms: 1,
+        };
+        s.save_agent_spec(spec(3)).unwrap();
+        s.save_agent_spec(spec(4)).unwrap();
+        s.save_agent_spec(spec(5)).unwrap();
+        s.delete_agent_spec(4).unwrap();
+        s.save_agent_name("a3", 3).unwrap();
+        s.save_agent_name("a5", 5).unwrap();
+        s.release_agent_name("a5").unwrap();
+        for i in 0..12u32 {
+            s.append_audit(AuditRecord {
+                id: 0,
+                ts_ms: 1000 + u64::from(i),
+                category: if i % 2 == 0 { "lifecycle" } else { "state" }.into(),
+                event_type: format!("e{i}"),
+                agent_id: i,
+                agent_name: None,
+                success: true,
+                details: serde_json::json!({"i": i}),
+            });
+        }
+        let all = s
+            .query_audit(AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let kinds: Vec<&str> = all.iter().map(|a| a.event_type.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["e7", "e8", "e9", "e10", "e11"],
+            "bounded, oldest pruned"
+        );
+        let newest_two = s
+            .query_audit(AuditQuery {
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(newest_two.len(), 2);
+        assert_eq!(newest_two[1].event_type, "e11");
+        let since = s
+            .query_audit(AuditQuery {
+                since_id: Some(all[2].id),
+                category: Some("lifecycle".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let kinds: Vec<&str> = since.iter().map(|a| a.event_type.as_str()).collect();
+        assert_eq!(kinds, ["e10"]);
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let r = s.take_recovered();
+        assert_eq!(
+            r.agent_specs.iter().map(|a| a.agent_id).collect::<Vec<_>>(),
+            [3, 5]
+        );
+        assert_eq!(r.agent_specs[0].spec["script"], "a3.py");
+        assert_eq!(
+            r.agent_names,
+            vec![AgentName {
+                name: "a3".into(),
+                agent_id: 3
+            }]
+        );
+        assert!(s.take_recovered().agent_specs.is_empty(), "taken once");
+        assert_eq!(
+            s.query_audit(AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            5
+        );
+        assert!(s.id_counter().load(Ordering::Relaxed) > 5);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_writes() {
+        let d = tmp();
+        let mut cfg = StoreConfig::at(&d.path().join("s.db"));
+        cfg.max_pending_writes = 1;
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        {
+            // While memory is locked the writer cannot plan, so the queue stays full.
+            let _held = s.inner.lock();
+            for i in 0..3 {
+                let tx = tx.clone();
+                s.submit_put(
+                    Put {
+                        ns: Namespace::Shared,
+                        key: format!("k{i}"),
+                        value: raw("1"),
+                        scope: Scope::Global,
+                        expires_ms: None,
+                        durable: true,
+                    },
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+            }
+        }
+        let results: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        assert!(
+            results.contains(&Err(StoreError::Busy { max: 1 })),
+            "{results:?}"
+        );
+        assert!(results.contains(&Ok(Applied::Stored)), "{results:?}");
+        assert_eq!(
+            s.stats_json()["busy_refusals"].as_u64(),
+            Some(results.iter().filter(|r| r.is_err()).count() as u64)
+        );
     }
 }

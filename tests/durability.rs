@@ -1,0 +1,683 @@
+//! Durable state (issue 4): what a client was told is stored survives SIGTERM, `kill -9` and
+//! restarts; damaged, newer or busy state files are refused and left untouched; TTLs run on
+//! the wall clock across downtime; `clove state check | export | import` work on a stopped
+//! daemon's files.
+
+use crate::harness::{BIN, Daemon, frame, op, read_frame, wait_for};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn db_path(d: &Daemon) -> PathBuf {
+    d.state_dir.join("store.db")
+}
+
+/// Length and hash of the database and of its write-ahead log (if any).
+fn snapshot(db: &Path) -> [(usize, u64); 2] {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let sum = |bytes: Option<Vec<u8>>| match bytes {
+        None => (usize::MAX, 0),
+        Some(b) => {
+            let mut h = DefaultHasher::new();
+            b.hash(&mut h);
+            (b.len(), h.finish())
+        }
+    };
+    [sum(std::fs::read(db).ok()), sum(std::fs::read(wal).ok())]
+}
+
+/// Runs a command that must exit by itself (within 20 s), capturing its output.
+fn run(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "command did not exit within 20s; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `clove state ARGS` against the daemon's config and state directory.
+fn state_cmd(d: &Daemon, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("state")
+        .args(args)
+        .arg("--config")
+        .arg(&d.config_path)
+        .arg("--state-dir")
+        .arg(&d.state_dir)
+        .env_remove("CLOVE_CONFIG");
+    run(cmd)
+}
+
+/// Starts the daemon's command expecting a refusal; returns stderr.
+fn expect_refusal(d: &Daemon) -> String {
+    let out = run(d.command());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the daemon must refuse to start; stdout {:?} stderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("clove: ready"),
+        "it must not have become ready"
+    );
+    stderr
+}
+
+fn fetch(c: &mut crate::harness::Client, key: &str) -> Value {
+    c.ok(op::FETCH, json!({"key": key}))
+}
+
+#[test]
+fn acknowledged_state_survives_restarts_and_session_state_does_not() {
+    let mut d = Daemon::start();
+    let mut c = d.client();
+    c.ok(
+        op::STORE,
+        json!({"key": "g", "value": {"deep": [1, 2.5, "x"]}}),
+    );
+    c.ok(
+        op::STORE,
+        json!({"key": "s", "value": "temp", "scope": "session"}),
+    );
+    c.ok(
+        op::STORE,
+        json!({"key": "flip", "value": 1, "scope": "global"}),
+    );
+    c.ok(
+        op::STORE,
+        json!({"key": "flip", "value": 2, "scope": "session"}),
+    );
+    c.ok(
+        op::STORE,
+        json!({"key": "mine", "value": 5, "scope": "agent"}),
+    );
+    assert_eq!(fetch(&mut c, "mine")["scope"], "agent");
+    c.ok(op::STORE, json!({"key": "gone", "value": true}));
+    let r = c.ok(op::DELETE, json!({"key": "gone"}));
+    assert_eq!(r["deleted"], true);
+    // The bytes of a value come back exactly as sent, also after a restart.
+    let raw = br#"{"key":"exact","value":{ "spaced" :  [1,  2] }}"#;
+    assert!(c.call_raw(op::STORE, raw).json()["success"] == true);
+    drop(c);
+
+    // A clean stop, then a crash: both keep what was acknowledged.
+    assert!(d.stop().success());
+    d.spawn().unwrap();
+    let mut c = d.client();
+    assert_eq!(fetch(&mut c, "g")["value"], json!({"deep": [1, 2.5, "x"]}));
+    assert_eq!(fetch(&mut c, "g")["scope"], "global");
+    assert_eq!(
+        fetch(&mut c, "s")["exists"],
+        false,
+        "session keys are memory only"
+    );
+    assert_eq!(
+        fetch(&mut c, "flip")["exists"],
+        false,
+        "a global key turned session is no longer durable"
+    );
+    assert_eq!(fetch(&mut c, "gone")["exists"], false);
+    assert_eq!(
+        fetch(&mut c, "mine")["exists"],
+        false,
+        "a plain client's agent keys are memory only"
+    );
+    let f = c.call_raw(op::FETCH, br#"{"key":"exact"}"#);
+    assert!(
+        String::from_utf8_lossy(&f.payload).contains(r#""value":{ "spaced" :  [1,  2] }"#),
+        "{}",
+        String::from_utf8_lossy(&f.payload)
+    );
+    c.ok(op::STORE, json!({"key": "after", "value": 7}));
+    drop(c);
+    d.kill9();
+    d.spawn().unwrap();
+    let mut c = d.client();
+    assert_eq!(fetch(&mut c, "after")["value"], 7);
+    assert_eq!(fetch(&mut c, "g")["exists"], true);
+    let keys = c.ok(op::KEYS, json!({}));
+    assert_eq!(keys["keys"], json!(["after", "exact", "g"]));
+}
+
+#[test]
+fn state_changed_is_published_after_the_commit() {
+    let d = Daemon::start();
+    let mut watcher = d.client();
+    watcher.ok(op::SUBSCRIBE, json!({"event_types": ["STATE_CHANGED"]}));
+    let mut c = d.client();
+    c.ok(op::STORE, json!({"key": "k", "value": 1}));
+    c.ok(op::DELETE, json!({"key": "k"}));
+    let r = c.ok(op::DELETE, json!({"key": "k"}));
+    assert_eq!(r["deleted"], false);
+    let got = watcher.ok(op::POLL_EVENTS, json!({}));
+    let actions: Vec<&str> = got["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["store", "delete"], "{got}");
+}
+
+#[test]
+fn limits_are_enforced_by_the_durable_store_and_after_a_restart() {
+    let mut d = Daemon::with_config("[limits]\nstate_max_keys = 3\nstate_max_value_bytes = 10\n");
+    let mut c = d.client();
+    for k in ["a", "b", "c"] {
+        c.ok(op::STORE, json!({"key": k, "value": 1}));
+    }
+    let e = c.err(op::STORE, json!({"key": "d", "value": 1}));
+    assert_eq!(e, "cannot store \"d\": state store is full: 3 keys");
+    let e = c.err(op::STORE, json!({"key": "a", "value": "0123456789"}));
+    assert!(e.contains("value is 12 bytes; the maximum is 10"), "{e}");
+    drop(c);
+    d.kill9();
+    d.spawn().unwrap();
+    let mut c = d.client();
+    let e = c.err(op::STORE, json!({"key": "d", "value": 1}));
+    assert!(e.contains("3 keys"), "{e}");
+    c.ok(op::DELETE, json!({"key": "a"}));
+    c.ok(op::STORE, json!({"key": "d", "value": 1}));
+}
+
+/// One writer connection of the crash test: what it was told, and what it had in flight.
+#[derive(Default)]
+struct WriterLog {
+    /// key -> value text (None: deleted), as acknowledged.
+    acked: HashMap<String, Option<Value>>,
+    /// A change sent and not yet answered when the daemon died.
+    inflight: Option<(String, Option<Value>)>,
+    /// The connection's id, once a STORE of it was acknowledged (so it owns committed data).
+    id: u32,
+}
+
+fn crash_writer(
+    socket: PathBuf,
+    prefix: String,
+    seed: u64,
+    total: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> WriterLog {
+    let mut log = WriterLog::default();
+    let Ok(mut s) = UnixStream::connect(&socket) else {
+        return log;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut x = seed | 1;
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = format!("{prefix}-{}", x % 40);
+        let (op, payload, change) = if x.is_multiple_of(5) {
+            (
+                op::DELETE,
+                json!({"key": key}),
+                (key.clone(), None::<Value>),
+            )
+        } else {
+            let value = json!({"n": i, "pad": "x".repeat((x % 200) as usize)});
+            (
+                op::STORE,
+                json!({"key": key, "value": value}),
+                (key.clone(), Some(value)),
+            )
+        };
+        log.inflight = Some(change);
+        let bytes = frame(0, op, payload.to_string().as_bytes());
+        if s.write_all(&bytes).is_err() {
+            break;
+        }
+        let Ok(reply) = read_frame(&mut s) else {
+            break;
+        };
+        let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(v["success"], true, "{v}");
+        assert_eq!(v["key"], key, "the reply answers this request");
+        if log.id != 0 {
+            assert_eq!(reply.agent_id, log.id, "replies come to this connection");
+        }
+        let (k, val) = log.inflight.take().unwrap();
+        if val.is_some() {
+            log.id = reply.agent_id;
+        }
+        log.acked.insert(k, val);
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+    log
+}
+
+#[test]
+fn crash_test_acknowledged_writes_survive_kill_9_at_random_moments() {
+    let mut d = Daemon::start();
+    let seed = now_ms();
+    eprintln!("crash test seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // key -> expected value (None = absent), across all rounds.
+    let mut expected: HashMap<String, Option<Value>> = HashMap::new();
+    let mut max_id_seen = 0u32;
+    // CLOVE_CRASH_ROUNDS=50 makes it a soak test.
+    let rounds = std::env::var("CLOVE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5u64);
+    for round in 0..rounds {
+        let sync = if round % 2 == 0 { "full" } else { "normal" };
+        std::fs::write(&d.config_path, format!("[store]\nsync = \"{sync}\"\n")).unwrap();
+        if round > 0 {
+            d.spawn().unwrap();
+        }
+        // A new connection never gets the id of a connection whose writes were committed, nor
+        // one handed out before a clean stop.
+        let mut probe = d.client();
+        let id = probe.my_id();
+        assert!(
+            id > max_id_seen,
+            "id {id} reused (max before {max_id_seen})"
+        );
+        drop(probe);
+
+        let total = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let socket = d.socket.clone();
+                let (total, stop) = (total.clone(), stop.clone());
+                let prefix = format!("w{w}");
+                // Unrelated streams per writer (consecutive xorshift states would only be
+                // shifted copies of one another).
+                let seed = next().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ w;
+                std::thread::spawn(move || crash_writer(socket, prefix, seed, total, stop))
+            })
+            .collect();
+        wait_for("some acknowledged writes", Duration::from_secs(20), || {
+            (total.load(Ordering::Relaxed) >= 20).then_some(())
+        });
+        // Then let them run for a random while and pull the plug mid-flight.
+        let until = Instant::now() + Duration::from_millis(20 + next() % 300);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = d.pid();
+        d.kill9();
+        stop.store(true, Ordering::Relaxed);
+        let logs: Vec<WriterLog> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
+        max_id_seen = logs.iter().map(|l| l.id).fold(max_id_seen, u32::max);
+        eprintln!(
+            "round {round} (sync={sync}): killed pid {pid} after {} acknowledged writes",
+            total.load(Ordering::Relaxed)
+        );
+        assert!(acked > 0);
+
+        // The file passes its integrity check right after the crash.
+        let out = state_cmd(&d, &["check"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("integrity: ok"),
+            "check failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        d.spawn().unwrap();
+        let mut c = d.client();
+        max_id_seen = max_id_seen.max(c.my_id());
+        let mut inflight: HashMap<String, Option<Value>> = HashMap::new();
+        for l in &logs {
+            for (k, v) in &l.acked {
+                expected.insert(k.clone(), v.clone());
+            }
+            if let Some((k, v)) = &l.inflight {
+                inflight.insert(k.clone(), v.clone());
+                // A key no acknowledged change ever touched was absent before its change in
+                // flight; it must be found absent or with that change.
+                expected.entry(k.clone()).or_insert(None);
+            }
+        }
+        for (key, want) in expected.iter_mut() {
+            let got = fetch(&mut c, key);
+            let got = (got["exists"] == true).then(|| got["value"].clone());
+            if &got == want {
+                continue;
+            }
+            // A change whose reply never came may or may not have been committed.
+            match inflight.get(key) {
+                Some(maybe) if &got == maybe => *want = got,
+                _ => panic!(
+                    "round {round}: key {key}: acknowledged {want:?}, found {got:?} after kill -9 (seed {seed})"
+                ),
+            }
+        }
+        drop(c);
+        d.stop();
+    }
+    let out = state_cmd(&d, &["check"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn ttl_runs_on_the_wall_clock_across_downtime() {
+    let mut d = Daemon::start();
+    let mut c = d.client();
+    let t0 = now_ms();
+    c.ok(op::STORE, json!({"key": "short", "value": 1, "ttl": 1}));
+    c.ok(op::STORE, json!({"key": "long", "value": 2, "ttl": 6}));
+    c.ok(op::STORE, json!({"key": "forever", "value": 3}));
+    drop(c);
+    d.kill9();
+    // The daemon is down while "short" expires.
+    wait_for("the short TTL to pass", Duration::from_secs(10), || {
+        (now_ms() > t0 + 1200).then_some(())
+    });
+    d.spawn().unwrap();
+    let mut c = d.client();
+    assert_eq!(fetch(&mut c, "short")["exists"], false);
+    if now_ms() < t0 + 5500 {
+        assert_eq!(fetch(&mut c, "long")["value"], 2, "not expired yet");
+    }
+    // It still expires on time while the daemon runs...
+    wait_for("the long key to expire", Duration::from_secs(20), || {
+        (fetch(&mut c, "long")["exists"] == false).then_some(())
+    });
+    assert!(now_ms() >= t0 + 6000, "expired early");
+    assert_eq!(fetch(&mut c, "forever")["value"], 3);
+    drop(c);
+    // ...and the rows are gone from the file, not merely hidden.
+    assert!(d.stop().success());
+    let out = state_cmd(&d, &["export"]);
+    assert!(out.status.success());
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = dump["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["forever"]);
+    assert!(
+        d.logs().contains("1 expired keys removed"),
+        "the start must report the key that expired while down:\n{}",
+        d.logs()
+    );
+}
+
+/// A daemon with a few keys, stopped cleanly.
+fn stopped_daemon_with_data(n: usize) -> Daemon {
+    let mut d = Daemon::start();
+    let mut c = d.client();
+    for i in 0..n {
+        c.ok(
+            op::STORE,
+            json!({"key": format!("k{i}"), "value": "v".repeat(300)}),
+        );
+    }
+    drop(c);
+    assert!(d.stop().success());
+    d
+}
+
+#[test]
+fn a_corrupt_database_is_refused_and_left_untouched() {
+    let d = stopped_daemon_with_data(200);
+    let db = db_path(&d);
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() >= 8 * 4096, "{} bytes", bytes.len());
+    // Scribble over the middle of the file (b-tree pages), keeping the header intact.
+    for b in &mut bytes[3 * 4096..6 * 4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let before = snapshot(&db);
+    let stderr = expect_refusal(&d);
+    assert!(
+        stderr.contains("is damaged or not a clove state store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+    assert_eq!(snapshot(&db), before, "the file must be left untouched");
+    let out = state_cmd(&d, &["check"]);
+    assert_ne!(out.status.code(), Some(0), "check must fail");
+    assert_eq!(snapshot(&db), before);
+
+    // Not a database at all.
+    std::fs::write(&db, b"this is not a database, just text\n".repeat(200)).unwrap();
+    let before = snapshot(&db);
+    let stderr = expect_refusal(&d);
+    assert!(stderr.contains("not an SQLite database file"), "{stderr}");
+    assert_eq!(snapshot(&db), before);
+}
+
+#[test]
+fn a_truncated_database_is_refused_and_left_untouched() {
+    let d = stopped_daemon_with_data(200);
+    let db = db_path(&d);
+    let len = std::fs::metadata(&db).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(len / 2 / 4096 * 4096).unwrap();
+    drop(f);
+    let before = snapshot(&db);
+    let stderr = expect_refusal(&d);
+    assert!(stderr.contains("truncated"), "{stderr}");
+    assert_eq!(snapshot(&db), before);
+
+    // Cut to nothing: still refused, never silently reset to an empty store.
+    std::fs::write(&db, b"").unwrap();
+    let stderr = expect_refusal(&d);
+    assert!(stderr.contains("the file is empty"), "{stderr}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() {
+    let d = stopped_daemon_with_data(3);
+    let db = db_path(&d);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        conn.execute_batch("PRAGMA journal_mode = DELETE;").unwrap();
+    }
+    let before = snapshot(&db);
+    let stderr = expect_refusal(&d);
+    assert!(
+        stderr.contains("has schema version 99, but this clove only knows versions up to 1"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(&db), before);
+    let out = state_cmd(&d, &["export"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(snapshot(&db), before);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.ok(op::STORE, json!({"key": "k", "value": 1}));
+    let db = db_path(&d);
+    let before = snapshot(&db);
+    // Another socket, same state directory.
+    let mut other = Command::new(BIN);
+    other
+        .arg("serve")
+        .arg("--config")
+        .arg(&d.config_path)
+        .arg("--socket")
+        .arg(d.path("other.sock"))
+        .arg("--state-dir")
+        .arg(&d.state_dir)
+        .env_remove("CLOVE_SOCKET");
+    let out = run(other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "is in use by another clove daemon (pid {})",
+            d.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(!d.path("other.sock").exists());
+    assert_eq!(snapshot(&db), before);
+    // The state tools refuse too while the daemon runs.
+    for args in [&["check"][..], &["export"][..]] {
+        let out = state_cmd(&d, args);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another clove daemon"));
+    }
+    // The first daemon is unaffected.
+    assert_eq!(fetch(&mut c, "k")["value"], 1);
+    c.ok(op::STORE, json!({"key": "k2", "value": 2}));
+}
+
+#[test]
+fn export_then_import_restores_the_state_elsewhere() {
+    let mut a = Daemon::start();
+    let mut c = a.client();
+    c.ok(op::STORE, json!({"key": "one", "value": {"n": 1}}));
+    c.ok(op::STORE, json!({"key": "two", "value": [2], "ttl": 3600}));
+    c.ok(
+        op::STORE,
+        json!({"key": "tmp", "value": 0, "scope": "session"}),
+    );
+    drop(c);
+    assert!(a.stop().success());
+    let out = state_cmd(&a, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 keys (0 expired)"), "{text}");
+    let dump_path = a.path("dump.json");
+    let out = state_cmd(&a, &["export", "--output", dump_path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let dump: Value = serde_json::from_slice(&std::fs::read(&dump_path).unwrap()).unwrap();
+    assert_eq!(dump["format"], "clove-state");
+    assert_eq!(dump["keys"].as_array().unwrap().len(), 2);
+
+    // A fresh daemon elsewhere: import refuses while it runs, works once it is stopped.
+    let mut b = Daemon::start();
+    let mut c = b.client();
+    c.ok(op::STORE, json!({"key": "old", "value": 1}));
+    drop(c);
+    let out = state_cmd(&b, &["import", dump_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another clove daemon"));
+    assert!(b.stop().success());
+    let out = state_cmd(&b, &["import", dump_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--replace"));
+    let out = state_cmd(&b, &["import", "--replace", dump_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 keys"));
+    b.spawn().unwrap();
+    let mut c = b.client();
+    assert_eq!(fetch(&mut c, "one")["value"], json!({"n": 1}));
+    assert_eq!(fetch(&mut c, "two")["value"], json!([2]));
+    assert_eq!(
+        fetch(&mut c, "old")["exists"],
+        false,
+        "replaced, not merged"
+    );
+    assert_eq!(fetch(&mut c, "tmp")["exists"], false);
+
+    // A broken dump is refused with every problem named, and nothing changes.
+    let bad = b.path("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"format":"clove-state","schema_version":1,"keys":[{"scope":"session","key":"x","value":1},{"scope":"global","key":"","value":1}]}"#,
+    )
+    .unwrap();
+    drop(c);
+    assert!(b.stop().success());
+    let out = state_cmd(&b, &["import", "--replace", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not durable") && err.contains("must not be empty"),
+        "{err}"
+    );
+    let out = state_cmd(&b, &["export"]);
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dump["keys"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn store_config_is_validated_and_store_path_is_honoured() {
+    let d = Daemon::start();
+    std::fs::write(&d.config_path, "[store]\nsync = \"sometimes\"\n").unwrap();
+    let out = run(d.command());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("store.sync: \"sometimes\" is not a sync mode"),
+        "{err}"
+    );
+    drop(d);
+
+    let dir = tempfile::Builder::new()
+        .prefix("clove-test-db")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let custom = dir.path().join("sub/my.db");
+    let mut d = Daemon::with_config(&format!(
+        "[store]\npath = \"{}\"\nsync = \"normal\"\n",
+        custom.display()
+    ));
+    let mut c = d.client();
+    c.ok(op::STORE, json!({"key": "k", "value": 1}));
+    let hello = c.ok(op::HELLO, json!({}));
+    assert_eq!(hello["store"]["sync"], "normal");
+    assert_eq!(hello["store"]["path"], custom.display().to_string());
+    assert!(hello["store"]["commits"].as_u64().unwrap() >= 1);
+    drop(c);
+    assert!(d.stop().success());
+    assert!(custom.exists());
+    assert!(!d.state_dir.join("store.db").exists());
+}
