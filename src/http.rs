@@ -15,7 +15,7 @@ use crate::kernel::{Call, Kernel, Responder, access, ops};
 use base64::Engine;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::io::Read;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -437,7 +437,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
         access::blocked(k, call, &e);
         return Err(e);
     }
-    let request_id = crate::llm::async_id(
+    let request_id = crate::kernel::asyncq::async_id(
         req.is_async.take(),
         req.request_id.take(),
         "http",
@@ -456,13 +456,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
     let (reply, outcome) = match request_id {
         None => (ReplyTo::Sync(k.responder(call)), Outcome::Deferred),
         Some(id) => {
-            k.asyncq.lock().reserve(call.caller)?;
-            let accepted = to_bytes(&json!({
-                "success": true,
-                "async": true,
-                "request_id": id,
-                "status": "accepted",
-            }));
+            let accepted = crate::kernel::asyncq::accept(k, call.caller, &id)?;
             (ReplyTo::Async(id), Outcome::Reply(accepted))
         }
     };

@@ -87,6 +87,46 @@ struct AsyncFlags {
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
+/// The `async` and `request_id` fields of an EXEC-like request: `"async": true` gives
+/// `Some(request_id)` (the client's, or a new `PREFIX-CALLER-N`); absent or false gives `None`.
+pub fn async_id(
+    is_async: Option<Value>,
+    request_id: Option<Value>,
+    prefix: &str,
+    caller: CallerId,
+) -> Result<Option<Value>, String> {
+    match is_async {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => {}
+        Some(other) => {
+            return Err(format!(
+                "invalid request: field `async`: expected a boolean, got {other}"
+            ));
+        }
+    }
+    match request_id {
+        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v)),
+        Some(Value::Null) | None => Ok(Some(Value::String(format!(
+            "{prefix}-{caller}-{}",
+            NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
+        )))),
+        Some(other) => Err(format!(
+            "invalid request: field `request_id` must be a string or number, got {other}"
+        )),
+    }
+}
+
+/// Reserves a result slot for an accepted async request and returns the `accepted` reply.
+pub fn accept(k: &Kernel, caller: CallerId, request_id: &Value) -> Result<Vec<u8>, String> {
+    k.asyncq.lock().reserve(caller)?;
+    Ok(to_bytes(&json!({
+        "success": true,
+        "async": true,
+        "request_id": request_id,
+        "status": "accepted",
+    })))
+}
+
 /// Runs a worker op synchronously, or, when the request says `"async": true`, accepts it at
 /// once and files the result for ASYNC_POLL. `run` computes the synchronous reply.
 pub fn sync_or_async(
@@ -97,44 +137,25 @@ pub fn sync_or_async(
     run: impl FnOnce() -> Vec<u8>,
 ) {
     let flags: AsyncFlags = parse(payload).unwrap_or_default();
-    let is_async = match flags.is_async {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) => true,
-        Some(other) => {
-            responder.error(format!(
-                "invalid request: field `async`: expected a boolean, got {other}"
-            ));
+    let prefix = super::ops::name(call.op).to_ascii_lowercase();
+    let request_id = match async_id(flags.is_async, flags.request_id, &prefix, call.caller) {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            responder.reply(&run());
+            return;
+        }
+        Err(e) => {
+            responder.error(e);
             return;
         }
     };
-    if !is_async {
-        responder.reply(&run());
-        return;
-    }
-    let request_id = match flags.request_id {
-        Some(v @ (Value::String(_) | Value::Number(_))) => v,
-        Some(Value::Null) | None => Value::String(format!(
-            "req-{}-{}",
-            call.caller,
-            NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
-        )),
-        Some(other) => {
-            responder.error(format!(
-                "invalid request: field `request_id` must be a string or number, got {other}"
-            ));
+    match accept(k, call.caller, &request_id) {
+        Ok(accepted) => responder.reply(&accepted),
+        Err(e) => {
+            responder.error(e);
             return;
         }
-    };
-    if let Err(e) = k.asyncq.lock().reserve(call.caller) {
-        responder.error(e);
-        return;
     }
-    responder.reply(&to_bytes(&json!({
-        "success": true,
-        "async": true,
-        "request_id": request_id,
-        "status": "accepted",
-    })));
     let reply = run();
     let result = AsyncResult {
         request_id,

@@ -23,7 +23,6 @@ use parking_lot::{Condvar, Mutex};
 use queue::{FairQueue, Refused};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -359,8 +358,6 @@ pub struct LlmService {
     backends: Vec<Arc<Backend>>,
 }
 
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
-
 impl LlmService {
     /// Starts every backend's threads. They hold only a weak reference to the kernel.
     pub fn start(kernel: &Arc<Kernel>) -> std::io::Result<LlmService> {
@@ -434,7 +431,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
         is_async,
         request_id,
     } = parse_think(payload)?;
-    let request_id = async_id(is_async, request_id, "think", call.caller)?;
+    let request_id = crate::kernel::asyncq::async_id(is_async, request_id, "think", call.caller)?;
     let Some(svc) = k.llm.get() else {
         return Err(config::NO_BACKEND.into());
     };
@@ -457,13 +454,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
     let (reply, outcome) = match request_id {
         None => (ReplyTo::Sync(k.responder(call)), Outcome::Deferred),
         Some(id) => {
-            k.asyncq.lock().reserve(call.caller)?;
-            let accepted = to_bytes(&json!({
-                "success": true,
-                "async": true,
-                "request_id": id,
-                "status": "accepted",
-            }));
+            let accepted = crate::kernel::asyncq::accept(k, call.caller, &id)?;
             (ReplyTo::Async { request_id: id }, Outcome::Reply(accepted))
         }
     };
@@ -498,35 +489,6 @@ fn refused(r: Refused, q: &FairQueue<Job>, model: &str) -> String {
              try again later",
             q.total()
         ),
-    }
-}
-
-/// The `async` and `request_id` fields of an EXEC-like request: `"async": true` gives
-/// `Some(request_id)` (the client's, or a new `PREFIX-CALLER-N`); absent or false gives `None`.
-pub fn async_id(
-    is_async: Option<Value>,
-    request_id: Option<Value>,
-    prefix: &str,
-    caller: CallerId,
-) -> Result<Option<Value>, String> {
-    match is_async {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
-        Some(Value::Bool(true)) => {}
-        Some(other) => {
-            return Err(format!(
-                "invalid request: field `async`: expected a boolean, got {other}"
-            ));
-        }
-    }
-    match request_id {
-        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v)),
-        Some(Value::Null) | None => Ok(Some(Value::String(format!(
-            "{prefix}-{caller}-{}",
-            NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
-        )))),
-        Some(other) => Err(format!(
-            "invalid request: field `request_id` must be a string or number, got {other}"
-        )),
     }
 }
 
@@ -696,17 +658,22 @@ mod tests {
         let p = parse_think(br#"{"prompt":"hi","model":"x","temperature":0.2}"#).unwrap();
         assert_eq!(p.request.prompt, "hi");
         assert_eq!(p.model.as_deref(), Some("x"));
-        assert_eq!(async_id(p.is_async, p.request_id, "t", 1), Ok(None));
+        assert_eq!(
+            crate::kernel::asyncq::async_id(p.is_async, p.request_id, "t", 1),
+            Ok(None)
+        );
         let p = parse_think(br#"{"prompt":"hi","async":true,"request_id":5}"#).unwrap();
         assert_eq!(
-            async_id(p.is_async, p.request_id, "t", 1),
+            crate::kernel::asyncq::async_id(p.is_async, p.request_id, "t", 1),
             Ok(Some(json!(5)))
         );
         let p = parse_think(br#"{"prompt":"hi","async":true}"#).unwrap();
-        let id = async_id(p.is_async, p.request_id, "t", 7).unwrap().unwrap();
+        let id = crate::kernel::asyncq::async_id(p.is_async, p.request_id, "t", 7)
+            .unwrap()
+            .unwrap();
         assert!(id.as_str().unwrap().starts_with("t-7-"), "{id}");
         let p = parse_think(br#"{"prompt":"hi","async":"yes"}"#).unwrap();
-        assert!(async_id(p.is_async, p.request_id, "t", 1).is_err());
+        assert!(crate::kernel::asyncq::async_id(p.is_async, p.request_id, "t", 1).is_err());
         for (bad, what) in [
             (r#"{}"#, "prompt"),
             (r#"{"prompt":" "}"#, "empty"),
