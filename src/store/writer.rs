@@ -41,7 +41,9 @@ pub(crate) struct Request {
 }
 
 enum Msg {
-    Change(Request),
+    /// Boxed so that the bounded queue's slots are small: a channel allocates and touches all
+    /// of its slots up front, and `max_pending_writes` of them must not cost megabytes of RSS.
+    Change(Box<Request>),
     /// Commit what is queued, then exit.
     Stop,
 }
@@ -129,7 +131,10 @@ impl Handle {
             done(Err(StoreError::Closed));
             return;
         }
-        match self.tx.try_send(Msg::Change(Request { op, done })) {
+        match self
+            .tx
+            .try_send(Msg::Change(Box::new(Request { op, done })))
+        {
             Ok(()) => {}
             Err(TrySendError::Full(Msg::Change(r))) => {
                 self.stats.busy.fetch_add(1, Ordering::Relaxed);
@@ -249,12 +254,12 @@ impl Writer {
             };
             let mut batch = Vec::new();
             match first {
-                Msg::Change(r) => batch.push(r),
+                Msg::Change(r) => batch.push(*r),
                 Msg::Stop => stopping = true,
             }
             while batch.len() < self.max_batch {
                 match self.rx.try_recv() {
-                    Ok(Msg::Change(r)) => batch.push(r),
+                    Ok(Msg::Change(r)) => batch.push(*r),
                     Ok(Msg::Stop) => stopping = true,
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
