@@ -107,9 +107,22 @@ impl Kernel {
         Kernel::with_store(config, sink, store)
     }
 
-    /// A kernel around an opened (durable) state store; ids continue from the store's counter.
+    /// A kernel around an opened (durable) state store; ids continue from the store's counter,
+    /// and the audit log is mirrored to the store (its newest entries are loaded back here,
+    /// which waits for the store's writer: call this before the reactor runs).
     pub fn with_store(config: Arc<Config>, sink: Sink, store: StateStore) -> Kernel {
-        let audit = Arc::new(audit::Audit::new(config.audit.clone()));
+        let audit = Arc::new(audit::Audit::with_sink(
+            config.audit.clone(),
+            store.audit_sink(),
+        ));
+        match store.load_audit(config.audit.max_entries) {
+            Ok(entries) if !entries.is_empty() => {
+                log::info!("audit log: {} entries loaded", entries.len());
+                audit.with(|log| log.load(entries));
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot load the audit log: {e}"),
+        }
         Kernel {
             next_id: store.id_counter(),
             store,
