@@ -82,7 +82,9 @@ pub struct Kernel {
     next_id: Arc<AtomicU32>,
     callers: Mutex<HashMap<CallerId, Caller>>,
     pub store: StateStore,
-    pub ipc: Mutex<ipc::Ipc>,
+    /// Shared (`Arc`) so that a REGISTER whose durable write fails can be undone from the
+    /// store's writer thread.
+    pub ipc: Arc<Mutex<ipc::Ipc>>,
     /// Shared (`Arc`) so that state-store completions can publish STATE_CHANGED after commit.
     pub events: Arc<Mutex<events::EventBus>>,
     pub asyncq: Mutex<asyncq::AsyncResults>,
@@ -126,10 +128,10 @@ impl Kernel {
         Kernel {
             next_id: store.id_counter(),
             store,
-            ipc: Mutex::new(ipc::Ipc::with_bytes(
+            ipc: Arc::new(Mutex::new(ipc::Ipc::with_bytes(
                 config.mailbox_len,
                 config.mailbox_max_bytes,
-            )),
+            ))),
             events: Arc::new(Mutex::new(events::EventBus::new(config.event_queue_len))),
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
             config,
