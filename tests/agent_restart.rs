@@ -159,6 +159,23 @@ fn persistent_agents_come_back_after_a_restart_and_a_crash_and_kill_forgets_them
     assert!(find(&mut c, "doomed").is_none(), "a KILLed one neither");
     let p = c.ok(op::GET_PERMS, json!({"agent_id": id}));
     assert_eq!(p["level"], "readonly", "{p}");
+    let life = c.ok(
+        op::GET_AUDIT_LOG,
+        json!({"category": "AGENT_LIFECYCLE", "agent_id": id, "limit": 1000}),
+    );
+    let spawned: Vec<&Value> = life["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "AGENT_SPAWNED")
+        .collect();
+    assert_eq!(
+        spawned.len(),
+        2,
+        "one before, one after the restart: {life}"
+    );
+    assert_eq!(spawned[1]["details"]["restored"], true);
+    assert!(spawned[0]["details"].get("restored").is_none());
     // Its name (registered by the agent itself, before the restart) is still its own.
     let e = c.err(op::REGISTER, json!({"name": "keeper-alias"}));
     assert!(e.contains(&format!("agent {id}")), "{e}");

@@ -1037,6 +1037,7 @@ impl StateStore {
         };
         v["keys"] = keys.into();
         v["bytes"] = bytes.into();
+        v["audit_unsaved"] = self.audit_unsaved.load(Ordering::Relaxed).into();
         v
     }
 

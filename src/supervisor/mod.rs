@@ -413,6 +413,8 @@ struct Runtime {
     last_exit_code: i32,
     /// When the previous incarnation was reaped (for the respawn latency of a restart).
     exited_at: Option<Instant>,
+    /// Started again from its saved spec at daemon start.
+    restored: bool,
 }
 
 struct Supervisor {
@@ -966,6 +968,7 @@ impl Supervisor {
             frozen_by_cgroup: false,
             last_exit_code: 0,
             exited_at: None,
+            restored,
         };
         self.runtimes.insert(id, rt);
         self.start_incarnation(id, responder);
@@ -1106,6 +1109,7 @@ impl Supervisor {
         // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
         let stopping = rt.stopping.is_some();
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
+        let restored = rt.restored && restarts == 0;
         {
             let mut t = self.kernel.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
@@ -1133,6 +1137,10 @@ impl Supervisor {
             // From reaping the previous process to this one's interpreter running (backoff
             // included).
             data["respawn_ms"] = (d.as_secs_f64() * 1000.0).into();
+        }
+        if restored {
+            // The first start of a persistent agent brought back by a daemon start.
+            data["restored"] = true.into();
         }
         self.event("AGENT_SPAWNED", id, data, Category::Lifecycle);
         if let Some(r) = st.responder {
