@@ -375,8 +375,18 @@ fn state_export_holds_agent_names_specs_and_the_audit_log() {
             "persist": true}),
     );
     let id = r["agent_id"].as_u64().unwrap();
+    c.ok(
+        op::SPAWN,
+        json!({"name": "passing", "script": script("sleeper.sh"), "python": "/bin/sh"}),
+    );
     drop(c);
     denial(&d);
+    // The next start releases the name of the agent that does not come back.
+    assert!(d.stop().success());
+    d.spawn().unwrap();
+    let mut c = d.client();
+    running(&mut c, "kept");
+    drop(c);
     assert!(d.stop().success());
     let out = Command::new(BIN)
         .args(["state", "export", "--config"])
