@@ -107,6 +107,9 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     }
     let supervisor = crate::supervisor::start(kernel.clone())
         .map_err(io_err("cannot start the supervisor thread"))?;
+    // Before the reactor accepts anyone: names of agents re-attached, stale copies stopped,
+    // persistent agents started again.
+    crate::supervisor::persist::restore(&kernel);
     let (sampler_stop, sampler_rx) = crossbeam_channel::bounded::<()>(0);
     let sampler = crate::metrics::start_sampler(kernel.clone(), sampler_rx)
         .map_err(io_err("cannot start the metrics sampler thread"))?;

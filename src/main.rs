@@ -173,7 +173,8 @@ enum Command {
         /// Permission level (at most your own).
         #[arg(long)]
         level: Option<String>,
-        /// Ask the daemon to start it again when the daemon restarts.
+        /// Start it again (under the same id) whenever the daemon starts, until `clove kill`
+        /// forgets it.
         #[arg(long)]
         persist: bool,
     },

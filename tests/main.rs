@@ -4,6 +4,7 @@
 mod fakes;
 mod harness;
 
+mod agent_restart;
 mod durability;
 mod event_ops;
 mod exec_fs_ops;

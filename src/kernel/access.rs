@@ -71,11 +71,37 @@ pub fn set_perms(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
         req.permissions,
     );
     match result {
-        Ok(p) => Outcome::Reply(to_bytes(&json!({
-            "success": true,
-            "agent_id": target,
-            "level": p.level,
-        }))),
+        Ok(p) => {
+            let reply = to_bytes(&json!({
+                "success": true,
+                "agent_id": target,
+                "level": p.level,
+            }));
+            // A persistent agent keeps its permissions across restarts: its saved record is
+            // updated (by the supervisor, the one writer of those records) before the reply.
+            let persisted = k
+                .agents
+                .table
+                .lock()
+                .get(target)
+                .is_some_and(|a| a.persisted);
+            match k.agents.handle() {
+                Some(h) if persisted => {
+                    let cmd = crate::supervisor::Command::Resave {
+                        id: target,
+                        responder: k.responder(call),
+                        reply,
+                    };
+                    if let Err(crate::supervisor::Command::Resave { responder, .. }) = h.send(cmd) {
+                        responder.error(format!(
+                            "agent {target} has its new permissions now, but they could not be saved (the supervisor is busy); try again"
+                        ));
+                    }
+                    Outcome::Deferred
+                }
+                _ => Outcome::Reply(reply),
+            }
+        }
         Err(e) => {
             if e.starts_with("permission denied") {
                 blocked(k, call, &e);

@@ -67,7 +67,8 @@ fn submit(h: &Handle, cmd: Command) -> Outcome {
                 Command::Spawn { responder, .. }
                 | Command::Kill { responder, .. }
                 | Command::Pause { responder, .. }
-                | Command::Resume { responder, .. } => Some(responder),
+                | Command::Resume { responder, .. }
+                | Command::Resave { responder, .. } => Some(responder),
                 Command::Shutdown { .. } | Command::Start { .. } => None,
             };
             if let Some(r) = r {

@@ -2,22 +2,28 @@
 //! events, and the GET_AUDIT_LOG / SET_AUDIT_CONFIG handlers.
 //!
 //! The log is kept behind a small API ([`AuditLog::append`], [`AuditLog::query`],
-//! [`AuditLog::config`] / [`AuditLog::set_config`]) so that a durable store can back it later
-//! without touching the call sites. Entries have ids that only grow; paging with `since_id`
-//! returns the entries after that id, oldest first. When the log is full the oldest entry is
-//! dropped (and counted).
+//! [`AuditLog::config`] / [`AuditLog::set_config`]). Entries have ids that only grow; paging
+//! with `since_id` returns the entries after that id, oldest first. When the log is full the
+//! oldest entry is dropped (and counted).
+//!
+//! Durability: queries are served from memory (fast, never waiting), and every entry is
+//! mirrored to the state store through an [`AuditSink`] without waiting (committed with the
+//! writer's next batch). Ids come from the store's audit counter, which continues across
+//! restarts; at start the newest `max_entries` entries are loaded back ([`AuditLog::load`]).
+//! An entry appended just before a crash (not yet committed) is lost; its id is not reused.
 //!
 //! Who may read it: a caller with the manage right sees every entry; others see only entries
 //! about themselves. Changing the configuration needs the manage right.
 
 use super::request::{Outcome, error, parse, to_bytes};
 use super::{Call, CallerId, Kernel};
+use crate::store::{AuditRecord, AuditSink};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Largest `max_entries`.
 const MAX_ENTRIES_LIMIT: usize = 1_000_000;
@@ -190,6 +196,23 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
+    /// The entry as the store keeps it.
+    pub fn to_record(&self) -> AuditRecord {
+        AuditRecord {
+            id: i64::try_from(self.id).unwrap_or(i64::MAX),
+            ts_ms: self
+                .wall
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            category: self.category.as_str().to_string(),
+            event_type: self.event_type.clone(),
+            agent_id: self.agent_id,
+            agent_name: self.agent_name.clone(),
+            success: self.success,
+            details: self.details.clone(),
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,
@@ -218,18 +241,59 @@ pub struct AuditQuery {
 pub struct AuditLog {
     config: AuditConfig,
     entries: VecDeque<AuditEntry>,
-    next_id: u64,
+    /// Where entries are mirrored, and where ids come from.
+    sink: AuditSink,
     /// Entries dropped because the log was full.
     pub dropped: u64,
 }
 
 impl AuditLog {
+    /// A log kept in memory only.
     pub fn new(config: AuditConfig) -> AuditLog {
+        AuditLog::with_sink(config, AuditSink::memory())
+    }
+
+    /// A log mirrored to the state store.
+    pub fn with_sink(config: AuditConfig, sink: AuditSink) -> AuditLog {
+        sink.set_max(config.max_entries);
         AuditLog {
             config,
             entries: VecDeque::new(),
-            next_id: 1,
+            sink,
             dropped: 0,
+        }
+    }
+
+    /// Puts entries read back from the store (oldest first) in front of the log.
+    pub fn load(&mut self, records: Vec<AuditRecord>) {
+        let mut loaded = VecDeque::with_capacity(records.len());
+        for r in records {
+            let Some(category) = Category::parse(&r.category) else {
+                log::warn!(
+                    "audit entry {} has an unknown category {:?}; not loaded",
+                    r.id,
+                    r.category
+                );
+                continue;
+            };
+            let Ok(id) = u64::try_from(r.id) else {
+                continue;
+            };
+            loaded.push_back(AuditEntry {
+                id,
+                wall: UNIX_EPOCH + Duration::from_millis(r.ts_ms),
+                category,
+                event_type: r.event_type,
+                agent_id: r.agent_id,
+                agent_name: r.agent_name,
+                success: r.success,
+                details: r.details,
+            });
+        }
+        loaded.extend(self.entries.drain(..));
+        self.entries = loaded;
+        while self.entries.len() > self.config.max_entries {
+            self.entries.pop_front();
         }
     }
 
@@ -246,13 +310,12 @@ impl AuditLog {
         if !self.config.enabled(category) {
             return None;
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.sink.next_id();
         while self.entries.len() >= self.config.max_entries {
             self.entries.pop_front();
             self.dropped += 1;
         }
-        self.entries.push_back(AuditEntry {
+        let entry = AuditEntry {
             id,
             wall: SystemTime::now(),
             category,
@@ -261,8 +324,15 @@ impl AuditLog {
             agent_name,
             success,
             details,
-        });
+        };
+        self.sink.append(entry.to_record());
+        self.entries.push_back(entry);
         Some(id)
+    }
+
+    /// The last id handed out (0 before the first entry ever).
+    pub fn last_id(&self) -> u64 {
+        self.sink.last_id()
     }
 
     /// Entries matching `q`, oldest first.
@@ -297,12 +367,14 @@ impl AuditLog {
         &self.config
     }
 
-    /// Replaces the configuration; a smaller `max_entries` drops the oldest entries now.
+    /// Replaces the configuration; a smaller `max_entries` drops the oldest entries now (and
+    /// from the store with its next commit of an entry).
     pub fn set_config(&mut self, config: AuditConfig) {
         while self.entries.len() > config.max_entries {
             self.entries.pop_front();
             self.dropped += 1;
         }
+        self.sink.set_max(config.max_entries);
         self.config = config;
     }
 
@@ -322,10 +394,16 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// An audit log kept in memory only.
     pub fn new(config: AuditConfig) -> Audit {
+        Audit::with_sink(config, AuditSink::memory())
+    }
+
+    /// An audit log mirrored to the state store through `sink`.
+    pub fn with_sink(config: AuditConfig, sink: AuditSink) -> Audit {
         Audit {
             call_mask: AtomicU8::new(config.call_mask()),
-            log: Mutex::new(AuditLog::new(config)),
+            log: Mutex::new(AuditLog::with_sink(config, sink)),
         }
     }
 
@@ -433,7 +511,7 @@ pub fn get_audit_log(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
     };
     let (entries, last_id, dropped) = k.audit.with(|log| {
         let entries: Vec<Value> = log.query(&q).iter().map(|e| e.to_json()).collect();
-        (entries, log.next_id - 1, log.dropped)
+        (entries, log.last_id(), log.dropped)
     });
     Outcome::Reply(to_bytes(&json!({
         "success": true,
@@ -535,6 +613,38 @@ mod tests {
         assert_eq!(ids(l.query(&q(Some(9), 3))), vec![10]);
         assert_eq!(ids(l.query(&q(Some(10), 3))), Vec::<u64>::new());
         assert_eq!(ids(l.query(&q(None, 3))), vec![8, 9, 10]);
+    }
+
+    #[test]
+    fn stored_entries_load_in_front_and_round_trip() {
+        let mut l = log(3);
+        let e = |id: i64, cat: &str| AuditRecord {
+            id,
+            ts_ms: 1_700_000_000_123,
+            category: cat.into(),
+            event_type: format!("e{id}"),
+            agent_id: 4,
+            agent_name: Some("w".into()),
+            success: false,
+            details: json!({"id": id}),
+        };
+        l.load(vec![
+            e(10, "SECURITY"),
+            e(11, "NOPE"),
+            e(12, "AGENT_LIFECYCLE"),
+            e(13, "RESOURCE"),
+            e(14, "SECURITY"),
+        ]);
+        assert_eq!(l.len(), 3, "bounded by max_entries");
+        let all = l.query(&AuditQuery {
+            since_id: Some(0),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [12, 13, 14]);
+        let back = all[2].to_record();
+        assert_eq!(back, e(14, "SECURITY"));
+        assert_eq!(all[0].category, Category::Lifecycle);
     }
 
     #[test]

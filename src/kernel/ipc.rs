@@ -177,17 +177,59 @@ struct RegisterReq {
     name: String,
 }
 
+/// REGISTER `{name}`. A plain client's name lives in memory (it goes with its connection). A
+/// supervised agent's name is durable: the name is taken in memory at once (so two callers
+/// cannot both get it), the reply is sent once the state store has committed it, and if the
+/// commit fails the caller gets its previous name back and an error.
 pub fn register(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
     let req: RegisterReq = match parse(payload) {
         Ok(r) => r,
         Err(e) => return Outcome::Reply(error(e)),
     };
-    match k.ipc.lock().register(call.caller, &req.name) {
-        Ok(()) => Outcome::Reply(to_bytes(&json!({
-            "success": true, "agent_id": call.caller, "name": req.name
-        }))),
-        Err(e) => Outcome::Reply(error(e)),
+    let ok = |caller: CallerId, name: &str| {
+        to_bytes(&json!({"success": true, "agent_id": caller, "name": name}))
+    };
+    let agent = k.with_caller(call.caller, |c| c.kind) == Some(super::CallerKind::Agent);
+    if !agent || !k.store.is_durable() {
+        return match k.ipc.lock().register(call.caller, &req.name) {
+            Ok(()) => Outcome::Reply(ok(call.caller, &req.name)),
+            Err(e) => Outcome::Reply(error(e)),
+        };
     }
+    if let Err(e) = k.store.precheck() {
+        return Outcome::Reply(error(format!("cannot register {:?}: {e}", req.name)));
+    }
+    let previous = {
+        let mut ipc = k.ipc.lock();
+        let previous = ipc.name_of(call.caller).map(str::to_string);
+        if let Err(e) = ipc.register(call.caller, &req.name) {
+            return Outcome::Reply(error(e));
+        }
+        previous
+    };
+    let responder = k.responder(call);
+    let ipc = k.ipc.clone();
+    let caller = call.caller;
+    let name = req.name;
+    k.store.submit_agent_name(
+        &name.clone(),
+        caller,
+        Box::new(move |result| match result {
+            Ok(_) => responder.reply(&ok(caller, &name)),
+            Err(e) => {
+                let mut ipc = ipc.lock();
+                if ipc.name_of(caller) == Some(name.as_str()) {
+                    ipc.release_name(caller);
+                    if let Some(p) = previous {
+                        let _ = ipc.register(caller, &p);
+                    }
+                }
+                drop(ipc);
+                responder.error(format!("cannot register {name:?}: {e}"));
+            }
+        }),
+    );
+    Outcome::Deferred
 }
 
 #[derive(Deserialize)]

@@ -82,7 +82,9 @@ pub struct Kernel {
     next_id: Arc<AtomicU32>,
     callers: Mutex<HashMap<CallerId, Caller>>,
     pub store: StateStore,
-    pub ipc: Mutex<ipc::Ipc>,
+    /// Shared (`Arc`) so that a REGISTER whose durable write fails can be undone from the
+    /// store's writer thread.
+    pub ipc: Arc<Mutex<ipc::Ipc>>,
     /// Shared (`Arc`) so that state-store completions can publish STATE_CHANGED after commit.
     pub events: Arc<Mutex<events::EventBus>>,
     pub asyncq: Mutex<asyncq::AsyncResults>,
@@ -107,16 +109,29 @@ impl Kernel {
         Kernel::with_store(config, sink, store)
     }
 
-    /// A kernel around an opened (durable) state store; ids continue from the store's counter.
+    /// A kernel around an opened (durable) state store; ids continue from the store's counter,
+    /// and the audit log is mirrored to the store (its newest entries are loaded back here,
+    /// which waits for the store's writer: call this before the reactor runs).
     pub fn with_store(config: Arc<Config>, sink: Sink, store: StateStore) -> Kernel {
-        let audit = Arc::new(audit::Audit::new(config.audit.clone()));
+        let audit = Arc::new(audit::Audit::with_sink(
+            config.audit.clone(),
+            store.audit_sink(),
+        ));
+        match store.load_audit(config.audit.max_entries) {
+            Ok(entries) if !entries.is_empty() => {
+                log::info!("audit log: {} entries loaded", entries.len());
+                audit.with(|log| log.load(entries));
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot load the audit log: {e}"),
+        }
         Kernel {
             next_id: store.id_counter(),
             store,
-            ipc: Mutex::new(ipc::Ipc::with_bytes(
+            ipc: Arc::new(Mutex::new(ipc::Ipc::with_bytes(
                 config.mailbox_len,
                 config.mailbox_max_bytes,
-            )),
+            ))),
             events: Arc::new(Mutex::new(events::EventBus::new(config.event_queue_len))),
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
             config,

@@ -1,5 +1,6 @@
 //! The `[store]` section of the config file: where the state database lives, how hard each
-//! commit is synced, and the bounds of the write queue and the audit log.
+//! commit is synced, and the bound of the write queue. (How many audit entries are kept, on
+//! disk as in memory, is `audit.max_entries`.)
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,6 @@ pub struct RawStore {
     pub sync: Option<String>,
     /// Writes waiting for the writer thread; beyond it a write is refused with a clear error.
     pub max_pending_writes: Option<usize>,
-    /// Audit entries kept on disk; older ones are pruned.
-    pub audit_max_entries: Option<usize>,
 }
 
 /// How hard each commit is pushed to the disk.
@@ -47,7 +46,6 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub sync: SyncMode,
     pub max_pending_writes: usize,
-    pub audit_max_entries: usize,
 }
 
 impl StoreConfig {
@@ -86,17 +84,10 @@ impl StoreConfig {
             16_384,
             1 << 20,
         );
-        let audit_max_entries = bounded(
-            "store.audit_max_entries",
-            raw.audit_max_entries,
-            100_000,
-            1 << 28,
-        );
         StoreConfig {
             path,
             sync,
             max_pending_writes,
-            audit_max_entries,
         }
     }
 
@@ -124,11 +115,9 @@ mod tests {
             path: Some("db/x.db".into()),
             sync: Some("fast".into()),
             max_pending_writes: Some(0),
-            audit_max_entries: Some(10),
         };
         let c = StoreConfig::from_raw(&raw, Path::new("/s"), &mut errors);
         assert_eq!(c.path, Path::new("/s/db/x.db"));
-        assert_eq!(c.audit_max_entries, 10);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("store.sync"), "{errors:?}");
         assert!(errors[1].contains("store.max_pending_writes"), "{errors:?}");

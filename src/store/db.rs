@@ -356,6 +356,28 @@ impl Database {
         })
     }
 
+    /// The first audit id that may be handed out (above every stored entry and the reservation
+    /// recorded by the last run), and how many entries are stored.
+    pub fn audit_next(&self) -> Result<(u64, u64), OpenError> {
+        let (next, rows): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT max(
+                    (SELECT coalesce(max(value), 1) FROM meta WHERE key = 'audit_next'),
+                    (SELECT coalesce(max(id), 0) + 1 FROM audit)),
+                    (SELECT count(*) FROM audit)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok((next.max(1) as u64, rows.max(0) as u64))
+    }
+
+    /// Records the next audit id this daemon may hand out (see `AUDIT_ID_RESERVE`).
+    pub fn record_audit_next(&self, next: u64) -> Result<(), rusqlite::Error> {
+        record_audit_next(&self.conn, next)
+    }
+
     /// How many records of each kind the store holds (expired keys included until purged).
     pub fn counts(&self) -> Result<Counts, OpenError> {
         self.conn
@@ -592,6 +614,16 @@ fn open_verified(path: &Path, latest: i64) -> Result<(Connection, i64), OpenErro
     conn.pragma_update(None, "query_only", false)
         .map_err(fail)?;
     Ok((conn, version))
+}
+
+/// Upserts `meta.audit_next`.
+pub(crate) fn record_audit_next(conn: &Connection, next: u64) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('audit_next', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([next.min(i64::MAX as u64) as i64])?;
+    Ok(())
 }
 
 /// Applies every migration above `from`, each in its own transaction with its version.

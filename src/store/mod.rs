@@ -41,7 +41,17 @@ use serde_json::value::RawValue;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Audit entries kept when nobody says otherwise (the default of `audit.max_entries`).
+pub const DEFAULT_AUDIT_MAX: usize = 10_000;
+
+/// How far ahead of the last audit id handed out the database records a reservation. Ids
+/// are handed out in memory before their entries are committed; after a crash the next run
+/// starts above the reservation, so an id a client may have seen is never given to another
+/// entry. The writer renews the reservation when half of it is used, and records the exact
+/// next id at a clean stop (so only a crash makes ids jump).
+pub(crate) const AUDIT_ID_RESERVE: u64 = 1 << 16;
 
 /// The three scopes of the state store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -193,8 +203,11 @@ pub(crate) enum Op {
         then: Option<Namespace>,
     },
     DropNamespace(u32),
+    /// Everything kept about an agent: its keys, names and persistent spec.
+    ForgetAgent(u32),
     SaveSpec(AgentSpecRecord),
     DeleteSpec(u32),
+    /// Records the name of an agent, replacing any other name it had (a caller holds one name).
     SaveName(AgentName),
     ReleaseName(String),
     Audit(AuditRecord),
@@ -409,7 +422,7 @@ impl Inner {
                 }
                 Ok(Planned::Delete { removed, found })
             }
-            Op::DropNamespace(id) => {
+            Op::DropNamespace(id) | Op::ForgetAgent(id) => {
                 let ns = Namespace::Agent(*id);
                 let keys: Vec<String> = self
                     .map(ns)
@@ -447,7 +460,7 @@ impl Inner {
                 }
                 Applied::Deleted(*found)
             }
-            (Op::DropNamespace(id), _) => {
+            (Op::DropNamespace(id) | Op::ForgetAgent(id), _) => {
                 self.drop_namespace(id);
                 Applied::Done
             }
@@ -528,12 +541,82 @@ pub struct StateStore {
     inner: Arc<Mutex<Inner>>,
     limits: StoreLimits,
     /// `None`: memory only (nothing survives a restart); changes apply at once.
-    writer: Option<writer::Handle>,
+    writer: Option<Arc<writer::Handle>>,
     /// The connection/agent id counter, shared with the kernel; its high-water mark is
     /// recorded with every commit, so an id that owns durable data is never handed out again.
     ids: Arc<AtomicU32>,
     audit_max: Arc<AtomicUsize>,
+    /// The next audit entry id (see [`AUDIT_ID_RESERVE`]).
+    audit_ids: Arc<AtomicU64>,
+    audit_unsaved: Arc<AtomicU64>,
     recovered: Mutex<Recovered>,
+}
+
+/// Where the audit log mirrors its entries: the store's writer thread (an entry is committed
+/// with the next batch; nobody waits for it) and the audit id counter that continues across
+/// restarts. Cheap to clone; the kernel's audit log holds one.
+#[derive(Clone)]
+pub struct AuditSink {
+    writer: Option<Arc<writer::Handle>>,
+    ids: Arc<AtomicU64>,
+    max: Arc<AtomicUsize>,
+    unsaved: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// A sink that keeps nothing, with ids from 1 (a log without a durable store).
+    pub fn memory() -> AuditSink {
+        AuditSink {
+            writer: None,
+            ids: Arc::new(AtomicU64::new(1)),
+            max: Arc::new(AtomicUsize::new(DEFAULT_AUDIT_MAX)),
+            unsaved: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Hands out the next entry id (never 0).
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed).max(1)
+    }
+
+    /// The last id handed out (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.ids.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Queues an entry for the database without waiting (its id is taken from the counter when
+    /// it has none). When the writer's queue is full the entry stays in memory only; such
+    /// losses are counted ([`AuditSink::unsaved`]) and logged sparingly.
+    pub fn append(&self, mut rec: AuditRecord) {
+        let Some(w) = &self.writer else {
+            return;
+        };
+        if rec.id <= 0 {
+            rec.id = i64::try_from(self.next_id()).unwrap_or(i64::MAX);
+        }
+        let unsaved = self.unsaved.clone();
+        w.submit(
+            Op::Audit(rec),
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    let n = unsaved.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        log::warn!("{n} audit entries kept in memory only so far: {e}");
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Changes how many entries the database keeps.
+    pub fn set_max(&self, n: usize) {
+        self.max.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Entries that could not be queued or committed.
+    pub fn unsaved(&self) -> u64 {
+        self.unsaved.load(Ordering::Relaxed)
+    }
 }
 
 impl StateStore {
@@ -549,7 +632,9 @@ impl StateStore {
             limits,
             writer: None,
             ids: Arc::new(AtomicU32::new(1)),
-            audit_max: Arc::new(AtomicUsize::new(0)),
+            audit_max: Arc::new(AtomicUsize::new(DEFAULT_AUDIT_MAX)),
+            audit_ids: Arc::new(AtomicU64::new(1)),
+            audit_unsaved: Arc::new(AtomicU64::new(0)),
             recovered: Mutex::new(Recovered::default()),
         }
     }
@@ -557,7 +642,9 @@ impl StateStore {
     /// Opens (or creates) the durable store of `config`, loads it into memory and starts the
     /// writer thread. Refuses, leaving the file untouched, when it is locked, damaged or newer.
     pub fn open(config: &Config) -> Result<StateStore, OpenError> {
-        Self::open_at(&config.store, StoreLimits::from_config(config))
+        let s = Self::open_at(&config.store, StoreLimits::from_config(config))?;
+        s.set_audit_max(config.audit.max_entries);
+        Ok(s)
     }
 
     /// [`StateStore::open`] with explicit settings.
@@ -598,6 +685,11 @@ impl StateStore {
             expired_at_start,
         };
         let first_id = db.first_free_id()?;
+        let (audit_next, audit_rows) = db.audit_next()?;
+        // Reserve the ids this run may hand out before handing out any.
+        let audit_reserved = audit_next.saturating_add(AUDIT_ID_RESERVE);
+        db.record_audit_next(audit_reserved)
+            .map_err(|e| db::classify(&cfg.path, e))?;
         log::info!(
             "state store {} (sync={}): {} keys loaded, {} expired keys removed, {} agent names, {} persistent agents",
             cfg.path.display(),
@@ -609,14 +701,20 @@ impl StateStore {
         );
         let inner = Arc::new(Mutex::new(inner));
         let ids = Arc::new(AtomicU32::new(first_id));
-        let audit_max = Arc::new(AtomicUsize::new(cfg.audit_max_entries));
+        let audit_max = Arc::new(AtomicUsize::new(DEFAULT_AUDIT_MAX));
+        let audit_ids = Arc::new(AtomicU64::new(audit_next));
         let writer = writer::Handle::start(
             db,
             cfg,
             limits,
             inner.clone(),
             ids.clone(),
-            audit_max.clone(),
+            writer::AuditState {
+                max: audit_max.clone(),
+                ids: audit_ids.clone(),
+                recorded: audit_reserved,
+                rows: audit_rows,
+            },
         )
         .map_err(|e| OpenError::Io {
             path: cfg.path.clone(),
@@ -625,9 +723,11 @@ impl StateStore {
         Ok(StateStore {
             inner,
             limits,
-            writer: Some(writer),
+            writer: Some(Arc::new(writer)),
             ids,
             audit_max,
+            audit_ids,
+            audit_unsaved: Arc::new(AtomicU64::new(0)),
             recovered: Mutex::new(recovered),
         })
     }
@@ -749,6 +849,57 @@ impl StateStore {
         );
     }
 
+    /// Saves (or replaces) the spec of a `persist: true` agent without waiting; `done` runs
+    /// after the commit.
+    pub fn submit_agent_spec(&self, rec: AgentSpecRecord, done: Done) {
+        self.submit(Op::SaveSpec(rec), done);
+    }
+
+    /// Records `name` as the (only) name of supervised agent `agent_id`, without waiting.
+    pub fn submit_agent_name(&self, name: &str, agent_id: u32, done: Done) {
+        self.submit(
+            Op::SaveName(AgentName {
+                name: name.to_string(),
+                agent_id,
+            }),
+            done,
+        );
+    }
+
+    /// Forgets everything kept about an agent (its `agent` keys, its names, its persistent
+    /// spec), in memory and on disk, in one transaction; does not wait.
+    pub fn submit_forget_agent(&self, agent_id: u32, done: Done) {
+        self.submit(Op::ForgetAgent(agent_id), done);
+    }
+
+    /// Agents that own `agent`-scoped keys.
+    pub fn agent_namespaces(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.inner.lock().agents.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The audit log's way into the store.
+    pub fn audit_sink(&self) -> AuditSink {
+        AuditSink {
+            writer: self.writer.clone(),
+            ids: self.audit_ids.clone(),
+            max: self.audit_max.clone(),
+            unsaved: self.audit_unsaved.clone(),
+        }
+    }
+
+    /// The newest `limit` audit entries on disk, oldest first (for the log at start; waits).
+    pub fn load_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        if self.writer.is_none() {
+            return Ok(Vec::new());
+        }
+        self.query_audit(AuditQuery {
+            limit,
+            ..Default::default()
+        })
+    }
+
     /// Saves (or replaces) the spec of a `persist: true` agent; waits for the commit.
     pub fn save_agent_spec(&self, rec: AgentSpecRecord) -> Result<(), StoreError> {
         self.wait(Op::SaveSpec(rec)).map(|_| ())
@@ -759,7 +910,8 @@ impl StateStore {
         self.wait(Op::DeleteSpec(agent_id)).map(|_| ())
     }
 
-    /// Records that `name` belongs to supervised agent `agent_id`; waits for the commit.
+    /// Records that `name` is the name of supervised agent `agent_id` (replacing any other
+    /// name of that agent); waits for the commit.
     pub fn save_agent_name(&self, name: &str, agent_id: u32) -> Result<(), StoreError> {
         self.wait(Op::SaveName(AgentName {
             name: name.to_string(),
@@ -773,17 +925,10 @@ impl StateStore {
         self.wait(Op::ReleaseName(name.to_string())).map(|_| ())
     }
 
-    /// Appends an audit entry without waiting (it is committed with the next batch). The log
-    /// keeps the newest `store.audit_max_entries` entries.
+    /// Appends an audit entry without waiting (it is committed with the next batch); an entry
+    /// without an id gets the next one. The log keeps the newest `audit.max_entries` entries.
     pub fn append_audit(&self, rec: AuditRecord) {
-        self.submit(
-            Op::Audit(rec),
-            Box::new(|r| {
-                if let Err(e) = r {
-                    log::warn!("audit entry lost: {e}");
-                }
-            }),
-        );
+        self.audit_sink().append(rec);
     }
 
     /// Reads audit entries (served by the writer thread, so it sees every earlier append).
@@ -892,6 +1037,7 @@ impl StateStore {
         };
         v["keys"] = keys.into();
         v["bytes"] = bytes.into();
+        v["audit_unsaved"] = self.audit_unsaved.load(Ordering::Relaxed).into();
         v
     }
 
@@ -1167,9 +1313,9 @@ mod tests {
     #[test]
     fn agent_records_and_audit() {
         let d = tmp();
-        let mut cfg = StoreConfig::at(&d.path().join("s.db"));
-        cfg.audit_max_entries = 5;
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
         let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        s.set_audit_max(5);
         let spec = |id: u32| AgentSpecRecord {
             agent_id: id,
             name: Some(format!("a{id}")),
@@ -1252,6 +1398,107 @@ mod tests {
             5
         );
         assert!(s.id_counter().load(Ordering::Relaxed) > 5);
+    }
+
+    #[test]
+    fn one_name_per_agent_and_forgetting_an_agent() {
+        let d = tmp();
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        s.save_agent_name("first", 7).unwrap();
+        s.save_agent_name("second", 7).unwrap();
+        s.save_agent_name("other", 8).unwrap();
+        put(&s, Namespace::Agent(7), "k", "1", Scope::Agent, None).unwrap();
+        put(&s, Namespace::Agent(8), "k", "2", Scope::Agent, None).unwrap();
+        s.save_agent_spec(AgentSpecRecord {
+            agent_id: 7,
+            name: Some("second".into()),
+            spec: serde_json::json!({}),
+            saved_ms: 1,
+        })
+        .unwrap();
+        s.save_agent_spec(AgentSpecRecord {
+            agent_id: 8,
+            name: Some("other".into()),
+            spec: serde_json::json!({}),
+            saved_ms: 1,
+        })
+        .unwrap();
+        assert_eq!(s.agent_namespaces(), [7, 8]);
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let r = s.take_recovered();
+        let names: Vec<(String, u32)> = r
+            .agent_names
+            .iter()
+            .map(|n| (n.name.clone(), n.agent_id))
+            .collect();
+        assert_eq!(
+            names,
+            [("other".to_string(), 8), ("second".to_string(), 7)],
+            "registering another name replaces the agent's old one"
+        );
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        s.submit_forget_agent(
+            7,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        assert_eq!(rx.recv().unwrap(), Ok(Applied::Done));
+        assert!(s.get(Namespace::Agent(7), "k", 0).is_none());
+        assert_eq!(s.agent_namespaces(), [8]);
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let r = s.take_recovered();
+        assert_eq!(
+            r.agent_specs.iter().map(|a| a.agent_id).collect::<Vec<_>>(),
+            [8]
+        );
+        assert_eq!(r.agent_names.len(), 1);
+        assert!(s.get(Namespace::Agent(7), "k", 0).is_none());
+        assert_eq!(s.get(Namespace::Agent(8), "k", 0).unwrap().value.get(), "2");
+    }
+
+    #[test]
+    fn audit_ids_continue_after_a_clean_stop_and_are_pruned_by_count() {
+        let d = tmp();
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        s.set_audit_max(3);
+        let sink = s.audit_sink();
+        let entry = |id: u64| AuditRecord {
+            id: id as i64,
+            ts_ms: 5,
+            category: "SECURITY".into(),
+            event_type: format!("e{id}"),
+            agent_id: 1,
+            agent_name: None,
+            success: false,
+            details: serde_json::json!(null),
+        };
+        for _ in 0..5 {
+            let id = sink.next_id();
+            sink.append(entry(id));
+        }
+        // An id handed out whose entry was never written is not given out again either.
+        assert_eq!(sink.next_id(), 6);
+        assert_eq!(sink.last_id(), 6);
+        let got = s.load_audit(100).unwrap();
+        assert_eq!(
+            got.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [3, 4, 5],
+            "newest kept"
+        );
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let sink = s.audit_sink();
+        assert_eq!(sink.next_id(), 7, "a clean stop continues without a gap");
+        assert_eq!(s.load_audit(2).unwrap().len(), 2);
+        assert_eq!(sink.unsaved(), 0);
     }
 
     #[test]

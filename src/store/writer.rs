@@ -10,7 +10,10 @@
 
 use super::config::{StoreConfig, SyncMode};
 use super::db::Database;
-use super::{Applied, AuditRecord, Done, Inner, KvWrite, Op, Planned, StoreError, StoreLimits};
+use super::{
+    AUDIT_ID_RESERVE, Applied, AuditRecord, Done, Inner, KvWrite, Op, Planned, StoreError,
+    StoreLimits,
+};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use parking_lot::Mutex;
 use rusqlite::params;
@@ -34,6 +37,19 @@ const BUCKETS: [(u64, &str); 8] = [
     (127, "64-127"),
     (u64::MAX, "128+"),
 ];
+
+/// The audit log's bookkeeping on the writer's side.
+pub(crate) struct AuditState {
+    /// Entries to keep (`audit.max_entries`).
+    pub max: Arc<AtomicUsize>,
+    /// The next id the audit log hands out (shared with it).
+    pub ids: Arc<AtomicU64>,
+    /// The `meta.audit_next` value on disk.
+    pub recorded: u64,
+    /// Rows in the audit table (kept up to date by the writer, so that pruning runs only when
+    /// there is something to prune).
+    pub rows: u64,
+}
 
 pub(crate) struct Request {
     op: Op,
@@ -78,7 +94,7 @@ impl Handle {
         limits: StoreLimits,
         inner: Arc<Mutex<Inner>>,
         ids: Arc<AtomicU32>,
-        audit_max: Arc<AtomicUsize>,
+        audit: AuditState,
     ) -> std::io::Result<Handle> {
         let (tx, rx) = crossbeam_channel::bounded(cfg.max_pending_writes);
         let stats = Arc::new(Stats::default());
@@ -90,7 +106,8 @@ impl Handle {
             inner,
             ids,
             recorded_id,
-            audit_max,
+            audit,
+            closing: false,
             stats: stats.clone(),
             max_batch: cfg.max_pending_writes,
             broken: None,
@@ -208,7 +225,9 @@ struct Writer {
     ids: Arc<AtomicU32>,
     /// The id high-water mark last committed to `meta`.
     recorded_id: u32,
-    audit_max: Arc<AtomicUsize>,
+    audit: AuditState,
+    /// The final commit at exit: records the exact next audit id.
+    closing: bool,
     stats: Arc<Stats>,
     max_batch: usize,
     /// Set when a COMMIT failed: the file and memory may disagree.
@@ -268,11 +287,13 @@ impl Writer {
                 self.commit(batch);
             }
         }
-        // Record the id high-water mark of this run even if nothing durable was written.
-        if self.broken.is_none() && self.ids.load(Ordering::Relaxed) > self.recorded_id {
+        // Record the id high-water mark of this run even if nothing durable was written, and
+        // the exact next audit id (a clean stop continues the audit ids without a jump).
+        if self.broken.is_none() {
+            self.closing = true;
             self.commit_records(&[], &[], crate::kernel::now_ms(), false)
                 .map(|_| ())
-                .unwrap_or_else(|_| log::warn!("cannot record the id counter at exit"));
+                .unwrap_or_else(|_| log::warn!("cannot record the id counters at exit"));
         }
     }
 
@@ -363,7 +384,8 @@ impl Writer {
         let stmt_err = |e: rusqlite::Error| Failure::Statement(e.to_string());
         let tx = conn.unchecked_transaction().map_err(stmt_err)?;
         let mut queries = Vec::with_capacity(batch.len());
-        let mut audits = 0usize;
+        let mut audits = 0u64;
+        let mut rows = self.audit.rows;
         let mut ttl_written = false;
         for (req, plan) in batch.iter().zip(plans) {
             let mut query = None;
@@ -401,6 +423,14 @@ impl Writer {
                         tx.prepare_cached("DELETE FROM kv WHERE ns = ?1")?
                             .execute([i64::from(*id)])?;
                     }
+                    (Op::ForgetAgent(id), _) => {
+                        tx.prepare_cached("DELETE FROM kv WHERE ns = ?1")?
+                            .execute([i64::from(*id)])?;
+                        tx.prepare_cached("DELETE FROM agent_names WHERE agent_id = ?1")?
+                            .execute([id])?;
+                        tx.prepare_cached("DELETE FROM agent_specs WHERE agent_id = ?1")?
+                            .execute([id])?;
+                    }
                     (Op::SaveSpec(rec), _) => {
                         tx.prepare_cached(
                             "INSERT INTO agent_specs (agent_id, name, spec, saved_ms)
@@ -420,6 +450,11 @@ impl Writer {
                             .execute([id])?;
                     }
                     (Op::SaveName(n), _) => {
+                        // A caller holds one name: registering another releases the old one.
+                        tx.prepare_cached(
+                            "DELETE FROM agent_names WHERE agent_id = ?1 AND name <> ?2",
+                        )?
+                        .execute(params![n.agent_id, n.name])?;
                         tx.prepare_cached(
                             "INSERT INTO agent_names (name, agent_id) VALUES (?1, ?2)
                              ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id",
@@ -431,24 +466,29 @@ impl Writer {
                             .execute([name])?;
                     }
                     (Op::Audit(a), _) => {
-                        tx.prepare_cached(
-                            "INSERT INTO audit (ts_ms, category, event_type, agent_id,
-                             agent_name, success, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        )?
-                        .execute(params![
-                            a.ts_ms.min(i64::MAX as u64) as i64,
-                            a.category,
-                            a.event_type,
-                            a.agent_id,
-                            a.agent_name,
-                            a.success,
-                            a.details.to_string()
-                        ])?;
-                        audits += 1;
+                        // The id comes from the audit log in memory. OR IGNORE: an entry must
+                        // never make the batch (and other clients' writes) fail.
+                        let n = tx
+                            .prepare_cached(
+                                "INSERT OR IGNORE INTO audit (id, ts_ms, category, event_type,
+                                 agent_id, agent_name, success, details)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                            )?
+                            .execute(params![
+                                (a.id > 0).then_some(a.id),
+                                a.ts_ms.min(i64::MAX as u64) as i64,
+                                a.category,
+                                a.event_type,
+                                a.agent_id,
+                                a.agent_name,
+                                a.success,
+                                a.details.to_string()
+                            ])?;
+                        audits += n as u64;
                     }
                     (Op::QueryAudit(q), _) => {
                         if audits > 0 {
-                            prune_audit(&tx, self.audit_max.load(Ordering::Relaxed))?;
+                            rows = prune_audit(&tx, rows + audits, self.audit_max())?;
                             audits = 0;
                         }
                         query = Some(self.db.audit(q)?);
@@ -463,9 +503,22 @@ impl Writer {
         // The id high-water mark goes into the same transaction: every id that owns data in it
         // is below the value written.
         let id = self.ids.load(Ordering::Relaxed);
-        let tail = || -> Result<usize, rusqlite::Error> {
+        // Keep the audit id reservation ahead of the ids handed out (exact at a clean stop).
+        let audit_next = self.audit.ids.load(Ordering::Relaxed);
+        let audit_record = if self.closing {
+            Some(audit_next)
+        } else if audit_next.saturating_add(AUDIT_ID_RESERVE / 2) > self.audit.recorded {
+            Some(audit_next.saturating_add(AUDIT_ID_RESERVE))
+        } else {
+            None
+        };
+        let max = self.audit_max();
+        let mut tail = || -> Result<usize, rusqlite::Error> {
             if audits > 0 {
-                prune_audit(&tx, self.audit_max.load(Ordering::Relaxed))?;
+                rows = prune_audit(&tx, rows + audits, max)?;
+            }
+            if let Some(next) = audit_record {
+                super::db::record_audit_next(&tx, next)?;
             }
             let purged = if purge {
                 self.db.purge_expired(now)?
@@ -485,6 +538,10 @@ impl Writer {
             return Err(Failure::Commit(e.to_string()));
         }
         self.recorded_id = self.recorded_id.max(id);
+        self.audit.rows = rows;
+        if let Some(next) = audit_record {
+            self.audit.recorded = next;
+        }
         if purge {
             self.next_purge = now + PURGE_EVERY_MS;
             self.stats
@@ -501,17 +558,32 @@ impl Writer {
     }
 }
 
+impl Writer {
+    fn audit_max(&self) -> usize {
+        self.audit.max.load(Ordering::Relaxed).max(1)
+    }
+}
+
 fn delete_row(tx: &rusqlite::Transaction, ns: i64, key: &str) -> Result<(), rusqlite::Error> {
     tx.prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?
         .execute(params![ns, key])?;
     Ok(())
 }
 
-/// Keeps the newest `keep` audit entries.
-fn prune_audit(tx: &rusqlite::Transaction, keep: usize) -> Result<(), rusqlite::Error> {
-    tx.prepare_cached("DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1")?
-        .execute([keep.min(i64::MAX as usize) as i64])?;
-    Ok(())
+/// Keeps the newest `keep` audit entries of `rows`; returns the rows left. Ids are not dense
+/// (they jump after a crash), so entries are counted, not subtracted. To keep this cheap the
+/// table may hold a sixteenth more than `keep` before it is pruned.
+fn prune_audit(tx: &rusqlite::Transaction, rows: u64, keep: usize) -> Result<u64, rusqlite::Error> {
+    let keep = keep as u64;
+    if rows <= keep + keep / 16 {
+        return Ok(rows);
+    }
+    let removed = tx
+        .prepare_cached(
+            "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        )?
+        .execute([keep.min(i64::MAX as u64) as i64])?;
+    Ok(rows.saturating_sub(removed as u64))
 }
 
 /// True when a planned change needs the database (a write, or an audit query).

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod launch;
 pub mod logfile;
+pub mod persist;
 pub mod policy;
 pub mod spawn;
 
@@ -107,6 +108,9 @@ pub struct AgentInfo {
     pub isolation: Value,
     pub cgroup: Option<AgentCgroup>,
     pub log_path: PathBuf,
+    /// Its spec is saved in the state store (spawned with `persist: true` and not KILLed): it
+    /// starts again when the daemon starts, and stays in LIST while stopped.
+    pub persisted: bool,
 }
 
 impl AgentInfo {
@@ -133,6 +137,7 @@ impl AgentInfo {
             "script": self.spec.script,
             "parent_id": self.spec.parent_id,
             "log_path": self.log_path,
+            "persist": self.persisted,
         });
         if let Some(e) = &self.last_exit {
             v["exit_code"] = e.exit_code.into();
@@ -182,11 +187,19 @@ pub enum Command {
         id: CallerId,
         responder: Responder,
     },
-    /// Start an agent from a stored spec (persisted agents at daemon start); `id` comes from
-    /// [`Kernel::allocate_id`].
+    /// Start a persistent agent again from its saved spec, under its saved id (at daemon
+    /// start, see [`persist::restore`]). `stale` is the cgroup a dead daemon left for it, to
+    /// be removed once empty.
     Start {
         spec: Box<AgentSpec>,
         id: CallerId,
+        stale: Option<AgentCgroup>,
+    },
+    /// Save a persistent agent's record again (its permissions changed), then send `reply`.
+    Resave {
+        id: CallerId,
+        responder: Responder,
+        reply: Vec<u8>,
     },
     Kill {
         id: CallerId,
@@ -224,6 +237,13 @@ impl Handle {
                 Ok(())
             }
             Err(TrySendError::Full(c)) | Err(TrySendError::Disconnected(c)) => Err(c),
+        }
+    }
+
+    /// Queues a command, waiting for room (never on the reactor thread: at start only).
+    pub fn send_blocking(&self, cmd: Command) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.waker.wake();
         }
     }
 }
@@ -329,6 +349,8 @@ pub fn start(kernel: Arc<Kernel>) -> std::io::Result<std::thread::JoinHandle<()>
         cgroup_gc: Vec::new(),
         shutdown: None,
         started: Instant::now(),
+        waker,
+        after_commit: Vec::new(),
     };
     std::thread::Builder::new()
         .name("clove-supervisor".into())
@@ -364,6 +386,8 @@ struct Stopping {
     shutdown: bool,
     sigkill_at: Option<Instant>,
     responders: Vec<Responder>,
+    /// A KILL forgot the (persistent) agent: the replies also wait for that commit.
+    forgotten: Option<persist::Ack>,
 }
 
 /// The supervisor's private state of one agent.
@@ -389,6 +413,8 @@ struct Runtime {
     last_exit_code: i32,
     /// When the previous incarnation was reaped (for the respawn latency of a restart).
     exited_at: Option<Instant>,
+    /// Started again from its saved spec at daemon start.
+    restored: bool,
 }
 
 struct Supervisor {
@@ -408,6 +434,34 @@ struct Supervisor {
     cgroup_gc: Vec<AgentCgroup>,
     shutdown: Option<(bool, Sender<()>)>,
     started: Instant,
+    /// Wakes our own poll (store completions use it).
+    waker: Arc<Waker>,
+    /// Replies waiting for a durable write to commit.
+    after_commit: Vec<AfterCommit>,
+}
+
+/// A reply held until the state store has committed a write.
+struct AfterCommit {
+    ack: persist::Ack,
+    then: Then,
+}
+
+enum Then {
+    /// The SPAWN reply of a persistent agent, sent once its spec is saved. If it cannot be
+    /// saved the agent is stopped and SPAWN fails.
+    Spawned {
+        id: CallerId,
+        responder: Responder,
+        reply: Vec<u8>,
+    },
+    /// Replies (KILL of a persistent agent, SET_PERMS on one) sent once the change is durable.
+    Reply {
+        id: CallerId,
+        responders: Vec<Responder>,
+        reply: Vec<u8>,
+        /// What the error says happened when the write failed ("agent 7 <failure> (...)").
+        failure: &'static str,
+    },
 }
 
 impl Supervisor {
@@ -441,6 +495,7 @@ impl Supervisor {
             // Always look for exits: a report EOF or a command may have raced with SIGCHLD.
             self.reap();
             self.run_timers();
+            self.flush_after_commit();
             for t in std::mem::take(&mut self.busy_logs) {
                 self.pipe_ready(t);
             }
@@ -478,7 +533,17 @@ impl Supervisor {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Spawn { req, id, responder } => self.spawn(*req, id, responder),
-                Command::Start { spec, id } => self.start_spec(*spec, id, None),
+                Command::Start { spec, id, stale } => {
+                    if let Some(cg) = stale {
+                        self.cgroup_gc.push(cg);
+                    }
+                    self.start_spec(*spec, id, None, true);
+                }
+                Command::Resave {
+                    id,
+                    responder,
+                    reply,
+                } => self.resave(id, responder, reply),
                 Command::Kill { id, by, responder } => self.kill(id, by, responder),
                 Command::Pause { id, responder } => self.pause(id, true, responder),
                 Command::Resume { id, responder } => self.pause(id, false, responder),
@@ -663,18 +728,31 @@ impl Supervisor {
 
     fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
         match spawn::resolve(req, &self.kernel.config.agents.default_interpreter) {
-            Ok(spec) => self.start_spec(spec, id, Some(responder)),
+            Ok(spec) => self.start_spec(spec, id, Some(responder), false),
             Err(e) => responder.error(e),
         }
     }
 
-    /// Starts a new agent from a checked spec. Without a responder (an agent started by the
-    /// daemon itself, e.g. a persisted one), problems are logged.
-    fn start_spec(&mut self, spec: AgentSpec, id: CallerId, responder: Option<Responder>) {
+    /// Starts a new agent from a checked spec. Without a responder (a persistent agent
+    /// `restored` at daemon start), problems are logged, and a restored agent that cannot be
+    /// started stays in LIST as FAILED (so that KILL can forget it).
+    fn start_spec(
+        &mut self,
+        spec: AgentSpec,
+        id: CallerId,
+        responder: Option<Responder>,
+        restored: bool,
+    ) {
         let k = self.kernel.clone();
+        let log_path = self.log_dir.join(format!("{}.log", spec.name));
         let fail = |responder: Option<Responder>, msg: String| match responder {
             Some(r) => r.error(msg),
-            None => log::warn!("cannot start agent {}: {msg}", spec.name),
+            None => {
+                log::error!("cannot start agent {} (id {id}): {msg}", spec.name);
+                if restored {
+                    keep_unstartable(&k, id, &spec, &log_path);
+                }
+            }
         };
         if self.shutdown.is_some() {
             return fail(responder, "the daemon is shutting down".into());
@@ -700,6 +778,18 @@ impl Supervisor {
                     format!(
                         "too many agents: the daemon runs at most {} (agents.max_agents)",
                         k.config.agents.max_agents
+                    ),
+                );
+            }
+            // Persistent agents stay known while stopped; bound them like live ones.
+            let max = k.config.agents.max_agents;
+            if spec.persist && !restored && t.agents.values().filter(|a| a.persisted).count() >= max
+            {
+                drop(t);
+                return fail(
+                    responder,
+                    format!(
+                        "too many persistent agents: at most {max} (agents.max_agents); KILL one to forget it"
                     ),
                 );
             }
@@ -793,15 +883,27 @@ impl Supervisor {
             })),
             "limits": lim,
         });
-        // The agent's identity: a caller record and its name.
-        if let Err(e) = k.ipc.lock().register(id, &spec.name) {
-            if let Some(cg) = &cg {
-                cg.remove();
+        // The agent's identity: a caller record and its name. A restored agent keeps the name
+        // it had (attached at start); a new one gets its spawn name, recorded durably.
+        let has_name = restored && k.ipc.lock().name_of(id).is_some();
+        if !has_name {
+            let registered = k.ipc.lock().register(id, &spec.name);
+            match registered {
+                Ok(()) => k.store.submit_agent_name(
+                    &spec.name,
+                    id,
+                    persist::logged(format!("agent={id}: cannot save its name")),
+                ),
+                Err(e) if restored => log::warn!("agent={id}: starts without a name: {e}"),
+                Err(e) => {
+                    if let Some(cg) = &cg {
+                        cg.remove();
+                    }
+                    return fail(responder, e);
+                }
             }
-            return fail(responder, e);
         }
         k.add_agent(id, spec.permissions.clone());
-        let log_path = self.log_dir.join(format!("{}.log", spec.name));
         let spec = Arc::new(spec);
         let cfg = &k.config.agents;
         let restart = RestartConfig {
@@ -813,15 +915,21 @@ impl Supervisor {
         };
         {
             let mut t = k.agents.table.lock();
-            // A stopped agent of the same name is replaced.
+            // A stopped agent of the same name is replaced (and forgotten, if persistent).
             let old: Vec<CallerId> = t
                 .agents
                 .values()
-                .filter(|a| a.spec.name == spec.name)
+                .filter(|a| a.spec.name == spec.name && a.id != id)
                 .map(|a| a.id)
                 .collect();
             for o in old {
-                t.agents.remove(&o);
+                if t.agents.remove(&o).is_some_and(|a| a.persisted) {
+                    log::info!("agent={o}: replaced by agent {id} of the same name; forgotten");
+                    k.store.submit_forget_agent(
+                        o,
+                        persist::logged(format!("agent={o}: cannot forget it")),
+                    );
+                }
             }
             t.agents.insert(
                 id,
@@ -837,6 +945,7 @@ impl Supervisor {
                     isolation: Value::Null,
                     cgroup: cg.clone(),
                     log_path: log_path.clone(),
+                    persisted: restored,
                 },
             );
         }
@@ -859,6 +968,7 @@ impl Supervisor {
             frozen_by_cgroup: false,
             last_exit_code: 0,
             exited_at: None,
+            restored,
         };
         self.runtimes.insert(id, rt);
         self.start_incarnation(id, responder);
@@ -909,6 +1019,16 @@ impl Supervisor {
                 }
                 self.register_pipe(id, PipeKind::Log, s.log);
                 self.register_pipe(id, PipeKind::Report, s.report);
+                // A persistent agent's record carries the stamp of its running process, so a
+                // daemon started after a crash can find (and stop) this copy.
+                if self.is_persisted(id)
+                    && let Some(rec) = self.record_of(id)
+                {
+                    self.kernel.store.submit_agent_spec(
+                        rec,
+                        persist::logged(format!("agent={id}: cannot save its record")),
+                    );
+                }
             }
             Err(e) => {
                 log::warn!("agent={id}: {e}");
@@ -989,6 +1109,7 @@ impl Supervisor {
         // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
         let stopping = rt.stopping.is_some();
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
+        let restored = rt.restored && restarts == 0;
         {
             let mut t = self.kernel.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
@@ -1017,9 +1138,13 @@ impl Supervisor {
             // included).
             data["respawn_ms"] = (d.as_secs_f64() * 1000.0).into();
         }
+        if restored {
+            // The first start of a persistent agent brought back by a daemon start.
+            data["restored"] = true.into();
+        }
         self.event("AGENT_SPAWNED", id, data, Category::Lifecycle);
         if let Some(r) = st.responder {
-            r.reply(&request::to_bytes(&json!({
+            let reply = request::to_bytes(&json!({
                 "success": true,
                 "id": id,
                 "agent_id": id,
@@ -1034,7 +1159,31 @@ impl Supervisor {
                 "level": spec.permissions.level,
                 "isolation": isolation,
                 "log_path": self.runtimes.get(&id).map(|r| r.log.path().to_path_buf()),
-            })));
+            }));
+            if spec.persist && !self.is_persisted(id) {
+                // The reply waits until the spec is saved: an acknowledged persistent agent
+                // comes back after any restart.
+                let Some(rec) = self.record_of(id) else {
+                    self.stop_agent(id, None, false);
+                    return r
+                        .error("cannot save the spec of a persistent agent; it is being stopped");
+                };
+                self.set_persisted(id, true);
+                let ack = persist::Ack::default();
+                self.kernel
+                    .store
+                    .submit_agent_spec(rec, ack.completion(self.waker.clone()));
+                self.after_commit.push(AfterCommit {
+                    ack,
+                    then: Then::Spawned {
+                        id,
+                        responder: r,
+                        reply,
+                    },
+                });
+            } else {
+                r.reply(&reply);
+            }
         }
     }
 
@@ -1168,13 +1317,14 @@ impl Supervisor {
             signal,
             requested: stopping.is_some(),
         };
-        let responders = stopping.map(|s| s.responders).unwrap_or_default();
+        let (responders, forgotten) = stopping
+            .map(|s| (s.responders, s.forgotten))
+            .unwrap_or_default();
         self.after_exit(id, facts, info);
-        for r in responders {
-            r.reply(&request::to_bytes(&json!({
-                "success": true, "killed": true, "agent_id": id, "exit_code": exit_code,
-            })));
-        }
+        let reply = request::to_bytes(&json!({
+            "success": true, "killed": true, "agent_id": id, "exit_code": exit_code,
+        }));
+        self.reply_after(forgotten, id, responders, reply);
     }
 
     /// Applies the restart policy after an exit.
@@ -1234,6 +1384,14 @@ impl Supervisor {
     /// The agent is stopped for good: its name, mailbox and caller record go, its cgroup is
     /// removed, and LIST keeps it (bounded by `agents.keep_exited`).
     fn forget_agent(&mut self, id: CallerId, status: Status, info: Option<ExitInfo>) {
+        // What the store keeps of it (names, keys) goes too, unless it is persistent (it comes
+        // back at the next start) or the daemon is stopping (the next start releases what does
+        // not come back).
+        if self.shutdown.is_none() && !self.is_persisted(id) {
+            self.kernel
+                .store
+                .submit_forget_agent(id, persist::logged(format!("agent={id}: cannot forget it")));
+        }
         if let Some(rt) = self.runtimes.remove(&id)
             && let Some(cg) = rt.cgroup
         {
@@ -1266,7 +1424,7 @@ impl Supervisor {
         let stopped: Vec<CallerId> = t
             .agents
             .values()
-            .filter(|a| a.status.is_final())
+            .filter(|a| a.status.is_final() && !a.persisted)
             .map(|a| a.id)
             .collect();
         if stopped.len() > keep {
@@ -1326,11 +1484,31 @@ impl Supervisor {
 
     fn kill(&mut self, id: CallerId, by: CallerId, responder: Responder) {
         let status = self.kernel.agents.table.lock().get(id).map(|a| a.status);
+        // KILL forgets a persistent agent. Its record goes first, so that it does not come
+        // back even if the daemon dies before the agent has exited; the reply waits for that.
+        let forgotten = (status.is_some() && self.is_persisted(id)).then(|| {
+            self.set_persisted(id, false);
+            let ack = persist::Ack::default();
+            self.kernel
+                .store
+                .submit_forget_agent(id, ack.completion(self.waker.clone()));
+            ack
+        });
         match status {
             None => responder.error(format!("no agent has id {id}")),
-            Some(s) if s.is_final() => {
-                responder.error(format!("agent {id} is not running ({})", s.as_str()))
-            }
+            Some(s) if s.is_final() => match forgotten {
+                Some(ack) => self.after_commit.push(AfterCommit {
+                    ack,
+                    then: Then::Reply {
+                        id,
+                        responders: vec![responder],
+                        reply: request::to_bytes(&json!({"success": true, "killed": false,
+                            "forgotten": true, "agent_id": id, "state": s.as_str()})),
+                        failure: "is stopped, but could not be forgotten",
+                    },
+                }),
+                None => responder.error(format!("agent {id} is not running ({})", s.as_str())),
+            },
             Some(Status::Restarting) => {
                 self.event(
                     "AGENT_EXITED",
@@ -1341,17 +1519,160 @@ impl Supervisor {
                     Category::Lifecycle,
                 );
                 self.forget_agent(id, Status::Exited, None);
-                responder.reply(&request::to_bytes(
-                    &json!({"success": true, "killed": true, "agent_id": id}),
-                ));
+                let reply =
+                    request::to_bytes(&json!({"success": true, "killed": true, "agent_id": id}));
+                self.reply_after(forgotten, id, vec![responder], reply);
             }
             Some(_) => {
                 self.stop_agent(id, Some(by), false);
                 match self.runtimes.get_mut(&id).and_then(|r| r.stopping.as_mut()) {
-                    Some(s) => s.responders.push(responder),
-                    None => responder.reply(&request::to_bytes(
-                        &json!({"success": true, "killed": true, "agent_id": id}),
-                    )),
+                    Some(s) => {
+                        s.responders.push(responder);
+                        if forgotten.is_some() {
+                            s.forgotten = forgotten;
+                        }
+                    }
+                    None => {
+                        let reply = request::to_bytes(
+                            &json!({"success": true, "killed": true, "agent_id": id}),
+                        );
+                        self.reply_after(forgotten, id, vec![responder], reply);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- persistence ------------------------------------------------------------------
+
+    fn is_persisted(&self, id: CallerId) -> bool {
+        self.kernel
+            .agents
+            .table
+            .lock()
+            .get(id)
+            .is_some_and(|a| a.persisted)
+    }
+
+    fn set_persisted(&self, id: CallerId, persisted: bool) {
+        if let Some(a) = self.kernel.agents.table.lock().agents.get_mut(&id) {
+            a.persisted = persisted;
+        }
+    }
+
+    /// The record to save for a running agent: its spec with its current permissions (a
+    /// lowered agent stays lowered after a restart) and the stamp of its process.
+    fn record_of(&self, id: CallerId) -> Option<crate::store::AgentSpecRecord> {
+        let rt = self.runtimes.get(&id)?;
+        let mut spec = (*rt.spec).clone();
+        spec.permissions = (*self.kernel.caller(id)?.perms).clone();
+        let process = rt
+            .child
+            .as_ref()
+            .and_then(|c| persist::ProcessStamp::of(c.id() as i32, rt.cgroup.as_ref()));
+        persist::SavedAgent { spec, process }.to_record(id)
+    }
+
+    /// SET_PERMS changed a persistent agent: save its record again before replying.
+    fn resave(&mut self, id: CallerId, responder: Responder, reply: Vec<u8>) {
+        let rec = if self.is_persisted(id) {
+            self.record_of(id)
+        } else {
+            None
+        };
+        let Some(rec) = rec else {
+            return responder.reply(&reply);
+        };
+        let ack = persist::Ack::default();
+        self.kernel
+            .store
+            .submit_agent_spec(rec, ack.completion(self.waker.clone()));
+        self.after_commit.push(AfterCommit {
+            ack,
+            then: Then::Reply {
+                id,
+                responders: vec![responder],
+                reply,
+                failure: "has its new permissions now, but they could not be saved",
+            },
+        });
+    }
+
+    /// Sends `reply` to `responders` now, or once `ack` is committed.
+    fn reply_after(
+        &mut self,
+        ack: Option<persist::Ack>,
+        id: CallerId,
+        responders: Vec<Responder>,
+        reply: Vec<u8>,
+    ) {
+        match ack {
+            None => {
+                for r in responders {
+                    r.reply(&reply);
+                }
+            }
+            Some(ack) => self.after_commit.push(AfterCommit {
+                ack,
+                then: Then::Reply {
+                    id,
+                    responders,
+                    reply,
+                    failure: "was stopped, but could not be forgotten",
+                },
+            }),
+        }
+    }
+
+    /// Sends the replies whose durable writes are committed (or failed).
+    fn flush_after_commit(&mut self) {
+        if self.after_commit.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.after_commit)
+            .into_iter()
+            .partition(|p| p.ack.result().is_some());
+        self.after_commit = waiting;
+        for p in ready {
+            let result = p.ack.result().unwrap_or(Ok(()));
+            match (p.then, result) {
+                (
+                    Then::Spawned {
+                        responder, reply, ..
+                    },
+                    Ok(()),
+                ) => responder.reply(&reply),
+                (Then::Spawned { id, responder, .. }, Err(e)) => {
+                    self.set_persisted(id, false);
+                    self.stop_agent(id, None, false);
+                    responder.error(format!(
+                        "agent {id} started, but its spec could not be saved ({e}), so it would not survive a restart; it is being stopped"
+                    ));
+                }
+                (
+                    Then::Reply {
+                        responders, reply, ..
+                    },
+                    Ok(()),
+                ) => {
+                    for r in responders {
+                        r.reply(&reply);
+                    }
+                }
+                (
+                    Then::Reply {
+                        id,
+                        responders,
+                        failure,
+                        ..
+                    },
+                    Err(e),
+                ) => {
+                    for r in responders {
+                        r.error(format!(
+                            "agent {id} {failure} ({e}); after a daemon restart it may be as before"
+                        ));
+                    }
                 }
             }
         }
@@ -1390,6 +1711,7 @@ impl Supervisor {
             shutdown,
             sigkill_at: (!grace.is_zero()).then(|| Instant::now() + grace),
             responders: Vec::new(),
+            forgotten: None,
         });
         let mut t = self.kernel.agents.table.lock();
         if let Some(a) = t.agents.get_mut(&id) {
@@ -1493,6 +1815,16 @@ impl Supervisor {
     }
 
     fn finish(&mut self) {
+        self.flush_after_commit();
+        for p in std::mem::take(&mut self.after_commit) {
+            let responders = match p.then {
+                Then::Spawned { responder, .. } => vec![responder],
+                Then::Reply { responders, .. } => responders,
+            };
+            for r in responders {
+                r.error("the daemon stopped before the change was confirmed as saved");
+            }
+        }
         let stop = self.shutdown.as_ref().is_none_or(|(s, _)| *s);
         if stop {
             // Every process is gone; what remains are pending answers and cgroups.
@@ -1567,6 +1899,34 @@ impl Supervisor {
             .with(|log| log.append(category, kind, id, name, success, data.clone()));
         self.kernel.emit(kind, data, id);
     }
+}
+
+/// A restored persistent agent that cannot be started stays in LIST as FAILED, so that it is
+/// seen and KILL can forget it.
+fn keep_unstartable(k: &Kernel, id: CallerId, spec: &AgentSpec, log_path: &std::path::Path) {
+    k.ipc.lock().release_name(id);
+    k.agents.table.lock().agents.insert(
+        id,
+        AgentInfo {
+            id,
+            spec: Arc::new(spec.clone()),
+            status: Status::Failed,
+            pid: None,
+            main_pid: None,
+            started_at: None,
+            restarts: 0,
+            last_exit: Some(ExitInfo {
+                exit_code: launch::EXIT_SETUP,
+                signal: None,
+                reason: "spawn_failed",
+                killed_by: None,
+            }),
+            isolation: Value::Null,
+            cgroup: None,
+            log_path: log_path.to_path_buf(),
+            persisted: true,
+        },
+    );
 }
 
 /// Changes a status through the transition table (a disallowed change is logged and skipped:
