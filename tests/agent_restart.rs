@@ -422,3 +422,44 @@ fn state_export_holds_agent_names_specs_and_the_audit_log() {
             .any(|e| e["event_type"] == "AGENT_SPAWNED" && e["agent_id"] == id)
     );
 }
+
+#[test]
+fn agents_die_with_a_crashed_daemon_unless_told_to_stay() {
+    // A daemon killed with SIGKILL cannot stop its agents; they must not live on unsupervised
+    // (they could reconnect to a new daemon as plain clients). With on_shutdown = "leave" they
+    // are meant to outlive it.
+    for (config, should_survive) in [
+        (FAST.to_string(), false),
+        (format!("{FAST}on_shutdown = \"leave\"\n"), true),
+    ] {
+        let mut d = Daemon::with_config(&config);
+        let mut c = d.client();
+        for (name, sandboxed) in [("boxed", true), ("plain", false)] {
+            c.ok(
+                op::SPAWN,
+                json!({"name": name, "script": script("sleeper.sh"), "python": "/bin/sh",
+                    "sandboxed": sandboxed}),
+            );
+        }
+        // launcher + init + sleep for the sandboxed one, the sleep itself for the other.
+        let daemon = d.pid() as i64;
+        let pids: Vec<i64> = wait_for("the agents' processes", T, || {
+            let t: Vec<i64> = tree(daemon).into_iter().filter(|p| *p != daemon).collect();
+            (t.len() >= 4).then_some(t)
+        });
+        drop(c);
+        d.kill9();
+        if should_survive {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(pids.iter().all(|p| alive(*p)), "leave: agents must survive");
+            for p in &pids {
+                // SAFETY: kill(2) on processes this test started through the daemon.
+                unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+            }
+        } else {
+            wait_for("agents to die with the daemon", T, || {
+                pids.iter().all(|p| !alive(*p)).then_some(())
+            });
+        }
+    }
+}

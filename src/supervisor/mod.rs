@@ -991,6 +991,7 @@ impl Supervisor {
             require,
             rlimit_as: rt.rlimit_as,
             rlimit_nproc: rt.rlimit_nproc,
+            die_with_daemon: self.kernel.config.agents.on_shutdown == config::OnShutdown::Stop,
         });
         match started {
             Ok(s) => {

@@ -208,6 +208,10 @@ pub struct Incarnation<'a> {
     /// Limits the cgroup did not take, for rlimits.
     pub rlimit_as: Option<u64>,
     pub rlimit_nproc: Option<u64>,
+    /// Kill the launcher (and so the agent) if the supervisor thread dies with the daemon,
+    /// even by SIGKILL. Set unless `agents.on_shutdown = "leave"`: an agent that outlived a
+    /// crashed daemon would run unsupervised and could reconnect as a plain client.
+    pub die_with_daemon: bool,
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -268,10 +272,22 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
         }
     }
     let rep_fd = rep_w.as_raw_fd();
-    // SAFETY: the closure only calls dup2(2) or fcntl(2), which are async-signal-safe, on fds that stay open
-    // in the parent until spawn returns. dup2 clears close-on-exec on the new fd 3.
+    let die_with_daemon = inc.die_with_daemon;
+    let daemon_pid = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only calls prctl(2), getppid(2), dup2(2) and fcntl(2), which are
+    // async-signal-safe, on fds that stay open in the parent until spawn returns. dup2 clears
+    // close-on-exec on the new fd 3.
     unsafe {
         cmd.pre_exec(move || {
+            if die_with_daemon {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon may have died between fork and prctl: then nobody will send it.
+                if libc::getppid() != daemon_pid {
+                    return Err(std::io::Error::other("the daemon exited during spawn"));
+                }
+            }
             let r = if rep_fd == launch::REPORT_FD {
                 libc::fcntl(rep_fd, libc::F_SETFD, 0)
             } else {
