@@ -113,7 +113,7 @@ pub struct ParsedThink {
     pub request: ThinkRequest,
     /// The model asked for (`None`: the default).
     pub model: Option<String>,
-    /// The `async` and `request_id` fields as sent (see [`async_id`]).
+    /// The `async` and `request_id` fields as sent (see [`crate::kernel::asyncq::async_id`]).
     pub is_async: Option<Value>,
     pub request_id: Option<Value>,
 }
