@@ -13,7 +13,7 @@ use crate::reactor::{Reactor, Sink, WAKER};
 use mio::{Poll, Waker};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,38 +195,17 @@ fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
 fn bind_socket(config: &Config) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
     let path = &config.socket;
     let my_uid = nix::unistd::geteuid().as_raw();
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&lock_path)
-        .map_err(io_err(format!(
-            "cannot open lock file {}",
-            lock_path.display()
-        )))?;
-    let lock_meta = lock
-        .metadata()
-        .map_err(io_err(format!("cannot stat {}", lock_path.display())))?;
-    if lock_meta.uid() != my_uid {
-        return Err(DaemonError::Refused(format!(
-            "lock file {} belongs to uid {}, not to this user; choose another socket path",
-            lock_path.display(),
-            lock_meta.uid()
-        )));
-    }
-    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, e)| {
-            DaemonError::Refused(format!(
-                "another clove daemon holds {} ({e}); is one already running on {}?",
-                lock_path.display(),
-                path.display()
-            ))
-        },
-    )?;
+    let lock = crate::lockfile::take(path).map_err(|e| match e {
+        crate::lockfile::LockError::Unusable(why) => {
+            DaemonError::Refused(format!("{why}; choose another socket path"))
+        }
+        crate::lockfile::LockError::Held { lock, holder } => DaemonError::Refused(format!(
+            "another clove daemon{} holds {}; is one already running on {}?",
+            holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            lock.display(),
+            path.display()
+        )),
+    })?;
 
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {

@@ -30,6 +30,7 @@ pub mod frontend;
 pub mod http;
 pub mod kernel;
 pub mod llm;
+pub mod lockfile;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;

@@ -14,8 +14,8 @@ use super::records::{AgentName, AgentSpecRecord, AuditQuery, AuditRecord};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, params};
 use serde_json::value::RawValue;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
@@ -433,56 +433,18 @@ pub fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
 }
 
 /// The advisory lock beside the database (`<file>.lock`), held for as long as the database is
-/// open; the holder's pid is written into it for the refusal message.
+/// open.
 fn take_lock(path: &Path) -> Result<nix::fcntl::Flock<File>, OpenError> {
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let io = |detail: String| OpenError::Io {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&lock_path)
-        .map_err(|e| {
-            io(format!(
-                "cannot open lock file {}: {e}",
-                lock_path.display()
-            ))
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| io(format!("cannot stat {}: {e}", lock_path.display())))?;
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(io(format!(
-            "lock file {} belongs to uid {}, not to this user",
-            lock_path.display(),
-            meta.uid()
-        )));
-    }
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            let _ = lock.set_len(0);
-            let _ = lock.write_all(format!("{}\n", std::process::id()).as_bytes());
-            Ok(lock)
-        }
-        Err((mut file, _)) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            let holder = match text.trim().parse::<u32>() {
-                Ok(pid) => format!(" (pid {pid})"),
-                Err(_) => String::new(),
-            };
-            Err(OpenError::Locked {
-                path: path.to_path_buf(),
-                holder,
-            })
-        }
-    }
+    crate::lockfile::take(path).map_err(|e| match e {
+        crate::lockfile::LockError::Unusable(detail) => OpenError::Io {
+            path: path.to_path_buf(),
+            detail,
+        },
+        crate::lockfile::LockError::Held { holder, .. } => OpenError::Locked {
+            path: path.to_path_buf(),
+            holder: holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        },
+    })
 }
 
 /// Checks the 100-byte SQLite header ourselves first, for clear messages about files that are
