@@ -141,8 +141,13 @@ fn persistent_agents_come_back_after_a_restart_and_a_crash_and_kill_forgets_them
     assert_eq!(c.ok(op::FETCH, json!({"key": "boots"}))["exists"], false);
     drop(c);
 
-    // A clean stop (agents are stopped with the daemon) and a start.
+    // A clean stop (agents are stopped with the daemon) and a start. From here on agents are
+    // told to outlive the daemon (on_shutdown = "leave"), so that after the crash below the
+    // old copy is still running and the new daemon must stop it before starting the agent
+    // again. (With the default "stop", agents die with a crashed daemon: see
+    // agents_die_with_a_crashed_daemon_unless_told_to_stay.)
     assert!(d.stop().success());
+    std::fs::write(&d.config_path, format!("{FAST}on_shutdown = \"leave\"\n")).unwrap();
     d.spawn().unwrap();
     let mut c = d.client();
     let second = report(&mut c, "keeper", 2);
