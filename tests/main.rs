@@ -1,6 +1,7 @@
 //! Integration tests: each module starts the real `clove` binary (see `harness.rs`) and drives
 //! it over its socket.
 
+mod agent_support;
 mod fakes;
 mod harness;
 

@@ -2,44 +2,16 @@
 //! permissions, sandbox and cgroup limits, metrics, audit log, shutdown and the CLI. Every
 //! agent is a real child process (small shell or Python scripts in tests/agent_scripts).
 
+use crate::agent_support::{alive, list, python, script, tree};
 use crate::harness::{Client, Daemon, op, wait_for};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Fast timers so the tests stay short.
 const FAST: &str = "[agents]\nkill_grace_ms = 400\nbackoff_initial_ms = 20\nbackoff_cap_ms = 80\nmetrics_interval_ms = 100\n";
 
 const T: Duration = Duration::from_secs(15);
-
-fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/agent_scripts")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// The real Python interpreter (not a version-manager shim, which is slow to start).
-fn python() -> &'static str {
-    static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 is needed by the agent tests (scripts/install-test-deps.sh)");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
-}
-
-fn list(c: &mut Client) -> Vec<Value> {
-    let f = c.call_raw(op::LIST, b"");
-    match serde_json::from_slice(&f.payload).unwrap() {
-        Value::Array(v) => v,
-        other => panic!("LIST must be a bare array, got {other}"),
-    }
-}
 
 fn agent(c: &mut Client, name: &str) -> Value {
     list(c)
@@ -91,44 +63,8 @@ fn subscribed(d: &Daemon) -> Client {
     ev
 }
 
-/// True while `pid` exists and is not a zombie.
-fn alive(pid: i64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
-}
-
 fn sh_agent(name: &str, file: &str, args: Value) -> Value {
     json!({"name": name, "script": script(file), "python": "/bin/sh", "args": args})
-}
-
-/// Every process in the tree below `pid` (including it).
-fn tree(pid: i64) -> Vec<i64> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let children =
-                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<i64>().ok()),
-                );
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 #[test]

@@ -1170,18 +1170,14 @@ impl Supervisor {
                         .error("cannot save the spec of a persistent agent; it is being stopped");
                 };
                 self.set_persisted(id, true);
-                let ack = persist::Ack::default();
-                self.kernel
-                    .store
-                    .submit_agent_spec(rec, ack.completion(self.waker.clone()));
-                self.after_commit.push(AfterCommit {
-                    ack,
-                    then: Then::Spawned {
+                self.save_record_then(
+                    rec,
+                    Then::Spawned {
                         id,
                         responder: r,
                         reply,
                     },
-                });
+                );
             } else {
                 r.reply(&reply);
             }
@@ -1561,6 +1557,15 @@ impl Supervisor {
         }
     }
 
+    /// Saves an agent's record and holds `then` until the store has committed it.
+    fn save_record_then(&mut self, rec: crate::store::AgentSpecRecord, then: Then) {
+        let ack = persist::Ack::default();
+        self.kernel
+            .store
+            .submit_agent_spec(rec, ack.completion(self.waker.clone()));
+        self.after_commit.push(AfterCommit { ack, then });
+    }
+
     /// The record to save for a running agent: its spec with its current permissions (a
     /// lowered agent stays lowered after a restart) and the stamp of its process.
     fn record_of(&self, id: CallerId) -> Option<crate::store::AgentSpecRecord> {
@@ -1584,19 +1589,15 @@ impl Supervisor {
         let Some(rec) = rec else {
             return responder.reply(&reply);
         };
-        let ack = persist::Ack::default();
-        self.kernel
-            .store
-            .submit_agent_spec(rec, ack.completion(self.waker.clone()));
-        self.after_commit.push(AfterCommit {
-            ack,
-            then: Then::Reply {
+        self.save_record_then(
+            rec,
+            Then::Reply {
                 id,
                 responders: vec![responder],
                 reply,
                 failure: "has its new permissions now, but they could not be saved",
             },
-        });
+        );
     }
 
     /// Sends `reply` to `responders` now, or once `ack` is committed.
