@@ -381,17 +381,37 @@ fn agents_die_with_a_crashed_daemon_unless_told_to_stay() {
                     "sandboxed": sandboxed}),
             );
         }
-        // launcher + init + sleep for the sandboxed one, the sleep itself for the other.
+        // launcher + init + sleep for the sandboxed one, the sleep itself for the other. Wait
+        // until both scripts have printed their line and exec'd `sleep`: a crashed daemon
+        // takes its log pipes with it, so a write after the crash would end in SIGPIPE.
         let daemon = d.pid() as i64;
+        let cmdline =
+            |p: &i64| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
         let pids: Vec<i64> = wait_for("the agents' processes", T, || {
             let t: Vec<i64> = tree(daemon).into_iter().filter(|p| *p != daemon).collect();
-            (t.len() >= 4).then_some(t)
+            let sleeping = t.iter().filter(|p| cmdline(p).starts_with("sleep")).count();
+            (t.len() >= 4 && sleeping == 2).then_some(t)
         });
+        let names: std::collections::HashMap<i64, String> = pids
+            .iter()
+            .map(|p| {
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                (*p, cmd.replace('\0', " ").chars().take(60).collect())
+            })
+            .collect();
         drop(c);
         d.kill9();
         if should_survive {
             std::thread::sleep(Duration::from_millis(300));
-            assert!(pids.iter().all(|p| alive(*p)), "leave: agents must survive");
+            let dead: Vec<(i64, String)> = pids
+                .iter()
+                .filter(|p| !alive(**p))
+                .map(|p| (*p, names.get(p).cloned().unwrap_or_default()))
+                .collect();
+            assert!(
+                dead.is_empty(),
+                "leave: agents must survive, gone: {dead:?}"
+            );
             for p in &pids {
                 // SAFETY: kill(2) on processes this test started through the daemon.
                 unsafe { libc::kill(*p as i32, libc::SIGKILL) };
