@@ -408,14 +408,19 @@ fn agents_die_with_a_crashed_daemon_unless_told_to_stay() {
                 .filter(|p| !alive(**p))
                 .map(|p| (*p, names.get(p).cloned().unwrap_or_default()))
                 .collect();
-            assert!(
-                dead.is_empty(),
-                "leave: agents must survive, gone: {dead:?}"
-            );
+            // Clean up before asserting, so a failure leaves nothing running.
             for p in &pids {
                 // SAFETY: kill(2) on processes this test started through the daemon.
                 unsafe { libc::kill(*p as i32, libc::SIGKILL) };
             }
+            wait_for("the left agents to be killed", T, || {
+                pids.iter().all(|p| !alive(*p)).then_some(())
+            });
+            crate::agent_support::remove_cgroups_of(daemon);
+            assert!(
+                dead.is_empty(),
+                "leave: agents must survive, gone: {dead:?}"
+            );
         } else {
             wait_for("agents to die with the daemon", T, || {
                 pids.iter().all(|p| !alive(*p)).then_some(())

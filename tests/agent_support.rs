@@ -69,3 +69,44 @@ pub fn tree(pid: i64) -> Vec<i64> {
     }
     out
 }
+
+/// Removes the (emptied) agent cgroups a daemon created, `clove-<pid>` under any hierarchy.
+/// For tests whose daemon cannot do it itself (it was killed and its agents were left).
+pub fn remove_cgroups_of(daemon_pid: i64) {
+    fn walk(dir: &std::path::Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_str() == Some(name) {
+                found.push(path);
+            } else if depth > 0 {
+                walk(&path, name, depth - 1, found);
+            }
+        }
+    }
+    fn remove_tree(dir: &std::path::Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let mut found = Vec::new();
+    walk(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &format!("clove-{daemon_pid}"),
+        4,
+        &mut found,
+    );
+    for dir in found {
+        remove_tree(&dir);
+    }
+}
