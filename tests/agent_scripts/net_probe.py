@@ -1,4 +1,5 @@
 """Tries to connect to a TCP port on the host's loopback; writes the outcome to a file."""
+import os
 import socket
 import sys
 
@@ -9,5 +10,7 @@ try:
     result = "connected"
 except OSError as e:
     result = "failed: %s" % e
-with open(out, "w") as f:
+# Write then rename: the test must never read a half-written result.
+with open(out + ".tmp", "w") as f:
     f.write(result)
+os.rename(out + ".tmp", out)
