@@ -681,3 +681,105 @@ fn store_config_is_validated_and_store_path_is_honoured() {
     assert!(custom.exists());
     assert!(!d.state_dir.join("store.db").exists());
 }
+
+/// A small tmpfs mounted for one test, unmounted (lazily, so a failing test cannot leave it
+/// busy) when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = run({
+            let mut m = Command::new("mount");
+            m.args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir);
+            m
+        });
+        assert!(out.status.success(), "mount: {out:?}");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_the_write_and_the_store_recovers_when_space_is_freed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let mut d = Daemon::start();
+    assert!(d.stop().success());
+    let disk = SmallDisk::mount(d.state_dir.join("small"), "4m");
+    let db = disk.0.join("store.db");
+    std::fs::write(
+        &d.config_path,
+        format!(
+            "[store]\npath = \"{}\"\nsync = \"full\"\n[limits]\nstate_max_value_bytes = 1048576\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    d.spawn().unwrap();
+    let mut c = d.client();
+    c.ok(op::STORE, json!({"key": "before", "value": 1}));
+    // Take all the space that is left, then grow the database past what it already holds.
+    let filler = disk.0.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let big = "x".repeat(256 * 1024);
+    let mut stored = Vec::new();
+    let mut refusal = None;
+    for i in 0..64 {
+        let key = format!("big{i}");
+        let r = c.call(op::STORE, json!({"key": key, "value": big}));
+        if r["success"] == true {
+            stored.push(key);
+        } else {
+            refusal = Some((key, r["error"].as_str().unwrap().to_string()));
+            break;
+        }
+    }
+    let (refused_key, e) = refusal.expect("a full disk refuses a write");
+    assert!(
+        e.contains("disk is full") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    // Reads go on, and the refused key is not there.
+    assert_eq!(fetch(&mut c, "before")["value"], 1);
+    assert_eq!(fetch(&mut c, &refused_key)["exists"], false);
+    let hello = c.ok(op::HELLO, json!({}));
+    assert_eq!(hello["store"]["failed"], false, "{hello}");
+    // Space freed: writes work again without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    c.ok(op::STORE, json!({"key": "after", "value": 2}));
+    drop(c);
+    // What was acknowledged is on disk; what was refused is not.
+    d.kill9();
+    d.spawn().unwrap();
+    let mut c = d.client();
+    assert_eq!(fetch(&mut c, "before")["value"], 1);
+    assert_eq!(fetch(&mut c, "after")["value"], 2);
+    for key in &stored {
+        assert_eq!(
+            fetch(&mut c, key)["value"].as_str().map(str::len),
+            Some(big.len())
+        );
+    }
+    assert_eq!(fetch(&mut c, &refused_key)["exists"], false);
+    drop(c);
+    assert!(d.stop().success());
+}

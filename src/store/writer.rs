@@ -4,9 +4,10 @@
 //! completion.
 //!
 //! A statement that fails rolls the whole batch back and every change in it is refused
-//! ("nothing was changed"). A COMMIT that fails is different: SQLite cannot always say whether
-//! the data reached the disk, so memory and file may disagree; the store then refuses all
-//! further writes until a restart, which reloads the truth from the file.
+//! ("nothing was changed"); so does a COMMIT that fails because the disk is full, which SQLite
+//! rolls back. Any other failed COMMIT is different: SQLite cannot always say whether the data
+//! reached the disk, so memory and file may disagree; the store then refuses all further writes
+//! until a restart, which reloads the truth from the file.
 
 use super::config::{StoreConfig, SyncMode};
 use super::db::Database;
@@ -533,8 +534,15 @@ impl Writer {
         };
         let purged = tail().map_err(stmt_err)?;
         if let Err(e) = tx.commit() {
-            // A failed COMMIT is normally rolled back by SQLite; if the transaction is still
-            // open, or the error leaves the outcome unknown, stop trusting memory.
+            // The failed transaction is dropped here, which rolls it back if it is still open.
+            // A full disk stops the log write before the commit record is complete, so once
+            // the rollback has happened the file is known to be unchanged: refuse this batch
+            // and carry on (writes work again when space is freed). Any other failure (an I/O
+            // error while syncing, say) leaves the outcome unknown: stop trusting memory.
+            let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+            if full && conn.is_autocommit() {
+                return Err(Failure::Statement(e.to_string()));
+            }
             return Err(Failure::Commit(e.to_string()));
         }
         self.recorded_id = self.recorded_id.max(id);
