@@ -28,13 +28,11 @@
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
 /// The hidden subcommand that runs the launcher.
 pub const SUBCOMMAND: &str = "__launch";
-/// The fd the report pipe is given at in the launcher.
-pub const REPORT_FD: RawFd = 3;
 /// Exit code of a launcher that could not set up the sandbox or join the cgroup.
 pub const EXIT_SETUP: i32 = 126;
 /// Exit code of a launcher that could not exec the interpreter.
@@ -57,6 +55,8 @@ pub struct LaunchSpec {
     /// Fallback limits when cgroups could not take them.
     pub rlimit_as: Option<u64>,
     pub rlimit_nproc: Option<u64>,
+    /// The daemon's pid when the agent must die with it (`agents.on_shutdown = "stop"`).
+    pub die_with: Option<i32>,
 }
 
 /// What the sandbox ended up with, as reported to the supervisor.
@@ -100,24 +100,57 @@ impl Reporter {
     }
 }
 
+/// The report pipe, which the supervisor passes as our stdin: taken to a close-on-exec fd
+/// (its end-of-file tells the supervisor that the interpreter was exec'd), and stdin becomes
+/// /dev/null. Passing it as stdin rather than at a fixed fd lets the supervisor start us with
+/// plain posix_spawn (no code between fork and exec, no copy of the daemon's page tables).
+fn take_report_pipe() -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl/fstat on fd 0 only inspect it.
+    let writable_pipe = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let flags = libc::fcntl(0, libc::F_GETFL);
+        flags >= 0
+            && flags & libc::O_ACCMODE == libc::O_WRONLY
+            && libc::fstat(0, &mut st) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    };
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd that we own from here on.
+    let report = writable_pipe
+        .then(|| unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })
+        .filter(|fd| *fd >= 0)
+        // SAFETY: the fd was just made by F_DUPFD_CLOEXEC and nothing else owns it.
+        .map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto fd 0; `null` is closed when dropped, fd 0 stays.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    report
+}
+
 /// Entry point of `clove __launch SPEC`. Never returns.
 pub fn main(spec_json: &str) -> ! {
-    // SAFETY: fcntl on an fd number only inspects it.
-    let report_ok = unsafe { libc::fcntl(REPORT_FD, libc::F_GETFD) } >= 0;
-    let mut rep = Reporter(if report_ok {
-        // SAFETY: fd 3 was given to us by the supervisor for this purpose; mark it
-        // close-on-exec so the interpreter does not inherit it (EOF tells "exec'd").
-        unsafe {
-            libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-            Some(std::fs::File::from_raw_fd(REPORT_FD))
-        }
-    } else {
-        None
-    });
+    let mut rep = Reporter(take_report_pipe());
     let spec: LaunchSpec = match serde_json::from_str(spec_json) {
         Ok(s) => s,
         Err(e) => rep.fail(EXIT_SETUP, format!("bad launch spec: {e}")),
     };
+    if let Some(daemon) = spec.die_with {
+        // SAFETY: prctl and getppid with integer arguments.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                let e = std::io::Error::last_os_error();
+                rep.fail(
+                    EXIT_SETUP,
+                    format!("cannot tie the agent to the daemon: {e}"),
+                );
+            }
+            // The daemon may have died before the prctl: then nobody will send the signal.
+            if libc::getppid() != daemon {
+                rep.fail(EXIT_SETUP, "the daemon exited during spawn".into());
+            }
+        }
+    }
     if !spec.sandboxed {
         rep.send(&Report::Isolation(NsReport::default()));
         exec_agent(&spec, &mut rep);

@@ -8,7 +8,7 @@ use crate::kernel::exec::is_secret_env;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, ipc};
 use serde::Deserialize;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -244,6 +244,7 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
         cgroup_procs: inc.cgroup.map(|c| c.procs_files()).unwrap_or_default(),
         rlimit_as: inc.rlimit_as,
         rlimit_nproc: inc.rlimit_nproc,
+        die_with: inc.die_with_daemon.then(|| std::process::id() as i32),
     };
     let launch_json =
         serde_json::to_string(&launch).map_err(|e| format!("cannot encode launch spec: {e}"))?;
@@ -256,7 +257,10 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
     cmd.arg(launch::SUBCOMMAND)
         .arg(launch_json)
         .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
+        // The launcher takes the report pipe off its stdin (see `launch::main`). With no
+        // pre_exec code, std starts it with posix_spawn: no copy of the daemon's page tables
+        // and no copy-on-write faults in the reactor afterwards.
+        .stdin(Stdio::from(rep_w))
         .stdout(Stdio::from(log_w))
         .stderr(Stdio::from(log_w2))
         .process_group(0)
@@ -271,38 +275,9 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
             cmd.env_remove(&name);
         }
     }
-    let rep_fd = rep_w.as_raw_fd();
-    let die_with_daemon = inc.die_with_daemon;
-    let daemon_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only calls prctl(2), getppid(2), dup2(2) and fcntl(2), which are
-    // async-signal-safe, on fds that stay open in the parent until spawn returns. dup2 clears
-    // close-on-exec on the new fd 3.
-    unsafe {
-        cmd.pre_exec(move || {
-            if die_with_daemon {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The daemon may have died between fork and prctl: then nobody will send it.
-                if libc::getppid() != daemon_pid {
-                    return Err(std::io::Error::other("the daemon exited during spawn"));
-                }
-            }
-            let r = if rep_fd == launch::REPORT_FD {
-                libc::fcntl(rep_fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(rep_fd, launch::REPORT_FD)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start the agent launcher: {e}"))?;
-    drop(rep_w);
     drop(cmd);
     Ok(Started {
         child,
