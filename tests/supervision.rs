@@ -1155,3 +1155,36 @@ fn on_shutdown_leave_keeps_agents_and_their_logs() {
         });
     }
 }
+
+#[test]
+fn an_agent_that_exits_at_once_has_still_started() {
+    // The interpreter runs and exits before the supervisor has read the launcher's report:
+    // SPAWN still answers "started", and the exit is handled by the restart policy.
+    let d = Daemon::with_config(FAST);
+    let mut c = d.client();
+    for i in 0..40 {
+        let policy = if i % 2 == 0 { "never" } else { "always" };
+        let r = c.call(
+            op::SPAWN,
+            json!({"name": format!("brief{i}"), "script": script("crash.sh"), "python": "/bin/sh",
+                "args": ["0"], "sandboxed": i % 4 < 2, "restart_policy": policy}),
+        );
+        assert_eq!(r["success"], true, "spawn {i}: {r}");
+        assert_eq!(r["name"], format!("brief{i}"));
+    }
+    // The "never" ones end EXITED with code 0; the "always" ones were restarted.
+    wait_for("every brief agent to have run", T, || {
+        let agents = list(&mut c);
+        agents
+            .iter()
+            .all(|a| {
+                let i: usize = a["name"].as_str().unwrap()[5..].parse().unwrap();
+                if i.is_multiple_of(2) {
+                    a["state"] == "EXITED" && a["exit_code"] == 0
+                } else {
+                    a["restarts"].as_u64().unwrap() >= 1
+                }
+            })
+            .then_some(())
+    });
+}

@@ -1076,6 +1076,8 @@ impl Supervisor {
             return;
         }
         let Some(pid) = rt.child.as_ref().map(|c| c.id() as i32) else {
+            // Already reaped: keep the start for the exit handling, which answers SPAWN.
+            rt.starting = Some(st);
             return;
         };
         let ns = st.isolation.unwrap_or_default();
@@ -1219,23 +1221,27 @@ impl Supervisor {
                     continue;
                 }
             };
-            rt.child = None;
+            // Whatever the launcher reported before exiting is read while its process is
+            // still known: an interpreter that was exec'd and exited at once has started (its
+            // SPAWN succeeds), and its exit is then handled like any other.
+            let report_tokens: Vec<Token> = self
+                .pipes
+                .iter()
+                .filter(|(_, p)| p.agent == id && matches!(p.kind, PipeKind::Report))
+                .map(|(t, _)| *t)
+                .collect();
+            for t in report_tokens {
+                self.pipe_ready(t);
+                self.close_pipe(t);
+            }
+            if let Some(rt) = self.runtimes.get_mut(&id) {
+                rt.child = None;
+            }
             self.exited(id, pid, status);
         }
     }
 
     fn exited(&mut self, id: CallerId, pid: i32, status: std::process::ExitStatus) {
-        // Whatever the launcher reported before exiting.
-        let report_tokens: Vec<Token> = self
-            .pipes
-            .iter()
-            .filter(|(_, p)| p.agent == id && matches!(p.kind, PipeKind::Report))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in report_tokens {
-            self.pipe_ready(t);
-            self.close_pipe(t);
-        }
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
