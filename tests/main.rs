@@ -19,3 +19,4 @@ mod smoke;
 mod state_ops;
 mod supervision;
 mod think;
+mod tls;
