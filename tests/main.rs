@@ -6,6 +6,7 @@ mod fakes;
 mod harness;
 
 mod agent_restart;
+mod connect_timeouts;
 mod durability;
 mod event_ops;
 mod exec_fs_ops;
