@@ -661,4 +661,42 @@ mod tests {
         let (_, e) = build("[llm]\ndefault = \"zz\"\n[llm.models.a]\n", &[]);
         assert!(e[0].contains("no model named"), "{e:?}");
     }
+
+    #[test]
+    fn a_model_ca_file_takes_the_place_of_the_llm_one() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str, n: usize| {
+            let mut text = String::new();
+            for c in &webpki_root_certs::TLS_SERVER_ROOT_CERTS[..n] {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+                text.push_str("-----BEGIN CERTIFICATE-----\n");
+                for line in b64.as_bytes().chunks(64) {
+                    text.push_str(std::str::from_utf8(line).unwrap());
+                    text.push('\n');
+                }
+                text.push_str("-----END CERTIFICATE-----\n");
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (one, two) = (pem("one.pem", 1), pem("two.pem", 2));
+        let (c, e) = build(
+            &format!(
+                "[llm]\ndefault = \"a\"\nca_file = \"{one}\"\n[llm.models.a]\n\
+                 [llm.models.b]\nca_file = \"{two}\"\n"
+            ),
+            &[],
+        );
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.models[0].ca.as_ref().map(|b| b.len()), Some(1));
+        assert_eq!(c.models[1].ca.as_ref().map(|b| b.len()), Some(2));
+        let (c, e) = build(
+            &format!("[llm]\nca_file = \"{two}\"\n"),
+            &[("OPENAI_API_KEY", "k")],
+        );
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.models[0].ca.as_ref().map(|b| b.len()), Some(2));
+    }
 }
