@@ -36,6 +36,8 @@ pub struct RawHttp {
     pub threads: Option<usize>,
     /// Requests waiting for a thread; more are refused.
     pub queue: Option<usize>,
+    /// PEM bundle of extra trusted CAs (a site-internal CA), added to the public roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The validated `[http]` section.
@@ -48,6 +50,8 @@ pub struct HttpConfig {
     pub max_redirects: u32,
     pub threads: usize,
     pub queue: usize,
+    /// Extra trusted CAs from `http.ca_file`.
+    pub ca: Option<crate::tls::CaBundle>,
 }
 
 impl Default for HttpConfig {
@@ -103,6 +107,10 @@ impl HttpConfig {
         };
         let threads = count("threads", r.threads, 8, 512);
         let queue = count("queue", r.queue, 256, 1 << 20);
+        let ca = r
+            .ca_file
+            .as_deref()
+            .and_then(|p| crate::tls::CaBundle::load(p, "http.ca_file", errors));
         HttpConfig {
             max_response_bytes,
             default_timeout,
@@ -111,6 +119,7 @@ impl HttpConfig {
             max_redirects,
             threads,
             queue,
+            ca,
         }
     }
 }
@@ -377,9 +386,17 @@ impl HttpService {
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(cfg.connect_timeout))
+            .tls_config(crate::tls::tls_config(cfg.ca.as_ref()))
             .user_agent(concat!("clove/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
+        if let Some(ca) = &cfg.ca {
+            log::info!(
+                "http: trusting {} certificate(s) from {} besides the public roots",
+                ca.len(),
+                ca.path.display()
+            );
+        }
         for i in 0..cfg.threads {
             let rx: Receiver<HttpJob> = rx.clone();
             let k = Arc::downgrade(kernel);
@@ -676,6 +693,12 @@ fn timed_out(t: Duration) -> String {
 }
 
 fn send_error(e: ureq::Error, host: &str, timeout: Duration) -> String {
+    if let Some(why) = crate::tls::certificate_problem(&e) {
+        return format!(
+            "TLS certificate of {host} is not accepted: {why} (for a site-internal CA, set \
+             http.ca_file)"
+        );
+    }
     match e {
         ureq::Error::Timeout(ureq::Timeout::Connect) => {
             format!("cannot connect to {host}: connection timed out (http.connect_timeout_secs)")

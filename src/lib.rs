@@ -36,3 +36,4 @@ pub mod proto;
 pub mod reactor;
 pub mod store;
 pub mod supervisor;
+pub mod tls;

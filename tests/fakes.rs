@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -87,15 +88,33 @@ impl Reply {
 
 type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
 
-/// A real HTTP/1.1 server on 127.0.0.1 (keep-alive, one thread per connection).
+/// A real HTTP/1.1 server on 127.0.0.1 (keep-alive, one thread per connection), over TLS
+/// when started with [`FakeServer::start_tls`].
 pub struct FakeServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Recorded>>>,
     stop: Arc<AtomicBool>,
+    scheme: &'static str,
 }
 
 impl FakeServer {
     pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> FakeServer {
+        FakeServer::start_with(None, handler)
+    }
+
+    /// An HTTPS server presenting `tls`'s certificate (see [`TestCa`]).
+    pub fn start_tls(
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> FakeServer {
+        FakeServer::start_with(Some(tls), handler)
+    }
+
+    fn start_with(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> FakeServer {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -111,16 +130,34 @@ impl FakeServer {
                     }
                     let Ok(conn) = conn else { continue };
                     let (log, stop, handler) = (log.clone(), stop.clone(), handler.clone());
-                    std::thread::spawn(move || serve_conn(conn, &log, &stop, &*handler));
+                    let tls = tls.clone();
+                    std::thread::spawn(move || {
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+                        match tls {
+                            None => serve_conn(conn, &log, &stop, &*handler),
+                            Some(cfg) => {
+                                let Ok(session) = rustls::ServerConnection::new(cfg) else {
+                                    return;
+                                };
+                                let stream = rustls::StreamOwned::new(session, conn);
+                                serve_conn(stream, &log, &stop, &*handler)
+                            }
+                        }
+                    });
                 }
             });
         }
-        FakeServer { addr, log, stop }
+        FakeServer {
+            addr,
+            log,
+            stop,
+            scheme,
+        }
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://127.0.0.1:PORT{path}` (`https://` for a TLS server).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -156,12 +193,12 @@ impl Drop for FakeServer {
     }
 }
 
-fn serve_conn(conn: TcpStream, log: &Mutex<Vec<Recorded>>, stop: &AtomicBool, handler: &Handler) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut writer = match conn.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
+fn serve_conn(
+    conn: impl Read + Write,
+    log: &Mutex<Vec<Recorded>>,
+    stop: &AtomicBool,
+    handler: &Handler,
+) {
     let mut reader = BufReader::new(conn);
     loop {
         let Some(req) = read_request(&mut reader) else {
@@ -192,13 +229,19 @@ fn serve_conn(conn: TcpStream, log: &Mutex<Vec<Recorded>>, stop: &AtomicBool, ha
         if req.method != "HEAD" {
             bytes.extend_from_slice(&reply.body);
         }
-        if writer.write_all(&bytes).is_err() || close {
+        let writer = reader.get_mut();
+        if writer
+            .write_all(&bytes)
+            .and_then(|_| writer.flush())
+            .is_err()
+            || close
+        {
             return;
         }
     }
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Recorded> {
+fn read_request(r: &mut impl BufRead) -> Option<Recorded> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -319,11 +362,20 @@ pub struct FakeLlm {
 impl FakeLlm {
     /// `key`: when set, requests without it are refused with 401 as the real APIs do.
     pub fn start(api: Api, key: Option<&str>) -> FakeLlm {
+        FakeLlm::start_with(api, key, None)
+    }
+
+    /// The same API over HTTPS, presenting `tls`'s certificate.
+    pub fn start_tls(api: Api, key: Option<&str>, tls: Arc<rustls::ServerConfig>) -> FakeLlm {
+        FakeLlm::start_with(api, key, Some(tls))
+    }
+
+    fn start_with(api: Api, key: Option<&str>, tls: Option<Arc<rustls::ServerConfig>>) -> FakeLlm {
         let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
         let gate: Arc<Gate> = Arc::default();
         let key = key.map(str::to_string);
         let (s, g) = (script.clone(), gate.clone());
-        let server = FakeServer::start(move |req| {
+        let server = FakeServer::start_with(tls, move |req| {
             g.pass();
             if let Some(r) = s.lock().unwrap().pop_front() {
                 return r;
@@ -470,4 +522,120 @@ fn answer(api: Api, key: Option<&str>, req: &Recorded) -> Reply {
 pub fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost`, made
+/// with the `openssl` command in a temporary directory (removed on drop).
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate (PEM): what a `ca_file` points at.
+    pub ca_pem: PathBuf,
+    /// Server side TLS settings presenting the signed certificate.
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let dir = tempfile::Builder::new()
+            .prefix("clove-test-ca")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let p = |name: &str| dir.path().join(name);
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+        )
+        .unwrap();
+        // Each CA gets its own name: certificates are matched to their issuer by name.
+        let cn = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
+        openssl(
+            dir.path(),
+            &format!("req -x509 {ec} -keyout ca.key -out ca.pem -subj /CN={cn}"),
+        );
+        openssl(
+            dir.path(),
+            &format!("req {ec} -keyout server.key -out server.csr -subj /CN=localhost"),
+        );
+        openssl(
+            dir.path(),
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+             -out server.pem -extfile ext.cnf",
+        );
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(p("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(p("server.key")).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        TestCa {
+            ca_pem: p("ca.pem"),
+            dir,
+            server: Arc::new(server),
+        }
+    }
+}
+
+/// Runs `openssl` with `args` (split on whitespace) in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = std::process::Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the openssl command (scripts/install-test-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port on 127.0.0.1 where connecting hangs: a listener with a backlog of 0 whose one queued
+/// connection is never accepted, so the kernel drops further SYNs and a client's connect waits
+/// until its own connect timeout.
+pub struct Unanswered {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: TcpStream,
+}
+
+impl Unanswered {
+    pub fn start() -> Unanswered {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) again on our own listening socket, to shrink its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).unwrap();
+        // The mechanism itself, checked: a further connect must hang.
+        let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(
+            matches!(&probe, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "a full accept queue should make connect hang here, got {probe:?}"
+        );
+        Unanswered {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
 }

@@ -6,6 +6,7 @@ mod fakes;
 mod harness;
 
 mod agent_restart;
+mod connect_timeouts;
 mod durability;
 mod event_ops;
 mod exec_fs_ops;
@@ -19,3 +20,4 @@ mod smoke;
 mod state_ops;
 mod supervision;
 mod think;
+mod tls;

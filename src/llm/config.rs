@@ -43,6 +43,9 @@ pub struct RawLlm {
     pub backoff_max_ms: Option<u64>,
     /// Largest backend response read.
     pub max_response_bytes: Option<u64>,
+    /// PEM bundle of extra trusted CAs for every model that sets no `ca_file` of its own
+    /// (including the one configured from the environment).
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
 }
@@ -66,6 +69,8 @@ pub struct RawModel {
     /// OpenAI only: `max_tokens` (most servers) or `max_completion_tokens` (OpenAI's newer
     /// models). Defaults to the latter for api.openai.com, the former elsewhere.
     pub max_tokens_field: Option<String>,
+    /// PEM bundle of extra trusted CAs (a site-internal CA), added to the public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A secret string (an API key). Its `Debug` never shows the value.
@@ -122,6 +127,8 @@ pub struct ModelConfig {
     pub timeout: Duration,
     /// OpenAI only: the request field that carries `max_tokens`.
     pub max_tokens_field: String,
+    /// Extra trusted CAs (`ca_file` of the model, else of `[llm]`).
+    pub ca: Option<crate::tls::CaBundle>,
 }
 
 /// The validated `[llm]` section.
@@ -216,11 +223,16 @@ impl LlmConfig {
             }
         };
 
+        let default_ca = r
+            .ca_file
+            .as_deref()
+            .and_then(|p| crate::tls::CaBundle::load(p, "llm.ca_file", errors));
         let mut models = Vec::new();
         let source;
         if r.models.is_empty() {
             match from_environment(env, concurrency, timeout) {
-                Some((m, src)) => {
+                Some((mut m, src)) => {
+                    m.ca = default_ca;
                     models.push(m);
                     source = src;
                 }
@@ -234,7 +246,11 @@ impl LlmConfig {
         } else {
             source = "config".to_string();
             for (name, m) in &r.models {
-                if let Some(model) = model_from_raw(name, m, env, concurrency, timeout, errors) {
+                if let Some(mut model) = model_from_raw(name, m, env, concurrency, timeout, errors)
+                {
+                    if m.ca_file.is_none() {
+                        model.ca = default_ca.clone();
+                    }
                     models.push(model);
                 }
             }
@@ -351,6 +367,7 @@ fn from_environment(
                 concurrency,
                 timeout,
                 max_tokens_field,
+                ca: None,
             },
             "environment (OPENAI_*)".into(),
         ));
@@ -372,6 +389,7 @@ fn from_environment(
             concurrency,
             timeout,
             max_tokens_field: "maxOutputTokens".into(),
+            ca: None,
         },
         format!("environment ({var})"),
     ))
@@ -503,6 +521,10 @@ fn model_from_raw(
         // OpenAI-compatible servers inside a cluster often need no key at all.
         (None, None) => None,
     };
+    let ca = m
+        .ca_file
+        .as_deref()
+        .and_then(|p| crate::tls::CaBundle::load(p, &format!("{key}.ca_file"), errors));
     if errors.len() > before {
         return None;
     }
@@ -515,6 +537,7 @@ fn model_from_raw(
         concurrency,
         timeout,
         max_tokens_field,
+        ca,
     })
 }
 
@@ -637,5 +660,43 @@ mod tests {
         );
         let (_, e) = build("[llm]\ndefault = \"zz\"\n[llm.models.a]\n", &[]);
         assert!(e[0].contains("no model named"), "{e:?}");
+    }
+
+    #[test]
+    fn a_model_ca_file_takes_the_place_of_the_llm_one() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str, n: usize| {
+            let mut text = String::new();
+            for c in &webpki_root_certs::TLS_SERVER_ROOT_CERTS[..n] {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+                text.push_str("-----BEGIN CERTIFICATE-----\n");
+                for line in b64.as_bytes().chunks(64) {
+                    text.push_str(std::str::from_utf8(line).unwrap());
+                    text.push('\n');
+                }
+                text.push_str("-----END CERTIFICATE-----\n");
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (one, two) = (pem("one.pem", 1), pem("two.pem", 2));
+        let (c, e) = build(
+            &format!(
+                "[llm]\ndefault = \"a\"\nca_file = \"{one}\"\n[llm.models.a]\n\
+                 [llm.models.b]\nca_file = \"{two}\"\n"
+            ),
+            &[],
+        );
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.models[0].ca.as_ref().map(|b| b.len()), Some(1));
+        assert_eq!(c.models[1].ca.as_ref().map(|b| b.len()), Some(2));
+        let (c, e) = build(
+            &format!("[llm]\nca_file = \"{two}\"\n"),
+            &[("OPENAI_API_KEY", "k")],
+        );
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.models[0].ca.as_ref().map(|b| b.len()), Some(2));
     }
 }

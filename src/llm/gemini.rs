@@ -165,6 +165,7 @@ mod tests {
             concurrency: 1,
             timeout: Duration::from_secs(1),
             max_tokens_field: "maxOutputTokens".into(),
+            ca: None,
         }
     }
 

@@ -368,6 +368,7 @@ impl LlmService {
                 .http_status_as_error(false)
                 .max_redirects(0)
                 .timeout_connect(Some(config.connect_timeout))
+                .tls_config(crate::tls::tls_config(m.ca.as_ref()))
                 .max_idle_connections_per_host(m.concurrency.max(3))
                 .max_idle_connections(m.concurrency.max(3) * 2)
                 .user_agent(concat!("clove/", env!("CARGO_PKG_VERSION")))
@@ -397,6 +398,14 @@ impl LlmService {
                 m.concurrency,
                 if m.api_key.is_some() { "set" } else { "none" }
             );
+            if let Some(ca) = &m.ca {
+                log::info!(
+                    "llm: model {:?} trusts {} certificate(s) from {} besides the public roots",
+                    m.name,
+                    ca.len(),
+                    ca.path.display()
+                );
+            }
             backends.push(b);
         }
         if backends.is_empty() {

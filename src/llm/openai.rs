@@ -191,6 +191,7 @@ mod tests {
             concurrency: 1,
             timeout: Duration::from_secs(1),
             max_tokens_field: "max_tokens".into(),
+            ca: None,
         }
     }
 

@@ -205,6 +205,13 @@ fn once(p: &Post, remaining: Duration) -> Attempt {
 
 fn transport_error(e: ureq::Error) -> Attempt {
     use ureq::Error as E;
+    if let Some(why) = crate::tls::certificate_problem(&e) {
+        // Not worth retrying: the certificate will not change in a second.
+        return Attempt::Fail(format!(
+            "cannot reach the backend: its TLS certificate is not accepted: {why} (for a \
+             site-internal CA, set ca_file in [llm.models.NAME] or [llm])"
+        ));
+    }
     match e {
         E::Timeout(ureq::Timeout::Connect) | E::Timeout(ureq::Timeout::Resolve) => Attempt::Retry {
             why: "cannot connect to the backend: connection timed out (llm.connect_timeout_secs)"
