@@ -69,6 +69,9 @@ pub struct RawServer {
     pub max_pending_reply_bytes: Option<usize>,
     pub max_pipelined: Option<usize>,
     pub slow_client_timeout_ms: Option<u64>,
+    /// Replies produced off the reactor thread waiting for it; a full queue makes the sender
+    /// wait (back-pressure), never fails a request.
+    pub completion_queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +129,7 @@ pub struct Config {
     pub max_pending_reply_bytes: usize,
     pub max_pipelined: usize,
     pub slow_client_timeout: Duration,
+    pub completion_queue: usize,
     pub mailbox_len: usize,
     pub mailbox_max_bytes: usize,
     pub event_queue_len: usize,
@@ -260,6 +264,12 @@ impl Config {
             1 << 32,
         );
         let max_pipelined = positive("server.max_pipelined", s.max_pipelined, 128, 1 << 20);
+        let completion_queue = positive(
+            "server.completion_queue",
+            s.completion_queue,
+            4096,
+            1 << 20,
+        );
         let l = &raw.limits;
         let mailbox_len = positive("limits.mailbox_len", l.mailbox_len, 1024, 1 << 24);
         let mailbox_max_bytes = positive(
@@ -431,6 +441,7 @@ impl Config {
             max_pending_reply_bytes,
             max_pipelined,
             slow_client_timeout,
+            completion_queue,
             mailbox_len,
             mailbox_max_bytes,
             event_queue_len,

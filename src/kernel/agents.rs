@@ -371,18 +371,24 @@ pub fn metrics_cgroup(k: &Kernel, _call: &Call, payload: Vec<u8>, r: Responder) 
         .map(|c| c.parent_dirs())
         .unwrap_or_default();
     let dirs = if req.agent_id.is_some() || req.name.is_some() {
-        let t = k.agents.table.lock();
-        let a = match (req.agent_id, &req.name) {
-            (Some(id), _) => t.get(id),
-            (None, Some(n)) => t.find_name(n),
-            _ => None,
+        // The table lock is released before any reply: a reply may wait for room in the
+        // completion queue, and the reactor takes this lock.
+        let found = {
+            let t = k.agents.table.lock();
+            let a = match (req.agent_id, &req.name) {
+                (Some(id), _) => t.get(id),
+                (None, Some(n)) => t.find_name(n),
+                _ => None,
+            };
+            a.map(|a| {
+                a.cgroup
+                    .as_ref()
+                    .map(|c| c.dirs.clone())
+                    .unwrap_or_default()
+            })
         };
-        match a {
-            Some(a) => a
-                .cgroup
-                .as_ref()
-                .map(|c| c.dirs.clone())
-                .unwrap_or_default(),
+        match found {
+            Some(dirs) => dirs,
             None => return r.error("no such agent"),
         }
     } else if let Some(p) = req.cgroup_path.as_deref().filter(|p| !p.is_empty()) {
