@@ -85,6 +85,12 @@ pub struct RawLimits {
     pub state_max_value_bytes: Option<usize>,
     pub state_max_total_bytes: Option<usize>,
     pub async_max_outstanding: Option<usize>,
+    /// Event types one caller may be subscribed to at once.
+    pub max_subscriptions: Option<usize>,
+    /// Longest event type name (SUBSCRIBE, EMIT).
+    pub max_event_type_bytes: Option<usize>,
+    /// Longest name (REGISTER, agent names in SPAWN).
+    pub max_name_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +144,9 @@ pub struct Config {
     pub state_max_value_bytes: usize,
     pub state_max_total_bytes: usize,
     pub async_max_outstanding: usize,
+    pub max_subscriptions: usize,
+    pub max_event_type_bytes: usize,
+    pub max_name_bytes: usize,
     pub exec_shell: PathBuf,
     pub exec_default_timeout: Duration,
     pub exec_max_timeout: Duration,
@@ -304,6 +313,26 @@ impl Config {
             64,
             1 << 20,
         );
+        let max_subscriptions = positive(
+            "limits.max_subscriptions",
+            l.max_subscriptions,
+            256,
+            1 << 16,
+        );
+        let max_event_type_bytes = positive(
+            "limits.max_event_type_bytes",
+            l.max_event_type_bytes,
+            128,
+            4096,
+        );
+        // Names become file names (`NAME.log.N`) and cgroup directories (`NAME-ID`), which
+        // must stay under the 255-byte limit of a path component.
+        let max_name_bytes = positive(
+            "limits.max_name_bytes",
+            l.max_name_bytes,
+            crate::kernel::ipc::DEFAULT_MAX_NAME_BYTES,
+            crate::kernel::ipc::MAX_NAME_BYTES_LIMIT,
+        );
         let exec_max_output_bytes = positive(
             "exec.max_output_bytes",
             raw.exec.max_output_bytes,
@@ -450,6 +479,9 @@ impl Config {
             state_max_value_bytes,
             state_max_total_bytes,
             async_max_outstanding,
+            max_subscriptions,
+            max_event_type_bytes,
+            max_name_bytes,
             exec_shell,
             exec_default_timeout,
             exec_max_timeout,
@@ -567,6 +599,41 @@ mod tests {
         let e = parse("[server]\nworkers = 0\nsocket_mode = \"0400\"\n[limits]\nmailbox_len = 0\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn limit_keys_have_defaults_and_refuse_zero_and_absurd_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.completion_queue, 4096);
+        assert_eq!(c.max_subscriptions, 256);
+        assert_eq!(c.max_event_type_bytes, 128);
+        assert_eq!(c.max_name_bytes, 64);
+        let c = parse(
+            "[server]\ncompletion_queue = 1\n[limits]\nmax_subscriptions = 2\nmax_event_type_bytes = 8\nmax_name_bytes = 200\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.completion_queue,
+                c.max_subscriptions,
+                c.max_event_type_bytes,
+                c.max_name_bytes
+            ),
+            (1, 2, 8, 200)
+        );
+        let e = parse(
+            "[server]\ncompletion_queue = 0\n[limits]\nmax_subscriptions = 0\nmax_event_type_bytes = 100000\nmax_name_bytes = 201\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+        for key in [
+            "server.completion_queue: must be at least 1",
+            "limits.max_subscriptions: must be at least 1",
+            "limits.max_event_type_bytes: 100000 is absurdly large",
+            "limits.max_name_bytes: 201 is absurdly large",
+        ] {
+            assert!(e.0.iter().any(|m| m.starts_with(key)), "{key}: {e}");
+        }
     }
 
     #[test]

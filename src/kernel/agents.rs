@@ -72,11 +72,19 @@ fn submit(h: &Handle, cmd: Command) -> Outcome {
                 Command::Shutdown { .. } | Command::Start { .. } => None,
             };
             if let Some(r) = r {
-                r.error("the supervisor is busy (its command queue is full); try again");
+                r.error(format!("{}; try again", busy(h)));
             }
             Outcome::Deferred
         }
     }
+}
+
+/// The error for a full supervisor command queue.
+pub(crate) fn busy(h: &Handle) -> String {
+    format!(
+        "the supervisor is busy: its queue of {} commands is full (agents.command_queue)",
+        h.capacity()
+    )
 }
 
 /// The permissions a spawned agent starts with.
@@ -129,7 +137,10 @@ pub fn spawn(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
             "permission denied: SPAWN needs the spawn and manage rights".into(),
         );
     }
-    if let Err(e) = super::ipc::valid_name(&req.name) {
+    if let Err(e) = super::ipc::valid_name(&req.name, k.config.max_name_bytes) {
+        return Outcome::Reply(error(e));
+    }
+    if let Err(e) = crate::supervisor::spawn::check_args(&req.args, &k.config.agents) {
         return Outcome::Reply(error(e));
     }
     let permissions = match agent_perms(k, &me, req.level.as_deref(), req.permissions) {
