@@ -312,6 +312,12 @@ impl Kernel {
         }
     }
 
+    /// Completions waiting for the reactor, and the queue's capacity
+    /// (`server.completion_queue`).
+    pub fn completion_queue(&self) -> (usize, usize) {
+        (self.sink.queued(), self.sink.capacity())
+    }
+
     /// Removes expired state and returns when to call again.
     pub fn tick(&self, now_ms: u64) -> Option<u64> {
         for expired in self.store.expire(now_ms) {
