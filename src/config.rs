@@ -91,6 +91,8 @@ pub struct RawLimits {
     pub max_event_type_bytes: Option<usize>,
     /// Longest name (REGISTER, agent names in SPAWN).
     pub max_name_bytes: Option<usize>,
+    /// Most rules in each list of a permission set given by SET_PERMS or SPAWN.
+    pub max_permission_rules: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +149,7 @@ pub struct Config {
     pub max_subscriptions: usize,
     pub max_event_type_bytes: usize,
     pub max_name_bytes: usize,
+    pub max_permission_rules: usize,
     pub exec_shell: PathBuf,
     pub exec_default_timeout: Duration,
     pub exec_max_timeout: Duration,
@@ -273,12 +276,8 @@ impl Config {
             1 << 32,
         );
         let max_pipelined = positive("server.max_pipelined", s.max_pipelined, 128, 1 << 20);
-        let completion_queue = positive(
-            "server.completion_queue",
-            s.completion_queue,
-            4096,
-            1 << 20,
-        );
+        let completion_queue =
+            positive("server.completion_queue", s.completion_queue, 4096, 1 << 20);
         let l = &raw.limits;
         let mailbox_len = positive("limits.mailbox_len", l.mailbox_len, 1024, 1 << 24);
         let mailbox_max_bytes = positive(
@@ -332,6 +331,14 @@ impl Config {
             l.max_name_bytes,
             crate::kernel::ipc::DEFAULT_MAX_NAME_BYTES,
             crate::kernel::ipc::MAX_NAME_BYTES_LIMIT,
+        );
+        // Rule lists are compared pairwise on the reactor thread (a caller's new set against
+        // its current one): 4096 x 4096 takes about 15 ms in a release build.
+        let max_permission_rules = positive(
+            "limits.max_permission_rules",
+            l.max_permission_rules,
+            256,
+            4096,
         );
         let exec_max_output_bytes = positive(
             "exec.max_output_bytes",
@@ -482,6 +489,7 @@ impl Config {
             max_subscriptions,
             max_event_type_bytes,
             max_name_bytes,
+            max_permission_rules,
             exec_shell,
             exec_default_timeout,
             exec_max_timeout,
@@ -608,6 +616,7 @@ mod tests {
         assert_eq!(c.max_subscriptions, 256);
         assert_eq!(c.max_event_type_bytes, 128);
         assert_eq!(c.max_name_bytes, 64);
+        assert_eq!(c.max_permission_rules, 256);
         let c = parse(
             "[server]\ncompletion_queue = 1\n[limits]\nmax_subscriptions = 2\nmax_event_type_bytes = 8\nmax_name_bytes = 200\n",
         )

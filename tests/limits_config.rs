@@ -299,6 +299,7 @@ fn zero_and_absurd_limits_are_refused_all_at_once_naming_each_key() {
         &path,
         "[server]\ncompletion_queue = 0\n\
          [limits]\nmax_subscriptions = 0\nmax_event_type_bytes = 1000000\nmax_name_bytes = 300\n\
+         max_permission_rules = 5000\n\
          [agents]\ncommand_queue = 0\nmax_args = 0\nmax_args_bytes = 100000000\n",
     )
     .unwrap();
@@ -314,6 +315,7 @@ fn zero_and_absurd_limits_are_refused_all_at_once_naming_each_key() {
         "limits.max_subscriptions",
         "limits.max_event_type_bytes",
         "limits.max_name_bytes",
+        "limits.max_permission_rules",
         "agents.command_queue",
         "agents.max_args:",
         "agents.max_args_bytes",
@@ -383,4 +385,47 @@ fn a_daemon_stopping_with_a_full_completion_queue_exits() {
         "stopping took {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn permission_rule_lists_follow_limits_max_permission_rules() {
+    let d = Daemon::with_config("[limits]\nmax_permission_rules = 3\n");
+    let mut c = d.client();
+    let rules = |n: usize| (0..n).map(|i| format!("/data/{i}/**")).collect::<Vec<_>>();
+    let e = c.err(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"read": rules(4)}}}),
+    );
+    assert!(
+        e.contains("`filesystem.read` has 4, at most 3")
+            && e.contains("limits.max_permission_rules"),
+        "{e}"
+    );
+    let e = c.err(
+        op::SPAWN,
+        json!({"name": "p", "script": script("sleeper.sh"), "python": "/bin/sh",
+               "permissions": {"network": ["a", "b", "c", "d"]}}),
+    );
+    assert!(e.contains("limits.max_permission_rules"), "{e}");
+    assert!(list(&mut c).is_empty());
+    c.ok(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"read": rules(3)}}}),
+    );
+    let p = c.ok(op::GET_PERMS, json!({}));
+    assert_eq!(
+        p["permissions"]["filesystem"]["read"],
+        json!(rules(3)),
+        "{p}"
+    );
+
+    // The default (256) bounds what one request can make the event loop compare: a caller's
+    // new rules are checked pairwise against its current ones.
+    let d = Daemon::start();
+    let mut c = d.client();
+    let e = c.err(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"read": rules(257)}}}),
+    );
+    assert!(e.contains("at most 256"), "{e}");
 }

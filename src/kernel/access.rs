@@ -141,6 +141,7 @@ pub fn change(
         Some(v) => {
             let patch: PermsPatch = serde_json::from_value(v)
                 .map_err(|e| format!("invalid request: field `permissions`: {e}"))?;
+            patch.check_rule_counts(k.config.max_permission_rules)?;
             base.patched(&patch)
         }
         None => base,

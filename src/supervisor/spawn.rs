@@ -4,8 +4,8 @@
 use super::AgentSpec;
 use super::cgroup::{AgentCgroup, Limits};
 use super::config::AgentsConfig;
-use crate::config::Config;
 use super::launch::{self, LaunchSpec};
+use crate::config::Config;
 use crate::kernel::exec::is_secret_env;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, ipc};
