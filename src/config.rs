@@ -69,6 +69,9 @@ pub struct RawServer {
     pub max_pending_reply_bytes: Option<usize>,
     pub max_pipelined: Option<usize>,
     pub slow_client_timeout_ms: Option<u64>,
+    /// Replies produced off the reactor thread waiting for it; a full queue makes the sender
+    /// wait (back-pressure), never fails a request.
+    pub completion_queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +85,14 @@ pub struct RawLimits {
     pub state_max_value_bytes: Option<usize>,
     pub state_max_total_bytes: Option<usize>,
     pub async_max_outstanding: Option<usize>,
+    /// Event types one caller may be subscribed to at once.
+    pub max_subscriptions: Option<usize>,
+    /// Longest event type name (SUBSCRIBE, EMIT).
+    pub max_event_type_bytes: Option<usize>,
+    /// Longest name (REGISTER, agent names in SPAWN).
+    pub max_name_bytes: Option<usize>,
+    /// Most rules in each list of a permission set given by SET_PERMS or SPAWN.
+    pub max_permission_rules: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +137,7 @@ pub struct Config {
     pub max_pending_reply_bytes: usize,
     pub max_pipelined: usize,
     pub slow_client_timeout: Duration,
+    pub completion_queue: usize,
     pub mailbox_len: usize,
     pub mailbox_max_bytes: usize,
     pub event_queue_len: usize,
@@ -134,6 +146,10 @@ pub struct Config {
     pub state_max_value_bytes: usize,
     pub state_max_total_bytes: usize,
     pub async_max_outstanding: usize,
+    pub max_subscriptions: usize,
+    pub max_event_type_bytes: usize,
+    pub max_name_bytes: usize,
+    pub max_permission_rules: usize,
     pub exec_shell: PathBuf,
     pub exec_default_timeout: Duration,
     pub exec_max_timeout: Duration,
@@ -260,6 +276,8 @@ impl Config {
             1 << 32,
         );
         let max_pipelined = positive("server.max_pipelined", s.max_pipelined, 128, 1 << 20);
+        let completion_queue =
+            positive("server.completion_queue", s.completion_queue, 4096, 1 << 20);
         let l = &raw.limits;
         let mailbox_len = positive("limits.mailbox_len", l.mailbox_len, 1024, 1 << 24);
         let mailbox_max_bytes = positive(
@@ -293,6 +311,34 @@ impl Config {
             l.async_max_outstanding,
             64,
             1 << 20,
+        );
+        let max_subscriptions = positive(
+            "limits.max_subscriptions",
+            l.max_subscriptions,
+            256,
+            1 << 16,
+        );
+        let max_event_type_bytes = positive(
+            "limits.max_event_type_bytes",
+            l.max_event_type_bytes,
+            128,
+            4096,
+        );
+        // Names become file names (`NAME.log.N`) and cgroup directories (`NAME-ID`), which
+        // must stay under the 255-byte limit of a path component.
+        let max_name_bytes = positive(
+            "limits.max_name_bytes",
+            l.max_name_bytes,
+            crate::kernel::ipc::DEFAULT_MAX_NAME_BYTES,
+            crate::kernel::ipc::MAX_NAME_BYTES_LIMIT,
+        );
+        // Rule lists are compared pairwise on the reactor thread (a caller's new set against
+        // its current one): 4096 x 4096 takes about 15 ms in a release build.
+        let max_permission_rules = positive(
+            "limits.max_permission_rules",
+            l.max_permission_rules,
+            256,
+            4096,
         );
         let exec_max_output_bytes = positive(
             "exec.max_output_bytes",
@@ -431,6 +477,7 @@ impl Config {
             max_pending_reply_bytes,
             max_pipelined,
             slow_client_timeout,
+            completion_queue,
             mailbox_len,
             mailbox_max_bytes,
             event_queue_len,
@@ -439,6 +486,10 @@ impl Config {
             state_max_value_bytes,
             state_max_total_bytes,
             async_max_outstanding,
+            max_subscriptions,
+            max_event_type_bytes,
+            max_name_bytes,
+            max_permission_rules,
             exec_shell,
             exec_default_timeout,
             exec_max_timeout,
@@ -556,6 +607,42 @@ mod tests {
         let e = parse("[server]\nworkers = 0\nsocket_mode = \"0400\"\n[limits]\nmailbox_len = 0\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn limit_keys_have_defaults_and_refuse_zero_and_absurd_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.completion_queue, 4096);
+        assert_eq!(c.max_subscriptions, 256);
+        assert_eq!(c.max_event_type_bytes, 128);
+        assert_eq!(c.max_name_bytes, 64);
+        assert_eq!(c.max_permission_rules, 256);
+        let c = parse(
+            "[server]\ncompletion_queue = 1\n[limits]\nmax_subscriptions = 2\nmax_event_type_bytes = 8\nmax_name_bytes = 200\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.completion_queue,
+                c.max_subscriptions,
+                c.max_event_type_bytes,
+                c.max_name_bytes
+            ),
+            (1, 2, 8, 200)
+        );
+        let e = parse(
+            "[server]\ncompletion_queue = 0\n[limits]\nmax_subscriptions = 0\nmax_event_type_bytes = 100000\nmax_name_bytes = 201\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+        for key in [
+            "server.completion_queue: must be at least 1",
+            "limits.max_subscriptions: must be at least 1",
+            "limits.max_event_type_bytes: 100000 is absurdly large",
+            "limits.max_name_bytes: 201 is absurdly large",
+        ] {
+            assert!(e.0.iter().any(|m| m.starts_with(key)), "{key}: {e}");
+        }
     }
 
     #[test]

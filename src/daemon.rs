@@ -18,9 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Capacity of the completion queue (worker results waiting for the reactor).
-const COMPLETION_QUEUE: usize = 4096;
-
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -73,7 +70,8 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
     let waker =
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("cannot create waker"))?);
-    let (tx, rx) = crossbeam_channel::bounded(COMPLETION_QUEUE);
+    // Worker results waiting for the reactor (`server.completion_queue`); see `Sink`.
+    let (tx, rx) = crossbeam_channel::bounded(config.completion_queue);
     let sink = Sink::new(tx, waker.clone());
     let kernel = Arc::new(Kernel::with_store(config.clone(), sink.clone(), store));
     let llm = crate::llm::LlmService::start(&kernel).map_err(io_err("cannot start LLM threads"))?;

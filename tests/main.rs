@@ -14,6 +14,7 @@ mod framing;
 mod http_op;
 mod ipc_ops;
 mod lifecycle;
+mod limits_config;
 mod perms_ops;
 mod python_client;
 mod smoke;

@@ -94,7 +94,8 @@ pub fn set_perms(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
                     };
                     if let Err(crate::supervisor::Command::Resave { responder, .. }) = h.send(cmd) {
                         responder.error(format!(
-                            "agent {target} has its new permissions now, but they could not be saved (the supervisor is busy); try again"
+                            "agent {target} has its new permissions now, but they could not be saved ({}); try again",
+                            super::agents::busy(h)
                         ));
                     }
                     Outcome::Deferred
@@ -140,6 +141,7 @@ pub fn change(
         Some(v) => {
             let patch: PermsPatch = serde_json::from_value(v)
                 .map_err(|e| format!("invalid request: field `permissions`: {e}"))?;
+            patch.check_rule_counts(k.config.max_permission_rules)?;
             base.patched(&patch)
         }
         None => base,

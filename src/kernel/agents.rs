@@ -72,11 +72,19 @@ fn submit(h: &Handle, cmd: Command) -> Outcome {
                 Command::Shutdown { .. } | Command::Start { .. } => None,
             };
             if let Some(r) = r {
-                r.error("the supervisor is busy (its command queue is full); try again");
+                r.error(format!("{}; try again", busy(h)));
             }
             Outcome::Deferred
         }
     }
+}
+
+/// The error for a full supervisor command queue.
+pub(crate) fn busy(h: &Handle) -> String {
+    format!(
+        "the supervisor is busy: its queue of {} commands is full (agents.command_queue)",
+        h.capacity()
+    )
 }
 
 /// The permissions a spawned agent starts with.
@@ -98,6 +106,7 @@ fn agent_perms(
         Some(v) => {
             let patch: PermsPatch = serde_json::from_value(v)
                 .map_err(|e| format!("invalid request: field `permissions`: {e}"))?;
+            patch.check_rule_counts(k.config.max_permission_rules)?;
             base.patched(&patch)
         }
     };
@@ -129,7 +138,10 @@ pub fn spawn(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
             "permission denied: SPAWN needs the spawn and manage rights".into(),
         );
     }
-    if let Err(e) = super::ipc::valid_name(&req.name) {
+    if let Err(e) = super::ipc::valid_name(&req.name, k.config.max_name_bytes) {
+        return Outcome::Reply(error(e));
+    }
+    if let Err(e) = crate::supervisor::spawn::check_args(&req.args, &k.config.agents) {
         return Outcome::Reply(error(e));
     }
     let permissions = match agent_perms(k, &me, req.level.as_deref(), req.permissions) {
@@ -371,18 +383,24 @@ pub fn metrics_cgroup(k: &Kernel, _call: &Call, payload: Vec<u8>, r: Responder) 
         .map(|c| c.parent_dirs())
         .unwrap_or_default();
     let dirs = if req.agent_id.is_some() || req.name.is_some() {
-        let t = k.agents.table.lock();
-        let a = match (req.agent_id, &req.name) {
-            (Some(id), _) => t.get(id),
-            (None, Some(n)) => t.find_name(n),
-            _ => None,
+        // The table lock is released before any reply: a reply may wait for room in the
+        // completion queue, and the reactor takes this lock.
+        let found = {
+            let t = k.agents.table.lock();
+            let a = match (req.agent_id, &req.name) {
+                (Some(id), _) => t.get(id),
+                (None, Some(n)) => t.find_name(n),
+                _ => None,
+            };
+            a.map(|a| {
+                a.cgroup
+                    .as_ref()
+                    .map(|c| c.dirs.clone())
+                    .unwrap_or_default()
+            })
         };
-        match a {
-            Some(a) => a
-                .cgroup
-                .as_ref()
-                .map(|c| c.dirs.clone())
-                .unwrap_or_default(),
+        match found {
+            Some(dirs) => dirs,
             None => return r.error("no such agent"),
         }
     } else if let Some(p) = req.cgroup_path.as_deref().filter(|p| !p.is_empty()) {

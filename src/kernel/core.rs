@@ -31,7 +31,25 @@ pub fn hello(k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
         "agent_id": call.caller,
         // Commit counters and batch sizes of the state store's writer.
         "store": k.store.stats_json(),
+        "queues": queues(k),
     })))
+}
+
+/// The daemon's internal queues as they are now: what waits in each, and its configured
+/// capacity (so an operator can see a saturated daemon, and which key to raise).
+fn queues(k: &Kernel) -> Value {
+    let (queued, capacity) = k.completion_queue();
+    let mut q = json!({
+        "completion": {"queued": queued, "capacity": capacity, "key": "server.completion_queue"},
+    });
+    if let Some(h) = k.agents.handle() {
+        q["supervisor"] = json!({
+            "queued": h.queued(),
+            "capacity": h.capacity(),
+            "key": "agents.command_queue",
+        });
+    }
+    q
 }
 
 /// EXIT replies `goodbye` and closes the connection once the reply is flushed.

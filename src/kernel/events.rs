@@ -30,11 +30,6 @@ pub const KERNEL_EVENTS: [&str; 10] = [
 /// The type clients emit.
 pub const CUSTOM: &str = "CUSTOM";
 
-/// Most event types one caller may subscribe to.
-const MAX_SUBSCRIPTIONS: usize = 256;
-/// Longest event type name.
-const MAX_TYPE_LEN: usize = 128;
-
 #[derive(Debug)]
 pub struct Event {
     pub kind: String,
@@ -54,15 +49,20 @@ struct Subscriber {
 /// All subscriptions and queued events.
 pub struct EventBus {
     cap: usize,
+    /// Most event types one caller may subscribe to (`limits.max_subscriptions`).
+    max_subscriptions: usize,
     subs: HashMap<CallerId, Subscriber>,
     /// Subscribers per type, so publishing to a type nobody wants costs one lookup.
     interest: HashMap<String, usize>,
 }
 
 impl EventBus {
-    pub fn new(cap: usize) -> EventBus {
+    /// A bus whose subscribers queue `cap` events and may each subscribe to
+    /// `max_subscriptions` types.
+    pub fn with_limits(cap: usize, max_subscriptions: usize) -> EventBus {
         EventBus {
             cap,
+            max_subscriptions,
             subs: HashMap::new(),
             interest: HashMap::new(),
         }
@@ -76,9 +76,11 @@ impl EventBus {
     pub fn subscribe(&mut self, caller: CallerId, types: &[String]) -> Result<Vec<String>, String> {
         let sub = self.subs.entry(caller).or_default();
         let new: Vec<&String> = types.iter().filter(|t| !sub.types.contains(*t)).collect();
-        if sub.types.len() + new.len() > MAX_SUBSCRIPTIONS {
+        if sub.types.len() + new.len() > self.max_subscriptions {
             return Err(format!(
-                "too many subscriptions: at most {MAX_SUBSCRIPTIONS} event types per caller"
+                "too many subscriptions: {} event types asked for in all, at most {} per caller (limits.max_subscriptions)",
+                sub.types.len() + new.len(),
+                self.max_subscriptions
             ));
         }
         for t in new {
@@ -201,10 +203,19 @@ impl SubReq {
     }
 }
 
-fn check_type(t: &str) -> Result<(), String> {
-    if t.is_empty() || t.len() > MAX_TYPE_LEN || t.chars().any(char::is_control) {
+/// An event type name: 1 to `max` bytes (`limits.max_event_type_bytes`), no control
+/// characters.
+fn check_type(t: &str, max: usize) -> Result<(), String> {
+    if t.len() > max {
+        // The name itself is not echoed: it may be as large as a whole frame.
         return Err(format!(
-            "invalid event type {t:?}: 1 to {MAX_TYPE_LEN} printable characters"
+            "invalid event type: {} bytes is longer than the limit of {max} bytes (limits.max_event_type_bytes)",
+            t.len()
+        ));
+    }
+    if t.is_empty() || t.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid event type {t:?}: 1 to {max} printable characters"
         ));
     }
     Ok(())
@@ -220,7 +231,8 @@ pub fn subscribe(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
             "no event types given: send {\"event_types\": [\"AGENT_EXITED\", ...]}",
         ));
     }
-    if let Some(e) = types.iter().find_map(|t| check_type(t).err()) {
+    let max = k.config.max_event_type_bytes;
+    if let Some(e) = types.iter().find_map(|t| check_type(t, max).err()) {
         return Outcome::Reply(error(e));
     }
     match k.events.lock().subscribe(call.caller, &types) {
@@ -299,7 +311,7 @@ pub fn emit(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
             "missing event type: send {\"event_type\": \"CUSTOM\", \"data\": {...}}",
         ));
     };
-    if let Err(e) = check_type(&name) {
+    if let Err(e) = check_type(&name, k.config.max_event_type_bytes) {
         return Outcome::Reply(error(e));
     }
     if KERNEL_EVENTS.contains(&name.as_str()) {
@@ -339,7 +351,7 @@ mod tests {
 
     #[test]
     fn bounded_queue_drops_oldest() {
-        let mut bus = EventBus::new(3);
+        let mut bus = EventBus::with_limits(3, 8);
         bus.subscribe(1, &["CUSTOM".into()]).unwrap();
         for i in 0..5 {
             bus.publish("CUSTOM", json!(i), 9, None);
@@ -351,8 +363,20 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_are_bounded() {
+        let mut bus = EventBus::with_limits(3, 2);
+        bus.subscribe(1, &["A".into(), "B".into()]).unwrap();
+        bus.subscribe(1, &["A".into()]).unwrap();
+        let e = bus.subscribe(1, &["C".into()]).unwrap_err();
+        assert!(e.contains("limits.max_subscriptions"), "{e}");
+        assert!(check_type("abcd", 4).is_ok());
+        let e = check_type("abcde", 4).unwrap_err();
+        assert!(e.contains("limits.max_event_type_bytes"), "{e}");
+    }
+
+    #[test]
     fn only_restricts_delivery() {
-        let mut bus = EventBus::new(3);
+        let mut bus = EventBus::with_limits(3, 8);
         bus.subscribe(1, &["STATE_CHANGED".into()]).unwrap();
         bus.subscribe(2, &["STATE_CHANGED".into()]).unwrap();
         bus.publish("STATE_CHANGED", json!({}), 1, Some(1));

@@ -12,8 +12,12 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-/// Longest registered name.
-pub const MAX_NAME_LEN: usize = 64;
+/// Longest name (REGISTER, agent names) by default: `limits.max_name_bytes`.
+pub const DEFAULT_MAX_NAME_BYTES: usize = 64;
+/// The largest `limits.max_name_bytes` accepted: agent names become file names
+/// (`NAME.log.N`) and cgroup directories (`NAME-ID`), which must fit the 255-byte limit of a
+/// path component.
+pub const MAX_NAME_BYTES_LIMIT: usize = 200;
 
 struct Message {
     from: CallerId,
@@ -32,6 +36,8 @@ struct Mailbox {
 pub struct Ipc {
     cap: usize,
     cap_bytes: usize,
+    /// Longest name (`limits.max_name_bytes`).
+    max_name: usize,
     names: HashMap<String, CallerId>,
     name_of: HashMap<CallerId, String>,
     mailboxes: HashMap<CallerId, Mailbox>,
@@ -61,10 +67,17 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// Checks a name for REGISTER (and agent names, which are also used in paths).
-pub fn valid_name(name: &str) -> Result<(), String> {
+/// Checks a name for REGISTER (and agent names, which are also used in paths) against the
+/// character rules and `max` bytes (`limits.max_name_bytes`).
+pub fn valid_name(name: &str, max: usize) -> Result<(), String> {
+    if name.len() > max {
+        // The name itself is not echoed: it may be as large as a whole frame.
+        return Err(format!(
+            "invalid name: {} bytes is longer than the limit of {max} bytes (limits.max_name_bytes)",
+            name.len()
+        ));
+    }
     let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
         && !name.starts_with(['.', '-'])
         && name
             .chars()
@@ -73,7 +86,7 @@ pub fn valid_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid name {name:?}: 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 _ - . :, not starting with '.' or '-'"
+            "invalid name {name:?}: 1 to {max} characters from A-Z a-z 0-9 _ - . :, not starting with '.' or '-'"
         ))
     }
 }
@@ -84,9 +97,15 @@ impl Ipc {
     }
 
     pub fn with_bytes(cap: usize, cap_bytes: usize) -> Ipc {
+        Ipc::with_limits(cap, cap_bytes, DEFAULT_MAX_NAME_BYTES)
+    }
+
+    /// Mailboxes of `cap` messages and `cap_bytes` bytes; names of at most `max_name` bytes.
+    pub fn with_limits(cap: usize, cap_bytes: usize, max_name: usize) -> Ipc {
         Ipc {
             cap,
             cap_bytes,
+            max_name,
             names: HashMap::new(),
             name_of: HashMap::new(),
             mailboxes: HashMap::new(),
@@ -95,7 +114,7 @@ impl Ipc {
 
     /// Gives `caller` the name `name`, releasing any name it held before.
     pub fn register(&mut self, caller: CallerId, name: &str) -> Result<(), String> {
-        valid_name(name)?;
+        valid_name(name, self.max_name)?;
         match self.names.get(name) {
             Some(holder) if *holder != caller => {
                 return Err(format!(
@@ -408,9 +427,15 @@ mod tests {
         ipc.register(2, "alpha").unwrap();
         ipc.forget(2);
         assert_eq!(ipc.lookup("alpha"), None);
-        assert!(valid_name("../etc").is_err());
-        assert!(valid_name("").is_err());
-        assert!(valid_name("worker-1.a:b").is_ok());
+        assert!(valid_name("../etc", 64).is_err());
+        assert!(valid_name("", 64).is_err());
+        assert!(valid_name("worker-1.a:b", 64).is_ok());
+        assert!(valid_name("abcd", 4).is_ok());
+        let e = valid_name("abcde", 4).unwrap_err();
+        assert!(e.contains("limits.max_name_bytes"), "{e}");
+        let mut short = Ipc::with_limits(2, 100, 3);
+        assert!(short.register(1, "abcd").is_err());
+        short.register(1, "abc").unwrap();
     }
 
     #[test]

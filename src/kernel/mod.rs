@@ -128,11 +128,15 @@ impl Kernel {
         Kernel {
             next_id: store.id_counter(),
             store,
-            ipc: Arc::new(Mutex::new(ipc::Ipc::with_bytes(
+            ipc: Arc::new(Mutex::new(ipc::Ipc::with_limits(
                 config.mailbox_len,
                 config.mailbox_max_bytes,
+                config.max_name_bytes,
             ))),
-            events: Arc::new(Mutex::new(events::EventBus::new(config.event_queue_len))),
+            events: Arc::new(Mutex::new(events::EventBus::with_limits(
+                config.event_queue_len,
+                config.max_subscriptions,
+            ))),
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
             config,
             sink,
@@ -306,6 +310,12 @@ impl Kernel {
                 .logs_calls_of(call.op)
                 .then(|| self.audit.clone()),
         }
+    }
+
+    /// Completions waiting for the reactor, and the queue's capacity
+    /// (`server.completion_queue`).
+    pub fn completion_queue(&self) -> (usize, usize) {
+        (self.sink.queued(), self.sink.capacity())
     }
 
     /// Removes expired state and returns when to call again.

@@ -96,6 +96,35 @@ pub struct PermsPatch {
     pub level: Option<String>,
 }
 
+impl PermsPatch {
+    /// Refuses a patch with more than `max` rules in any list (`limits.max_permission_rules`).
+    /// Checking that one set lies within another compares rules pairwise, on the reactor
+    /// thread, so the lists a request may bring are bounded. (Lists a patch leaves alone come
+    /// from the config's presets or from an earlier, already bounded, patch.)
+    pub fn check_rule_counts(&self, max: usize) -> Result<(), String> {
+        let fs = self.filesystem.as_ref();
+        let lists = [
+            ("filesystem.read", fs.and_then(|f| f.read.as_ref())),
+            ("filesystem.write", fs.and_then(|f| f.write.as_ref())),
+            ("filesystem.blocked", fs.and_then(|f| f.blocked.as_ref())),
+            ("exec", self.exec.as_ref()),
+            ("blocked_commands", self.blocked_commands.as_ref()),
+            ("network", self.network.as_ref()),
+            ("http_methods", self.http_methods.as_ref()),
+        ];
+        for (name, list) in lists {
+            let Some(list) = list else { continue };
+            if list.len() > max {
+                return Err(format!(
+                    "too many permission rules: `{name}` has {}, at most {max} (limits.max_permission_rules)",
+                    list.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsPatch {

@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pool::WorkerPool;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -95,10 +96,24 @@ impl Completion {
 }
 
 /// The sending side of the completion queue: a bounded channel plus the reactor's waker.
+///
+/// The channel (`server.completion_queue`) is back-pressure: a worker, the store's writer or
+/// the supervisor whose completion finds it full waits until the reactor has taken some. Two
+/// senders must never wait: the reactor itself (an inline handler that answers through a
+/// [`crate::kernel::Responder`], or drops one) would wait for its own reading, so its
+/// completions go to a reactor-local list instead (see [`Sink::send`]); and after the reactor
+/// stops, the receiver is dropped, so late completions are discarded instead of waited on.
 #[derive(Clone)]
 pub struct Sink {
     tx: Sender<Completion>,
     waker: Arc<Waker>,
+}
+
+thread_local! {
+    /// Completions sent on the reactor thread while it runs (`Some` only there). Each is the
+    /// one reply a busy connection waits for, so the list never holds more entries than
+    /// there are connections; the reactor empties it every turn.
+    static REACTOR_LOCAL: RefCell<Option<Vec<Completion>>> = const { RefCell::new(None) };
 }
 
 impl Sink {
@@ -106,11 +121,24 @@ impl Sink {
         Sink { tx, waker }
     }
 
-    /// Queues a completion and wakes the reactor. Blocks only if the reactor is far behind
-    /// (the queue holds thousands); after shutdown the completion is dropped.
+    /// Queues a completion and wakes the reactor. Waits while the queue is full (the reactor
+    /// drains it every turn), except on the reactor thread, which never waits for itself.
+    /// After shutdown the completion is dropped.
     pub fn send(&self, c: Completion) {
-        if self.tx.send(c).is_ok() {
-            self.wake();
+        let mut c = Some(c);
+        let _ = REACTOR_LOCAL.try_with(|local| {
+            if let Some(list) = local.borrow_mut().as_mut() {
+                list.extend(c.take());
+            }
+        });
+        match c {
+            // Kept for the reactor's next turn; the wake makes sure that turn comes.
+            None => self.wake(),
+            Some(c) => {
+                if self.tx.send(c).is_ok() {
+                    self.wake();
+                }
+            }
         }
     }
 
@@ -118,6 +146,16 @@ impl Sink {
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake reactor: {e}");
         }
+    }
+
+    /// Room in the completion queue (`server.completion_queue`).
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
+    }
+
+    /// Completions waiting for the reactor.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
     }
 }
 
@@ -199,8 +237,19 @@ impl Reactor {
         Ok(())
     }
 
-    /// Runs until shutdown is requested. Connections are closed on the way out.
+    /// Runs until shutdown is requested. Connections are closed on the way out, and the
+    /// completion queue with them: completions sent after that are dropped, never waited on.
     pub fn run(&mut self) -> io::Result<()> {
+        REACTOR_LOCAL.with(|local| *local.borrow_mut() = Some(Vec::new()));
+        let result = self.run_loop();
+        self.close_all();
+        REACTOR_LOCAL.with(|local| *local.borrow_mut() = None);
+        // Senders still waiting for room get an error (and drop their completion) at once.
+        self.completions = crossbeam_channel::never();
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.shutdown.load(Ordering::Acquire) {
             let timeout = self.next_timeout();
@@ -240,7 +289,6 @@ impl Reactor {
             self.run_ready();
             self.run_timers();
         }
-        self.close_all();
         Ok(())
     }
 
@@ -466,24 +514,33 @@ impl Reactor {
     }
 
     fn drain_completions(&mut self) {
-        while let Ok(c) = self.completions.try_recv() {
-            let Some(conn) = self.conn_mut(c.conn) else {
-                continue;
-            };
-            if conn.io.pending_out() == 0 {
-                conn.io.out.clear();
-                conn.io.out_pos = 0;
-            }
-            if conn.io.out.is_empty() {
-                conn.io.out = c.bytes;
-            } else {
-                conn.io.out.extend_from_slice(&c.bytes);
-            }
-            if c.kind == CompletionKind::Reply {
-                conn.io.busy = false;
-            }
-            self.schedule(c.conn);
+        let local = REACTOR_LOCAL.with(|local| local.borrow_mut().as_mut().map(std::mem::take));
+        for c in local.unwrap_or_default() {
+            self.deliver(c);
         }
+        while let Ok(c) = self.completions.try_recv() {
+            self.deliver(c);
+        }
+    }
+
+    /// Appends a completion's bytes to its connection's output (if it is still open).
+    fn deliver(&mut self, c: Completion) {
+        let Some(conn) = self.conn_mut(c.conn) else {
+            return;
+        };
+        if conn.io.pending_out() == 0 {
+            conn.io.out.clear();
+            conn.io.out_pos = 0;
+        }
+        if conn.io.out.is_empty() {
+            conn.io.out = c.bytes;
+        } else {
+            conn.io.out.extend_from_slice(&c.bytes);
+        }
+        if c.kind == CompletionKind::Reply {
+            conn.io.busy = false;
+        }
+        self.schedule(c.conn);
     }
 
     /// Does everything a connection can do right now: flush, read, handle requests, flush.

@@ -4,6 +4,12 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The largest `agents.max_args`: beyond some tens of thousands `execve` refuses anyway.
+pub const MAX_ARGS_LIMIT: usize = 65_536;
+/// The largest `agents.max_args_bytes`: Linux caps a command line (arguments and environment)
+/// at a quarter of the stack limit, 2 MiB with the usual 8 MiB stack.
+pub const MAX_ARGS_BYTES_LIMIT: usize = 1 << 20;
+
 /// `[agents]` as written. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +38,13 @@ pub struct RawAgents {
     pub memory_warning_percent: Option<u8>,
     /// Interpreter used when SPAWN gives none.
     pub default_interpreter: Option<String>,
+    /// SPAWN, KILL, PAUSE, RESUME (and saves of changed permissions) waiting for the
+    /// supervisor thread; beyond it such a request is refused as busy.
+    pub command_queue: Option<usize>,
+    /// Most `args` one SPAWN may pass.
+    pub max_args: Option<usize>,
+    /// Most bytes of `args` in all, per SPAWN.
+    pub max_args_bytes: Option<usize>,
 }
 
 /// `[sandbox]` as written.
@@ -78,6 +91,9 @@ pub struct AgentsConfig {
     pub metrics_interval: Duration,
     pub memory_warning_percent: u8,
     pub default_interpreter: String,
+    pub command_queue: usize,
+    pub max_args: usize,
+    pub max_args_bytes: usize,
 }
 
 /// Validated `[sandbox]`.
@@ -216,6 +232,30 @@ impl AgentsConfig {
                 100,
             ) as u8,
             default_interpreter,
+            command_queue: ranged(
+                errors,
+                "agents.command_queue",
+                raw.command_queue.map(|n| n as u64),
+                1024,
+                1,
+                1 << 20,
+            ) as usize,
+            max_args: ranged(
+                errors,
+                "agents.max_args",
+                raw.max_args.map(|n| n as u64),
+                256,
+                1,
+                MAX_ARGS_LIMIT as u64,
+            ) as usize,
+            max_args_bytes: ranged(
+                errors,
+                "agents.max_args_bytes",
+                raw.max_args_bytes.map(|n| n as u64),
+                64 << 10,
+                1,
+                MAX_ARGS_BYTES_LIMIT as u64,
+            ) as usize,
         }
     }
 }
@@ -263,6 +303,8 @@ mod tests {
         assert_eq!(a.kill_grace, Duration::from_secs(5));
         assert_eq!(a.on_shutdown, OnShutdown::Stop);
         assert_eq!(a.default_interpreter, "python3");
+        assert_eq!(a.command_queue, 1024);
+        assert_eq!((a.max_args, a.max_args_bytes), (256, 64 << 10));
         assert_eq!(s.cgroups, CgroupMode::Auto);
         assert!(!s.require);
         let raw: RawAgents = toml::from_str(
@@ -272,6 +314,22 @@ mod tests {
         let mut errors = Vec::new();
         AgentsConfig::from_raw(&raw, &mut errors);
         assert_eq!(errors.len(), 3, "{errors:?}");
+        let raw: RawAgents =
+            toml::from_str("command_queue = 0\nmax_args = 0\nmax_args_bytes = 1073741824\n")
+                .unwrap();
+        let mut errors = Vec::new();
+        AgentsConfig::from_raw(&raw, &mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for key in [
+            "agents.command_queue",
+            "agents.max_args",
+            "agents.max_args_bytes",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(&format!("{key}:"))),
+                "{key}: {errors:?}"
+            );
+        }
         let raw: RawSandbox =
             toml::from_str("cgroups = \"v3\"\ncgroup_v2_root = \"rel\"\n").unwrap();
         let mut errors = Vec::new();

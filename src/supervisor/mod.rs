@@ -48,8 +48,6 @@ use std::process::Child;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Commands waiting for the supervisor.
-const COMMAND_QUEUE: usize = 1024;
 /// Bytes read from an agent's output pipe per turn, so one chatty agent cannot starve others.
 const LOG_CHUNK: usize = 64 * 1024;
 /// Longest report line a launcher may send.
@@ -240,6 +238,16 @@ impl Handle {
         }
     }
 
+    /// Room in the command queue (`agents.command_queue`).
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
+    }
+
+    /// Commands waiting for the supervisor thread.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Queues a command, waiting for room (never on the reactor thread: at start only).
     pub fn send_blocking(&self, cmd: Command) {
         if self.tx.send(cmd).is_ok() {
@@ -298,7 +306,7 @@ pub fn parent_of(pid: i32) -> Option<i32> {
 pub fn start(kernel: Arc<Kernel>) -> std::io::Result<std::thread::JoinHandle<()>> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+    let (tx, rx) = crossbeam_channel::bounded(kernel.config.agents.command_queue);
     let (sig_r, sig_w) = std::os::unix::net::UnixStream::pair()?;
     sig_r.set_nonblocking(true)?;
     sig_w.set_nonblocking(true)?;
@@ -727,7 +735,7 @@ impl Supervisor {
     // ---- spawning ---------------------------------------------------------------------
 
     fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
-        match spawn::resolve(req, &self.kernel.config.agents.default_interpreter) {
+        match spawn::resolve(req, &self.kernel.config) {
             Ok(spec) => self.start_spec(spec, id, Some(responder), false),
             Err(e) => responder.error(e),
         }

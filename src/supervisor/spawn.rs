@@ -3,7 +3,9 @@
 
 use super::AgentSpec;
 use super::cgroup::{AgentCgroup, Limits};
+use super::config::AgentsConfig;
 use super::launch::{self, LaunchSpec};
+use crate::config::Config;
 use crate::kernel::exec::is_secret_env;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, ipc};
@@ -12,10 +14,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-/// Most `args` a SPAWN may pass, and their total size.
-const MAX_ARGS: usize = 256;
-const MAX_ARGS_BYTES: usize = 64 * 1024;
 
 /// The SPAWN request fields that need the filesystem to check (done on the supervisor thread,
 /// never on the reactor).
@@ -82,9 +80,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
-/// Resolves paths and checks everything that needs the filesystem.
-pub fn resolve(req: SpawnRequest, default_interpreter: &str) -> Result<AgentSpec, String> {
-    ipc::valid_name(&req.name)?;
+/// Resolves paths and checks everything that needs the filesystem, and the configured limits
+/// on names and arguments.
+pub fn resolve(req: SpawnRequest, config: &Config) -> Result<AgentSpec, String> {
+    ipc::valid_name(&req.name, config.max_name_bytes)?;
+    check_args(&req.args, &config.agents)?;
     let caller_cwd = std::fs::read_link(format!("/proc/{}/cwd", req.caller_pid)).ok();
     let base = |p: &str| -> PathBuf {
         let path = Path::new(p);
@@ -106,17 +106,11 @@ pub fn resolve(req: SpawnRequest, default_interpreter: &str) -> Result<AgentSpec
     if !script.is_file() {
         return Err(format!("script {} is not a file", script.display()));
     }
-    let name = req.interpreter.as_deref().unwrap_or(default_interpreter);
+    let name = req
+        .interpreter
+        .as_deref()
+        .unwrap_or(&config.agents.default_interpreter);
     let interpreter = find_program(name)?;
-    if req.args.len() > MAX_ARGS || req.args.iter().map(String::len).sum::<usize>() > MAX_ARGS_BYTES
-    {
-        return Err(format!(
-            "too many arguments: at most {MAX_ARGS} args of {MAX_ARGS_BYTES} bytes in all"
-        ));
-    }
-    if req.args.iter().any(|a| a.contains('\0')) {
-        return Err("invalid request: an argument contains a NUL byte".into());
-    }
     let cwd = match &req.cwd {
         Some(c) => {
             let p = base(c);
@@ -160,6 +154,28 @@ pub fn resolve(req: SpawnRequest, default_interpreter: &str) -> Result<AgentSpec
         permissions: req.permissions,
         parent_id: req.parent_id,
     })
+}
+
+/// The SPAWN `args` against `agents.max_args` and `agents.max_args_bytes`, and for NUL bytes.
+pub fn check_args(args: &[String], limits: &AgentsConfig) -> Result<(), String> {
+    if args.len() > limits.max_args {
+        return Err(format!(
+            "too many arguments: {} given, at most {} (agents.max_args)",
+            args.len(),
+            limits.max_args
+        ));
+    }
+    let bytes: usize = args.iter().map(String::len).sum();
+    if bytes > limits.max_args_bytes {
+        return Err(format!(
+            "arguments too large: {bytes} bytes in all, at most {} (agents.max_args_bytes)",
+            limits.max_args_bytes
+        ));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err("invalid request: an argument contains a NUL byte".into());
+    }
+    Ok(())
 }
 
 /// An interpreter given by path, or by name searched in `$PATH`.
