@@ -80,6 +80,7 @@ pub struct RawLimits {
     pub mailbox_len: Option<usize>,
     pub mailbox_max_bytes: Option<usize>,
     pub event_queue_len: Option<usize>,
+    pub event_queue_bytes: Option<usize>,
     pub state_max_keys: Option<usize>,
     pub state_max_key_bytes: Option<usize>,
     pub state_max_value_bytes: Option<usize>,
@@ -141,6 +142,8 @@ pub struct Config {
     pub mailbox_len: usize,
     pub mailbox_max_bytes: usize,
     pub event_queue_len: usize,
+    /// Bytes of event data one subscriber's queue may hold (`limits.event_queue_bytes`).
+    pub event_queue_bytes: usize,
     pub state_max_keys: usize,
     pub state_max_key_bytes: usize,
     pub state_max_value_bytes: usize,
@@ -287,6 +290,12 @@ impl Config {
             1 << 34,
         );
         let event_queue_len = positive("limits.event_queue_len", l.event_queue_len, 1024, 1 << 24);
+        let event_queue_bytes = positive(
+            "limits.event_queue_bytes",
+            l.event_queue_bytes,
+            16 << 20,
+            1 << 34,
+        );
         let state_max_keys = positive("limits.state_max_keys", l.state_max_keys, 100_000, 1 << 30);
         let state_max_key_bytes = positive(
             "limits.state_max_key_bytes",
@@ -481,6 +490,7 @@ impl Config {
             mailbox_len,
             mailbox_max_bytes,
             event_queue_len,
+            event_queue_bytes,
             state_max_keys,
             state_max_key_bytes,
             state_max_value_bytes,

@@ -289,6 +289,48 @@ fn spawn_arguments_follow_agents_max_args_and_max_args_bytes() {
 }
 
 #[test]
+fn event_queues_are_bounded_in_bytes_by_limits_event_queue_bytes() {
+    let d = Daemon::with_config("[limits]\nevent_queue_bytes = 4096\n");
+    let mut sub = d.client();
+    sub.ok(op::SUBSCRIBE, json!({"event_types": ["CUSTOM"]}));
+    let mut emitter = d.client();
+    // Each event's data is about 1115 bytes of JSON: three fit in 4096, the oldest go.
+    for i in 0..10 {
+        emitter.ok(
+            op::EMIT,
+            json!({"event_type": "CUSTOM", "data": {"i": i, "pad": "p".repeat(1100)}}),
+        );
+    }
+    let r = sub.ok(op::POLL_EVENTS, json!({"max": 100}));
+    let got: Vec<i64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [7, 8, 9], "{r}");
+    assert_eq!(r["dropped"], 7, "{r}");
+    // One event larger than a whole queue is refused, naming the key.
+    let e = emitter.err(
+        op::EMIT,
+        json!({"event_type": "CUSTOM", "data": "x".repeat(5000)}),
+    );
+    assert!(
+        e.contains("at most 4096") && e.contains("limits.event_queue_bytes"),
+        "{e}"
+    );
+    // With the default budget the same event goes through.
+    let d = Daemon::start();
+    let mut sub = d.client();
+    sub.ok(op::SUBSCRIBE, json!({"event_types": ["CUSTOM"]}));
+    let r = d.client().ok(
+        op::EMIT,
+        json!({"event_type": "CUSTOM", "data": "x".repeat(5000)}),
+    );
+    assert_eq!(r["delivered_to"], 1, "{r}");
+}
+
+#[test]
 fn zero_and_absurd_limits_are_refused_all_at_once_naming_each_key() {
     let dir = tempfile::Builder::new()
         .prefix("clove-limits")
@@ -299,7 +341,7 @@ fn zero_and_absurd_limits_are_refused_all_at_once_naming_each_key() {
         &path,
         "[server]\ncompletion_queue = 0\n\
          [limits]\nmax_subscriptions = 0\nmax_event_type_bytes = 1000000\nmax_name_bytes = 300\n\
-         max_permission_rules = 5000\n\
+         max_permission_rules = 5000\nevent_queue_bytes = 0\n\
          [agents]\ncommand_queue = 0\nmax_args = 0\nmax_args_bytes = 100000000\n",
     )
     .unwrap();
@@ -316,6 +358,7 @@ fn zero_and_absurd_limits_are_refused_all_at_once_naming_each_key() {
         "limits.max_event_type_bytes",
         "limits.max_name_bytes",
         "limits.max_permission_rules",
+        "limits.event_queue_bytes",
         "agents.command_queue",
         "agents.max_args:",
         "agents.max_args_bytes",

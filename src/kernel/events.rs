@@ -1,8 +1,9 @@
 //! The event bus: SUBSCRIBE, UNSUBSCRIBE, POLL_EVENTS and EMIT, and kernel-published events.
 //!
-//! Every subscriber has a bounded queue. When it is full the oldest event is dropped and a
-//! counter records it (POLL_EVENTS reports `dropped`), so a subscriber that never polls costs
-//! a fixed amount of memory. Kernel event types are reserved: clients may emit `CUSTOM` or their
+//! Every subscriber has a queue bounded in events (`limits.event_queue_len`) and in bytes of
+//! event data (`limits.event_queue_bytes`). When either is reached the oldest events are
+//! dropped and a counter records them (POLL_EVENTS reports `dropped`), so a subscriber that
+//! never polls costs a fixed amount of memory and one POLL_EVENTS reply stays bounded. Kernel event types are reserved: clients may emit `CUSTOM` or their
 //! own type names (delivered as `CUSTOM` with `data.custom_type`), never a kernel event.
 
 use super::request::{Outcome, error, parse, to_bytes};
@@ -37,18 +38,42 @@ pub struct Event {
     pub source: CallerId,
     pub at: Instant,
     pub wall: SystemTime,
+    /// Bytes of `data` as JSON: what the event costs its subscribers' byte budgets.
+    pub size: usize,
+}
+
+/// The length of `v` as JSON, without building the text.
+pub fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 #[derive(Default)]
 struct Subscriber {
     types: HashSet<String>,
     queue: VecDeque<Arc<Event>>,
+    /// Sum of `size` over `queue`.
+    bytes: usize,
     dropped: u64,
 }
 
 /// All subscriptions and queued events.
 pub struct EventBus {
     cap: usize,
+    /// Bytes of event data one queue may hold (`limits.event_queue_bytes`).
+    max_bytes: usize,
     /// Most event types one caller may subscribe to (`limits.max_subscriptions`).
     max_subscriptions: usize,
     subs: HashMap<CallerId, Subscriber>,
@@ -57,11 +82,12 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    /// A bus whose subscribers queue `cap` events and may each subscribe to
-    /// `max_subscriptions` types.
-    pub fn with_limits(cap: usize, max_subscriptions: usize) -> EventBus {
+    /// A bus whose subscribers queue `cap` events of at most `max_bytes` in all, and may each
+    /// subscribe to `max_subscriptions` types.
+    pub fn with_limits(cap: usize, max_bytes: usize, max_subscriptions: usize) -> EventBus {
         EventBus {
             cap,
+            max_bytes,
             max_subscriptions,
             subs: HashMap::new(),
             interest: HashMap::new(),
@@ -131,14 +157,16 @@ impl EventBus {
         if !self.has_subscribers(kind) && !alias.is_some_and(|a| self.has_subscribers(a)) {
             return 0;
         }
+        let size = json_len(&data);
         let event = Arc::new(Event {
             kind: kind.to_string(),
             data,
             source,
             at: Instant::now(),
             wall: SystemTime::now(),
+            size,
         });
-        let cap = self.cap;
+        let (cap, max_bytes) = (self.cap, self.max_bytes);
         let mut delivered = 0;
         for (id, sub) in self.subs.iter_mut() {
             if only.is_some_and(|o| o != *id) {
@@ -147,10 +175,16 @@ impl EventBus {
             if !(sub.types.contains(kind) || alias.is_some_and(|a| sub.types.contains(a))) {
                 continue;
             }
-            if sub.queue.len() >= cap {
-                sub.queue.pop_front();
+            // Oldest first out, until the new event fits (alone, it always does: EMIT refuses
+            // data larger than the byte budget, and kernel events are small).
+            while sub.queue.len() >= cap || sub.bytes + size > max_bytes {
+                let Some(old) = sub.queue.pop_front() else {
+                    break;
+                };
+                sub.bytes -= old.size;
                 sub.dropped += 1;
             }
+            sub.bytes += size;
             sub.queue.push_back(event.clone());
             delivered += 1;
         }
@@ -167,7 +201,9 @@ impl EventBus {
         match self.subs.get_mut(&caller) {
             Some(sub) => {
                 let n = max.min(sub.queue.len());
-                (sub.queue.drain(..n).collect(), sub.dropped)
+                let taken: Vec<Arc<Event>> = sub.queue.drain(..n).collect();
+                sub.bytes -= taken.iter().map(|e| e.size).sum::<usize>();
+                (taken, sub.dropped)
             }
             None => (vec![], 0),
         }
@@ -334,6 +370,13 @@ pub fn emit(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
         }
         Some(name.as_str())
     };
+    let size = json_len(&data);
+    if size > k.config.event_queue_bytes {
+        return Outcome::Reply(error(format!(
+            "event data is {size} bytes; a subscriber's queue holds at most {} (limits.event_queue_bytes)",
+            k.config.event_queue_bytes
+        )));
+    }
     let delivered = k
         .events
         .lock()
@@ -351,7 +394,7 @@ mod tests {
 
     #[test]
     fn bounded_queue_drops_oldest() {
-        let mut bus = EventBus::with_limits(3, 8);
+        let mut bus = EventBus::with_limits(3, 1 << 20, 8);
         bus.subscribe(1, &["CUSTOM".into()]).unwrap();
         for i in 0..5 {
             bus.publish("CUSTOM", json!(i), 9, None);
@@ -363,8 +406,26 @@ mod tests {
     }
 
     #[test]
+    fn bounded_bytes_drop_oldest() {
+        // Each event's data is `"xxxxxxxx"`: 10 bytes of JSON. 25 bytes hold two.
+        let mut bus = EventBus::with_limits(100, 25, 8);
+        bus.subscribe(1, &["CUSTOM".into()]).unwrap();
+        for _ in 0..5 {
+            bus.publish("CUSTOM", json!("xxxxxxxx"), 9, None);
+        }
+        assert_eq!(bus.pending(1), 2);
+        let (events, dropped) = bus.take(1, 1);
+        assert_eq!((events.len(), dropped), (1, 3));
+        // Taking frees the budget: two fit again.
+        bus.publish("CUSTOM", json!("xxxxxxxx"), 9, None);
+        assert_eq!(bus.pending(1), 2);
+        assert_eq!(bus.take(1, 10).1, 3);
+        assert_eq!(json_len(&json!({"a": [1, 2]})), r#"{"a":[1,2]}"#.len());
+    }
+
+    #[test]
     fn subscriptions_are_bounded() {
-        let mut bus = EventBus::with_limits(3, 2);
+        let mut bus = EventBus::with_limits(3, 1 << 20, 2);
         bus.subscribe(1, &["A".into(), "B".into()]).unwrap();
         bus.subscribe(1, &["A".into()]).unwrap();
         let e = bus.subscribe(1, &["C".into()]).unwrap_err();
@@ -376,7 +437,7 @@ mod tests {
 
     #[test]
     fn only_restricts_delivery() {
-        let mut bus = EventBus::with_limits(3, 8);
+        let mut bus = EventBus::with_limits(3, 1 << 20, 8);
         bus.subscribe(1, &["STATE_CHANGED".into()]).unwrap();
         bus.subscribe(2, &["STATE_CHANGED".into()]).unwrap();
         bus.publish("STATE_CHANGED", json!({}), 1, Some(1));

@@ -135,6 +135,7 @@ impl Kernel {
             ))),
             events: Arc::new(Mutex::new(events::EventBus::with_limits(
                 config.event_queue_len,
+                config.event_queue_bytes,
                 config.max_subscriptions,
             ))),
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
