@@ -22,3 +22,4 @@ mod state_ops;
 mod supervision;
 mod think;
 mod tls;
+mod unprivileged;
