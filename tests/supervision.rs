@@ -1188,3 +1188,52 @@ fn an_agent_that_exits_at_once_has_still_started() {
             .then_some(())
     });
 }
+
+/// The state letter of a process in /proc (R, S, T, Z, ...).
+fn proc_state(pid: i64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+#[test]
+fn pause_falls_back_to_sigstop_without_a_freezer() {
+    let d = Daemon::with_config(&format!("{FAST}[sandbox]\ncgroups = \"off\"\n"));
+    let mut c = d.client();
+    let mut ev = subscribed(&d);
+    let mut seen = Vec::new();
+    let file = d.path("counter.txt");
+    let r = c.ok(
+        op::SPAWN,
+        sh_agent("counter", "counter.sh", json!([file.display().to_string()])),
+    );
+    assert!(r["isolation"]["cgroup"].is_null(), "{r}");
+    let (id, pid) = (r["agent_id"].clone(), r["pid"].as_i64().unwrap());
+    let read = || -> u64 {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the counter to run", T, || (read() > 3).then_some(()));
+    c.ok(op::PAUSE, json!({"id": id}));
+    let e = wait_event(&mut ev, &mut seen, "AGENT_PAUSED", |d| d["agent_id"] == id);
+    assert_eq!(e["data"]["method"], "signal", "{e}");
+    wait_for("the agent to be stopped", T, || {
+        (proc_state(pid) == Some('T')).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let v1 = read();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(read(), v1, "a stopped agent makes no progress");
+    c.ok(op::RESUME, json!({"id": id}));
+    wait_for("the counter to move again", T, || {
+        (read() > v1 + 3).then_some(())
+    });
+    assert_ne!(proc_state(pid), Some('T'));
+    assert_eq!(agent(&mut c, "counter")["state"], "RUNNING");
+    // A stopped agent can still be killed.
+    c.ok(op::PAUSE, json!({"id": id}));
+    let k = c.ok(op::KILL, json!({"id": id}));
+    assert_eq!(k["killed"], true);
+    assert!(!crate::agent_support::alive(pid));
+}
