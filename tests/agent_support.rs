@@ -110,3 +110,19 @@ pub fn remove_cgroups_of(daemon_pid: i64) {
         remove_tree(&dir);
     }
 }
+
+/// Runs `start` (which executes a binary the test has just copied) again while it fails with
+/// ETXTBSY: another test thread may fork while the copy's write descriptor is still open, and
+/// that child holds it until its own exec. Bounded: about two seconds.
+pub fn retry_text_busy<T>(what: &str, mut start: impl FnMut() -> std::io::Result<T>) -> T {
+    for _ in 0..100 {
+        match start() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(v) => return v,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: the copied binary stayed busy (ETXTBSY) for 2 s");
+}

@@ -979,23 +979,29 @@ fn orphaned_descendants_are_reaped_by_the_daemon() {
             .ok()
             .and_then(|s| s.trim().parse().ok())
     });
-    let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<i64>()
-                .ok()
-        });
-    if let Some(ppid) = ppid {
-        assert_eq!(
-            ppid,
-            d.pid() as i64,
-            "the orphan was re-parented to the subreaper daemon"
-        );
-    }
+    let ppid = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<i64>()
+                    .ok()
+            })
+    };
+    // The subshell exits just after writing the file; from then on the orphan's parent is the
+    // daemon (a subreaper), not init. (If the orphan is already gone, the reap below tells.)
+    wait_for(
+        "the orphan to be re-parented to the daemon",
+        T,
+        || match ppid() {
+            None => Some(()),
+            Some(p) if p == d.pid() as i64 => Some(()),
+            Some(_) => None,
+        },
+    );
     // When it exits, the daemon reaps it: no zombie stays behind.
     wait_for("the orphan to be reaped", T, || {
         (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
@@ -1036,13 +1042,13 @@ fn launcher_sandboxes_an_unprivileged_agent_in_a_user_namespace() {
     let spec = json!({"program": "/bin/sh", "argv": ["sh", probe, "/nonexistent.sock"],
         "sandboxed": true, "network": false, "hostname": "clove-probe", "require": true,
         "cgroup_procs": [], "rlimit_as": null, "rlimit_nproc": null});
-    let out = std::process::Command::new(&bin)
+    let mut launch = std::process::Command::new(&bin);
+    launch
         .arg("__launch")
         .arg(spec.to_string())
         .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+        .gid(65534);
+    let out = crate::agent_support::retry_text_busy("clove __launch", || launch.output());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("namespaces") && !out.status.success() {

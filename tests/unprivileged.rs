@@ -2,6 +2,7 @@
 //! their own state directory, no root. Driven through the CLI as that user, like a user's
 //! shell would. (The test itself needs root, to become another user.)
 
+use crate::agent_support::retry_text_busy;
 use crate::harness::{BIN, wait_for};
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -64,7 +65,8 @@ impl Home {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
+        let mut c = self.command(args);
+        retry_text_busy("clove", || c.output())
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -79,13 +81,12 @@ impl Home {
     }
 
     fn serve(&self) -> Server {
-        let child = self
-            .command(&["serve"])
+        let mut serve = self.command(&["serve"]);
+        serve
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        let child = retry_text_busy("clove serve", || serve.spawn());
         let server = Server(child);
         wait_for("the daemon to answer", T, || {
             self.run(&["ping"]).status.success().then_some(())
