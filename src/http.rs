@@ -38,6 +38,8 @@ pub struct RawHttp {
     pub queue: Option<usize>,
     /// PEM bundle of extra trusted CAs (a site-internal CA), added to the public roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Most headers one request may set.
+    pub max_headers: Option<usize>,
 }
 
 /// The validated `[http]` section.
@@ -52,6 +54,8 @@ pub struct HttpConfig {
     pub queue: usize,
     /// Extra trusted CAs from `http.ca_file`.
     pub ca: Option<crate::tls::CaBundle>,
+    /// Most headers one request may set (`http.max_headers`).
+    pub max_headers: usize,
 }
 
 impl Default for HttpConfig {
@@ -107,6 +111,7 @@ impl HttpConfig {
         };
         let threads = count("threads", r.threads, 8, 512);
         let queue = count("queue", r.queue, 256, 1 << 20);
+        let max_headers = count("max_headers", r.max_headers, 64, 1024);
         let ca = r
             .ca_file
             .as_deref()
@@ -120,6 +125,7 @@ impl HttpConfig {
             threads,
             queue,
             ca,
+            max_headers,
         }
     }
 }
@@ -139,8 +145,6 @@ const FORBIDDEN_HEADERS: [&str; 9] = [
     "upgrade",
     "proxy-authorization",
 ];
-const MAX_HEADERS: usize = 64;
-
 #[derive(Deserialize)]
 struct RawReq {
     url: String,
@@ -273,9 +277,10 @@ fn prepare(cfg: &HttpConfig, payload: &[u8]) -> Result<Prepared, String> {
     parse_target(&raw.url)?;
     let mut headers = Vec::new();
     for (name, value) in raw.headers.unwrap_or_default() {
-        if headers.len() >= MAX_HEADERS {
+        if headers.len() >= cfg.max_headers {
             return Err(format!(
-                "invalid request: field `headers`: at most {MAX_HEADERS} headers"
+                "invalid request: field `headers`: at most {} headers (http.max_headers)",
+                cfg.max_headers
             ));
         }
         let value = match value {

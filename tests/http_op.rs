@@ -134,6 +134,55 @@ fn response_body_is_capped() {
 }
 
 #[test]
+fn request_headers_are_bounded_by_http_max_headers() {
+    let web = website();
+    let d = Daemon::with_config("[http]\nmax_headers = 3\n");
+    let mut c = d.client();
+    let headers = |n: usize| -> Value {
+        (0..n)
+            .map(|i| (format!("x-h{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let r = c.ok(
+        op::HTTP,
+        json!({"url": web.url("/hello"), "headers": headers(3)}),
+    );
+    assert_eq!(r["status_code"], 200);
+    let e = c.err(
+        op::HTTP,
+        json!({"url": web.url("/hello"), "headers": headers(4)}),
+    );
+    assert!(
+        e.contains("at most 3 headers") && e.contains("http.max_headers"),
+        "{e}"
+    );
+    // The refused request never reached the server.
+    assert_eq!(web.requests().len(), 1);
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"[http]\nmax_headers = 0\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("http.max_headers: 0"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn allow_list_and_methods_are_enforced() {
     let web = website();
     let d = Daemon::start();
