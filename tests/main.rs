@@ -11,6 +11,7 @@ mod durability;
 mod event_ops;
 mod exec_fs_ops;
 mod framing;
+mod fs_ops;
 mod http_op;
 mod ipc_ops;
 mod lifecycle;
