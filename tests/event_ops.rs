@@ -146,3 +146,19 @@ fn state_changed_reports_shared_changes_to_all_and_private_ones_to_the_owner() {
     assert_eq!(pa["events"][0]["data"]["agent_id"], a.id);
     assert_eq!(pa["events"][0]["data"]["scope"], "global");
 }
+
+#[test]
+fn bad_poll_events_max_is_named_and_the_connection_goes_on() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.ok(op::SUBSCRIBE, json!({"event": "tick"}));
+    for bad in [json!("x"), json!(-1), json!(2.5), json!([10])] {
+        c.ok(op::EMIT, json!({"event": "tick", "data": {"bad": bad}}));
+        let e = c.err(op::POLL_EVENTS, json!({"max": bad}));
+        assert!(e.contains("`max`"), "max {bad}: {e}");
+        // The refused poll took nothing: the event is still there for the next one.
+        let p = c.ok(op::POLL_EVENTS, json!({"max": 10}));
+        assert_eq!(p["count"], 1, "after max {bad}: {p}");
+        assert_eq!(p["events"][0]["data"]["bad"], bad);
+    }
+}

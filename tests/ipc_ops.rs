@@ -138,3 +138,56 @@ fn broadcast_reaches_registered_callers_and_raises_events() {
     assert_eq!(events[0]["data"]["from"], hub.id);
     assert_eq!(events[0]["data"]["to"], w1.id);
 }
+
+#[test]
+fn bad_fields_of_message_ops_are_named_and_the_connection_goes_on() {
+    let d = Daemon::start();
+    let mut a = d.client();
+    let mut b = d.client();
+    a.ok(op::REGISTER, json!({"name": "sender"}));
+    b.ok(op::REGISTER, json!({"name": "receiver"}));
+    let bid = b.id;
+    let cases = [
+        (true, op::BROADCAST, json!({}), "`message`"),
+        (
+            true,
+            op::SEND,
+            json!({"to": 999_999, "message": 1}),
+            "999999",
+        ),
+        (
+            true,
+            op::SEND,
+            json!({"to_name": "nobody", "message": 1}),
+            "\"nobody\"",
+        ),
+        (true, op::REGISTER, json!({"name": 5}), "`name`"),
+        (true, op::REGISTER, json!({"name": null}), "`name`"),
+        (true, op::REGISTER, json!({"name": ["x"]}), "`name`"),
+        (true, op::REGISTER, json!({"name": {"n": "x"}}), "`name`"),
+        (true, op::REGISTER, json!({}), "`name`"),
+        (false, op::RECV, json!({"max": "x"}), "`max`"),
+        (false, op::RECV, json!({"max": -1}), "`max`"),
+        (false, op::RECV, json!({"max": 1.5}), "`max`"),
+    ];
+    for (i, (from_a, code, req, needle)) in cases.into_iter().enumerate() {
+        let c = if from_a { &mut a } else { &mut b };
+        let e = c.err(code, req.clone());
+        assert!(
+            e.contains(needle),
+            "{req}: error does not name {needle}: {e}"
+        );
+        // Both connections still work, and the failed request had no effect: the sender kept
+        // its name, and the only message waiting is the one sent now.
+        a.ok(op::SEND, json!({"to_name": "receiver", "message": i}));
+        let m = b.ok(op::RECV, json!({"max": 10}));
+        assert_eq!(m["count"], 1, "after {req}: {m}");
+        assert_eq!(m["messages"][0]["message"], i, "after {req}");
+        assert_eq!(m["messages"][0]["from_name"], "sender", "after {req}");
+        assert_eq!(
+            a.ok(op::SEND, json!({"to": bid, "message": "id"}))["delivered_to"],
+            bid
+        );
+        b.ok(op::RECV, json!({}));
+    }
+}

@@ -197,3 +197,35 @@ fn peers_of_other_users_are_refused_unless_allowed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn bad_async_poll_max_and_unknown_get_perms_id_are_named_and_the_connection_goes_on() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let accepted = c.ok(
+        op::EXEC,
+        json!({"command": "echo done", "async": true, "request_id": "r1"}),
+    );
+    assert_eq!(accepted["status"], "accepted");
+    for bad in [json!("x"), json!(-1), json!(1.5), json!({"n": 1})] {
+        let e = c.err(op::ASYNC_POLL, json!({"max": bad}));
+        assert!(e.contains("`max`"), "max {bad}: {e}");
+        // Still usable; a refused poll took nothing.
+        assert_eq!(c.ok(op::HELLO, json!({}))["success"], true);
+    }
+    let e = c.err(op::GET_PERMS, json!({"agent_id": 999_999}));
+    assert!(e.contains("999999"), "{e}");
+    let e = c.err(op::GET_PERMS, json!({"agent_id": "x"}));
+    assert!(e.contains("`agent_id`"), "{e}");
+    let mine = c.my_id();
+    assert_eq!(c.ok(op::GET_PERMS, json!({}))["agent_id"], mine);
+    // The async result is still waiting, whole, for a good poll.
+    let r = crate::harness::wait_for("async result", std::time::Duration::from_secs(10), || {
+        let p = c.ok(op::ASYNC_POLL, json!({"max": 10}));
+        (p["count"] == 1).then_some(p)
+    });
+    assert_eq!(r["results"][0]["request_id"], "r1");
+    let payload: serde_json::Value =
+        serde_json::from_str(r["results"][0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["stdout"], "done\n");
+}

@@ -162,3 +162,31 @@ fn private_keys_of_a_client_are_reclaimed_when_it_leaves() {
     });
     assert_eq!(b.ok(op::FETCH, json!({"key": "mine"}))["exists"], false);
 }
+
+#[test]
+fn delete_and_keys_reject_bad_fields_and_the_connection_goes_on() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.ok(op::STORE, json!({"key": "kept", "value": 1}));
+    let cases = [
+        (op::DELETE, json!({}), "`key`"),
+        (op::DELETE, json!({"key": 5}), "`key`"),
+        (op::DELETE, json!({"key": null}), "`key`"),
+        (op::DELETE, json!({"key": ["kept"]}), "`key`"),
+        (op::KEYS, json!({"prefix": 5}), "`prefix`"),
+        (op::KEYS, json!({"prefix": {"a": 1}}), "`prefix`"),
+    ];
+    for (code, req, field) in cases {
+        let e = c.err(code, req.clone());
+        assert!(e.contains(field), "{req}: error does not name {field}: {e}");
+        // The same connection still serves, and the bad request changed nothing.
+        let k = c.ok(op::KEYS, json!({"prefix": "kep"}));
+        assert_eq!(k["keys"], json!(["kept"]), "after {req}");
+        assert_eq!(
+            c.ok(op::FETCH, json!({"key": "kept"}))["value"],
+            1,
+            "after {req}"
+        );
+    }
+    assert_eq!(c.ok(op::DELETE, json!({"key": "kept"}))["deleted"], true);
+}
