@@ -597,3 +597,94 @@ fn api_key_file_is_read_and_must_be_private() {
         Some("Bearer file-key-42")
     );
 }
+
+#[test]
+fn named_models_each_reach_their_own_backend_with_their_own_concurrency() {
+    let a = FakeLlm::start(Api::OpenAi, Some(KEY));
+    let b = FakeLlm::start(Api::Gemini, Some("g-key-b"));
+    let config = format!(
+        "[llm]\ndefault = \"a\"\n\
+         [llm.models.a]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"llama-a\"\n\
+         api_key_env = \"CLOVE_TEST_API_KEY\"\nconcurrency = 1\n\
+         [llm.models.b]\nprovider = \"gemini\"\nbase_url = \"{}\"\nmodel = \"gemini-2.5-flash\"\n\
+         api_key_env = \"CLOVE_TEST_B_API_KEY\"\n",
+        a.base_url(Api::OpenAi),
+        b.base_url(Api::Gemini)
+    );
+    let d = Daemon::with_config_env(
+        &config,
+        &[
+            ("CLOVE_TEST_API_KEY", KEY),
+            ("CLOVE_TEST_B_API_KEY", "g-key-b"),
+        ],
+    );
+    let mut c = d.client();
+
+    // No model: the default, A, and only A.
+    let r = c.ok(op::THINK, json!({"prompt": "to the default"}));
+    assert_eq!(r["content"], "echo: to the default");
+    assert_eq!(r["backend"], "a");
+    assert_eq!(r["model"], "llama-a");
+    assert_eq!(a.prompts(), ["to the default"]);
+    assert!(b.server.requests().is_empty(), "B must not see A's call");
+
+    // `model: "b"`: B, and only B, in B's wire format with B's key.
+    let r = c.ok(op::THINK, json!({"prompt": "to b", "model": "b"}));
+    assert_eq!(r["content"], "echo: to b");
+    assert_eq!(r["backend"], "b");
+    assert_eq!(r["model"], "gemini-2.5-flash");
+    let breqs = b.server.requests();
+    assert_eq!(breqs.len(), 1);
+    assert_eq!(
+        breqs[0].path,
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(breqs[0].header("x-goog-api-key"), Some("g-key-b"));
+    assert_eq!(a.server.requests().len(), 1, "A must not see B's call");
+    // A backend model id selects its model too.
+    let r = c.ok(op::THINK, json!({"prompt": "by id", "model": "llama-a"}));
+    assert_eq!(r["backend"], "a");
+    assert_eq!(a.prompts(), ["to the default", "by id"]);
+
+    // An unknown model is refused before anything is sent anywhere.
+    let e = c.err(op::THINK, json!({"prompt": "lost", "model": "c"}));
+    assert!(
+        e.contains("unknown model \"c\"") && e.contains("\"a\"") && e.contains("\"b\""),
+        "{e}"
+    );
+    assert_eq!(a.server.requests().len(), 2);
+    assert_eq!(b.server.requests().len(), 1);
+
+    // Concurrency is per model: A (concurrency 1) is stuck at its gate with one more waiting,
+    // and a THINK to B still completes at once.
+    a.gate.close();
+    c.ok(op::THINK, json!({"prompt": "a stuck", "async": true}));
+    a.server.wait_requests(3, Duration::from_secs(10));
+    c.ok(op::THINK, json!({"prompt": "a waiting", "async": true}));
+    let mut other = d.client();
+    let t = Instant::now();
+    let r = other.ok(op::THINK, json!({"prompt": "b meanwhile", "model": "b"}));
+    let took = t.elapsed();
+    assert_eq!(r["content"], "echo: b meanwhile");
+    assert!(
+        took < Duration::from_secs(2),
+        "B waited {took:?} behind A's stuck call"
+    );
+    assert_eq!(
+        a.server.requests().len(),
+        3,
+        "A runs one call at a time: the second waits in A's queue"
+    );
+    a.gate.open();
+    let got = collect_async(&mut c, 2, Duration::from_secs(10));
+    assert!(
+        got.iter()
+            .all(|(_, p)| p["success"] == true && p["backend"] == "a"),
+        "{got:?}"
+    );
+    assert_eq!(
+        a.prompts(),
+        ["to the default", "by id", "a stuck", "a waiting"]
+    );
+    assert_eq!(b.server.requests().len(), 2);
+}
