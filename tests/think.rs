@@ -1,7 +1,7 @@
 //! THINK against fake OpenAI-compatible and Gemini APIs on loopback: wire formats, keys,
 //! quotas, fair scheduling, retries, timeouts, async results and the `clove think` CLI.
 
-use crate::fakes::{Api, FakeLlm, Reply, TOTAL_TOKENS, dead_port, prompt_of};
+use crate::fakes::{Api, FakeLlm, Reply, TOTAL_TOKENS, dead_port, http_date, prompt_of};
 use crate::harness::{BIN, Client, Daemon, op, wait_for};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -446,6 +446,44 @@ fn retry_after_429_is_honoured_then_succeeds() {
         "the retry must wait for Retry-After (1s), waited {gap:?}"
     );
     assert_eq!(prompt_of(&reqs[1]), "patience");
+}
+
+#[test]
+fn retry_after_on_503_is_honoured_in_seconds_and_as_an_http_date() {
+    let fake = FakeLlm::start(Api::OpenAi, Some(KEY));
+    // The back-off alone would retry within 20ms; only Retry-After makes the retry wait.
+    let d = openai_daemon(&fake, "backoff_initial_ms = 10\nbackoff_max_ms = 20");
+    let mut c = d.client();
+    fake.push(
+        Reply::json(503, &json!({"error": {"message": "overloaded"}})).header("Retry-After", "1"),
+    );
+    let r = c.ok(op::THINK, json!({"prompt": "seconds"}));
+    assert_eq!(r["content"], "echo: seconds");
+    let reqs = fake.server.requests();
+    assert_eq!(reqs.len(), 2, "one 503, then the retry");
+    let gap = reqs[1].at.duration_since(reqs[0].at);
+    assert!(
+        gap >= Duration::from_millis(950) && gap < Duration::from_secs(5),
+        "the retry must wait for Retry-After: 1, waited {gap:?}"
+    );
+
+    // The HTTP-date form: three seconds from now (whole seconds, so at least two from when the
+    // daemon reads it).
+    let at = std::time::SystemTime::now() + Duration::from_secs(3);
+    fake.push(
+        Reply::json(503, &json!({"error": {"message": "maintenance"}}))
+            .header("Retry-After", &http_date(at)),
+    );
+    let r = c.ok(op::THINK, json!({"prompt": "date"}));
+    assert_eq!(r["content"], "echo: date");
+    let reqs = fake.server.requests();
+    assert_eq!(reqs.len(), 4);
+    let gap = reqs[3].at.duration_since(reqs[2].at);
+    assert!(
+        gap >= Duration::from_millis(1900) && gap < Duration::from_secs(6),
+        "the retry must wait until the Retry-After date, waited {gap:?}"
+    );
+    assert_eq!(prompt_of(&reqs[3]), "date");
 }
 
 #[test]
