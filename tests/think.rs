@@ -487,6 +487,56 @@ fn retry_after_on_503_is_honoured_in_seconds_and_as_an_http_date() {
 }
 
 #[test]
+fn retries_stay_within_the_total_time_budget() {
+    let fake = FakeLlm::start(Api::OpenAi, Some(KEY));
+    let d = openai_daemon(
+        &fake,
+        "timeout_secs = 2\nmax_retries = 5\nbackoff_initial_ms = 10\nbackoff_max_ms = 20",
+    );
+    let mut c = d.client();
+    // Retry-After: 30 cannot fit in a 2s budget: THINK says so at once instead of waiting.
+    fake.push(
+        Reply::json(429, &json!({"error": {"message": "Rate limit reached"}}))
+            .header("Retry-After", "30"),
+    );
+    let t = Instant::now();
+    let e = c.err(op::THINK, json!({"prompt": "hurry"}));
+    let took = t.elapsed();
+    assert!(
+        e.contains("429")
+            && e.contains("Rate limit reached")
+            && e.contains("gave up after 1 attempt:")
+            && e.contains("waiting 30.0s to retry would pass the 2s time limit, llm.timeout_secs"),
+        "{e}"
+    );
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(fake.server.requests().len(), 1, "no retry was sent");
+
+    // The budget covers all attempts together: with Retry-After: 1 on every answer, the first
+    // retry fits (at ~1s) and the second would end past 2s, so there are two attempts although
+    // five retries are allowed.
+    for _ in 0..6 {
+        fake.push(
+            Reply::json(429, &json!({"error": {"message": "Rate limit reached"}}))
+                .header("Retry-After", "1"),
+        );
+    }
+    let t = Instant::now();
+    let e = c.err(op::THINK, json!({"prompt": "again"}));
+    let took = t.elapsed();
+    assert!(
+        e.contains("gave up after 2 attempts:")
+            && e.contains("waiting 1.0s to retry would pass the 2s time limit"),
+        "{e}"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1900),
+        "took {took:?}"
+    );
+    assert_eq!(fake.prompts(), ["hurry", "again", "again"]);
+}
+
+#[test]
 fn server_errors_are_retried_with_backoff_then_reported() {
     let fake = FakeLlm::start(Api::OpenAi, Some(KEY));
     for _ in 0..3 {

@@ -101,8 +101,9 @@ pub fn post_json(
                     .max(after.unwrap_or_default());
                 if Instant::now() + wait >= deadline {
                     return Err(format!(
-                        "{why}; waiting {:.1}s to retry would pass the {} time limit \
-                         (llm.timeout_secs)",
+                        "{why} (gave up after {attempt} attempt{}: waiting {:.1}s to retry \
+                         would pass the {} time limit, llm.timeout_secs)",
+                        if attempt == 1 { "" } else { "s" },
                         wait.as_secs_f64(),
                         fmt_secs(budget)
                     ));
