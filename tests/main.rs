@@ -13,6 +13,7 @@ mod exec_fs_ops;
 mod framing;
 mod fs_ops;
 mod http_op;
+mod identity;
 mod ipc_ops;
 mod lifecycle;
 mod limits_config;

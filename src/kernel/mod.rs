@@ -9,10 +9,12 @@ pub mod access;
 pub mod agents;
 pub mod asyncq;
 pub mod audit;
+pub mod commands;
 pub mod core;
 pub mod events;
 pub mod exec;
 pub mod fs;
+pub mod identity;
 pub mod ipc;
 pub mod ops;
 pub mod perms;
@@ -25,7 +27,7 @@ use crate::reactor::{Completion, ConnId, Sink};
 use crate::store::StateStore;
 use parking_lot::Mutex;
 use perms::Permissions;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -88,8 +90,11 @@ pub struct Kernel {
     /// Shared (`Arc`) so that state-store completions can publish STATE_CHANGED after commit.
     pub events: Arc<Mutex<events::EventBus>>,
     pub asyncq: Mutex<asyncq::AsyncResults>,
-    /// Process groups of running EXEC commands, killed at shutdown.
-    exec_groups: Mutex<HashSet<i32>>,
+    /// Process groups of running EXEC commands and who started them: killed at shutdown, and
+    /// the identity of processes that connect from inside them.
+    exec_groups: Mutex<HashMap<i32, identity::ExecOwner>>,
+    /// The thread that runs EXEC commands (set once the daemon starts it).
+    pub commands: std::sync::OnceLock<commands::CommandRunner>,
     /// THINK's model backends (set once the daemon starts them).
     pub llm: std::sync::OnceLock<crate::llm::LlmService>,
     /// The HTTP op's threads (set once the daemon starts them).
@@ -142,7 +147,8 @@ impl Kernel {
             config,
             sink,
             callers: Mutex::new(HashMap::new()),
-            exec_groups: Mutex::new(HashSet::new()),
+            exec_groups: Mutex::new(HashMap::new()),
+            commands: std::sync::OnceLock::new(),
             llm: std::sync::OnceLock::new(),
             http: std::sync::OnceLock::new(),
             started: Instant::now(),
@@ -163,35 +169,39 @@ impl Kernel {
         }
     }
 
-    /// Registers a new connection and returns the caller id it speaks as. A connection from a
-    /// supervised agent (its pid, or an ancestor's, is the agent's) speaks as that agent.
+    /// Registers a new connection and returns the caller id it speaks as (see
+    /// [`identity`]): a supervised agent's process speaks as the agent; anything else gets a
+    /// new client id whose permissions depend on where the process comes from.
     pub fn connect(&self, peer: Peer) -> CallerId {
-        if let Some(agent) = self.agents.owner_of(peer.pid)
-            && self
-                .with_caller(agent, |c| {
-                    if c.kind == CallerKind::Agent {
-                        c.conns += 1;
-                        true
-                    } else {
-                        false
-                    }
-                })
-                .unwrap_or(false)
-        {
-            log::debug!("pid {} connected as agent {agent}", peer.pid);
-            return agent;
-        }
+        let perms = match identity::classify(self, peer.pid) {
+            identity::Origin::Agent(agent) => {
+                let bound = self
+                    .with_caller(agent, |c| {
+                        if c.kind == CallerKind::Agent {
+                            c.conns += 1;
+                            true
+                        } else {
+                            false
+                        }
+                    })
+                    .unwrap_or(false);
+                if bound {
+                    log::debug!("pid {} connected as agent {agent}", peer.pid);
+                    return agent;
+                }
+                // The agent is gone (its record removed): its leftovers are nobody's.
+                self.unattributed_perms(peer.pid)
+            }
+            identity::Origin::ExecOf(perms) => perms,
+            identity::Origin::Unattributed => self.unattributed_perms(peer.pid),
+            identity::Origin::Outside => Arc::new(self.level_or_minimal(&self.config.client_level)),
+        };
         let id = self.allocate_id();
-        let perms = self
-            .config
-            .level(&self.config.client_level)
-            .cloned()
-            .unwrap_or_else(|| Config::defaults().levels["minimal"].clone());
         self.callers.lock().insert(
             id,
             Caller {
                 kind: CallerKind::Client,
-                perms: Arc::new(perms),
+                perms,
                 tokens_used: 0,
                 calls_made: 0,
                 conns: 1,
@@ -199,6 +209,24 @@ impl Kernel {
             },
         );
         id
+    }
+
+    /// The permissions of a process the daemon started that belongs to no live agent or
+    /// command: the agent level, never the user's own.
+    fn unattributed_perms(&self, pid: i32) -> Arc<Permissions> {
+        log::info!(
+            "pid {pid} was started under the daemon but belongs to no live agent or command: \
+             it gets permissions.agent_level ({})",
+            self.config.agent_level
+        );
+        Arc::new(self.level_or_minimal(&self.config.agent_level))
+    }
+
+    fn level_or_minimal(&self, level: &str) -> Permissions {
+        self.config
+            .level(level)
+            .cloned()
+            .unwrap_or_else(|| Config::defaults().levels["minimal"].clone())
     }
 
     /// A connection closed. Plain clients go away with their connection: their name is
@@ -327,18 +355,24 @@ impl Kernel {
         self.store.next_expiry()
     }
 
-    pub(crate) fn track_exec_group(&self, pgid: i32, running: bool) {
-        let mut g = self.exec_groups.lock();
-        if running {
-            g.insert(pgid);
-        } else {
-            g.remove(&pgid);
-        }
+    /// Records a running EXEC command's process group and who started it.
+    pub(crate) fn exec_started(&self, pgid: i32, owner: identity::ExecOwner) {
+        self.exec_groups.lock().insert(pgid, owner);
+    }
+
+    /// The command whose process group leader was `pgid` has finished.
+    pub(crate) fn exec_finished(&self, pgid: i32) {
+        self.exec_groups.lock().remove(&pgid);
+    }
+
+    /// Who started the running EXEC command led by `pgid`.
+    pub fn exec_owner(&self, pgid: i32) -> Option<identity::ExecOwner> {
+        self.exec_groups.lock().get(&pgid).cloned()
     }
 
     /// Stops everything the kernel started: running EXEC process groups are killed.
     pub fn shutdown(&self) {
-        for pgid in self.exec_groups.lock().drain() {
+        for (pgid, _) in self.exec_groups.lock().drain() {
             // SAFETY-free: kill(2) on a process group we created; ESRCH is harmless.
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pgid),

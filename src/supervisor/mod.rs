@@ -270,36 +270,11 @@ impl Agents {
         self.handle.get()
     }
 
-    /// The agent whose supervised process is `pid` or an ancestor of it.
-    pub fn owner_of(&self, pid: i32) -> Option<CallerId> {
-        if self.table.lock().by_pid.is_empty() || pid <= 1 {
-            return None;
-        }
-        let me = std::process::id() as i32;
-        let mut chain = Vec::new();
-        let mut p = pid;
-        // Walk up at most 32 generations, stopping at the daemon or init.
-        for _ in 0..32 {
-            if p <= 1 || p == me {
-                break;
-            }
-            chain.push(p);
-            match parent_of(p) {
-                Some(pp) => p = pp,
-                None => break,
-            }
-        }
-        let t = self.table.lock();
-        chain.iter().find_map(|p| t.by_pid.get(p).copied())
+    /// The agent whose supervised process is exactly `pid` (its launcher, or its main process
+    /// inside a sandbox). Ancestry is walked by [`crate::kernel::identity`].
+    pub fn agent_with_pid(&self, pid: i32) -> Option<CallerId> {
+        self.table.lock().by_pid.get(&pid).copied()
     }
-}
-
-/// The parent pid from /proc/PID/stat.
-pub fn parent_of(pid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: parse after the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Starts the supervisor thread.
@@ -418,7 +393,6 @@ struct Runtime {
     degraded: Vec<String>,
     oom_before: u64,
     frozen_by_cgroup: bool,
-    last_exit_code: i32,
     /// When the previous incarnation was reaped (for the respawn latency of a restart).
     exited_at: Option<Instant>,
     /// Started again from its saved spec at daemon start.
@@ -974,7 +948,6 @@ impl Supervisor {
             limits_report,
             degraded,
             frozen_by_cgroup: false,
-            last_exit_code: 0,
             exited_at: None,
             restored,
         };
@@ -1275,7 +1248,6 @@ impl Supervisor {
             reason,
             killed_by: stopping.as_ref().and_then(|s| s.by),
         };
-        rt.last_exit_code = exit_code;
         rt.exited_at = Some(Instant::now());
         rt.log.note(&format!(
             "pid {pid} exited: {reason}, exit code {exit_code}{}",
@@ -1521,17 +1493,23 @@ impl Supervisor {
                 None => responder.error(format!("agent {id} is not running ({})", s.as_str())),
             },
             Some(Status::Restarting) => {
-                self.event(
-                    "AGENT_EXITED",
-                    id,
-                    json!({"agent_id": id, "name": self.runtimes.get(&id).map(|r| r.spec.name.clone()),
-                        "exit_code": self.runtimes.get(&id).map_or(0, |r| r.last_exit_code),
-                        "reason": "killed", "killed_by": by}),
-                    Category::Lifecycle,
-                );
+                // No process runs: its exit was reported (AGENT_EXITED, AGENT_RESTARTING) when
+                // it happened, so no second AGENT_EXITED. The restart is called off; the audit
+                // log records who did it, the reply says so, and LIST keeps the real last exit.
+                let name = self.runtimes.get(&id).map(|r| r.spec.name.clone());
+                self.kernel.audit.with(|log| {
+                    log.append(
+                        Category::Lifecycle,
+                        "AGENT_RESTART_CANCELLED",
+                        id,
+                        name.clone(),
+                        true,
+                        json!({"agent_id": id, "name": name, "killed_by": by}),
+                    )
+                });
                 self.forget_agent(id, Status::Exited, None);
-                let reply =
-                    request::to_bytes(&json!({"success": true, "killed": true, "agent_id": id}));
+                let reply = request::to_bytes(&json!({"success": true, "killed": true,
+                    "restart_cancelled": true, "agent_id": id, "state": "EXITED"}));
                 self.reply_after(forgotten, id, vec![responder], reply);
             }
             Some(_) => {

@@ -1,0 +1,132 @@
+//! Who a connecting process speaks as. Processes the daemon started (agents, their
+//! descendants and orphans, the commands EXEC runs) must never be taken for the user's own
+//! `unrestricted` clients; the user's own processes still are.
+
+use crate::agent_support::{python, script};
+use crate::harness::{Client, Daemon, op, wait_for};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Waits for a probe's report file.
+fn report(path: &Path) -> Value {
+    wait_for(&format!("the probe's report {}", path.display()), T, || {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    })
+}
+
+/// An unsandboxed agent running the identity probe in `mode`.
+fn spawn_probe(c: &mut Client, name: &str, mode: &str, out: &Path, extra: &[&str]) -> u64 {
+    let mut args = vec![json!(mode), json!(out.display().to_string())];
+    args.extend(extra.iter().map(|a| json!(a)));
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": name, "script": script("identity_probe.py"), "python": python(),
+               "sandboxed": false, "args": args}),
+    );
+    r["agent_id"].as_u64().expect("agent_id")
+}
+
+/// The report says: a restricted caller that could not raise itself.
+fn assert_restricted(r: &Value) {
+    assert_eq!(r["level"], "standard", "{r}");
+    assert_eq!(r["can_manage"], false, "{r}");
+    assert_eq!(r["raise"]["success"], false, "{r}");
+    let e = r["raise"]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("permission denied"), "{r}");
+}
+
+#[test]
+fn an_orphan_of_an_agent_speaks_as_the_agent() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let out = d.path("orphan.json");
+    let id = spawn_probe(&mut c, "parent", "orphan", &out, &[]);
+    let r = report(&out);
+    // The grandchild's parent exited: as a subreaper the daemon inherited it.
+    assert_eq!(r["ppid"], json!(d.pid()), "{r}");
+    assert_eq!(
+        r["agent_id"],
+        json!(id),
+        "the orphan keeps its agent's identity: {r}"
+    );
+    assert_restricted(&r);
+    let pid = r["pid"].as_i64().unwrap() as i32;
+    c.ok(op::KILL, json!({"id": id}));
+    // SAFETY: kill(2) on the probe's own process; ESRCH if it is gone already.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn an_orphan_in_a_new_session_is_restricted_not_the_users_own() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let out = d.path("escaped.json");
+    let id = spawn_probe(&mut c, "escaper", "orphan", &out, &["setsid"]);
+    let r = report(&out);
+    assert_eq!(r["ppid"], json!(d.pid()), "{r}");
+    assert_eq!(r["pgid"], r["pid"], "the probe left its process group: {r}");
+    // Nothing ties it to its agent any more, but it was started under the daemon: it gets
+    // the agent level, under an id of its own.
+    assert_ne!(r["agent_id"], json!(id), "{r}");
+    assert_ne!(r["agent_id"], json!(c.my_id()), "{r}");
+    assert_restricted(&r);
+    let pid = r["pid"].as_i64().unwrap() as i32;
+    c.ok(op::KILL, json!({"id": id}));
+    // SAFETY: kill(2) on the probe's own process (it is in no group the KILL reached).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn a_command_an_agent_runs_speaks_as_the_agent() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let out = d.path("exec.json");
+    let id = spawn_probe(&mut c, "runner", "exec", &out, &[]);
+    let r = report(&out);
+    assert_eq!(r["agent_id"], json!(id), "{r}");
+    assert_restricted(&r);
+    let mut exec_reply = out.clone().into_os_string();
+    exec_reply.push(".exec");
+    let e = report(Path::new(&exec_reply));
+    assert_eq!(e["exit_code"], 0, "{e}");
+    c.ok(op::KILL, json!({"id": id}));
+}
+
+#[test]
+fn a_command_a_client_runs_gets_the_clients_rights_no_more() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let probe = |c: &mut Client, out: &Path| -> Value {
+        let cmd = format!(
+            "{} {} {} report {}",
+            python(),
+            script("identity_probe.py"),
+            d.socket.display(),
+            out.display()
+        );
+        let e = c.ok(op::EXEC, json!({"command": cmd, "timeout": 20}));
+        assert_eq!(e["exit_code"], 0, "{e}");
+        report(out)
+    };
+    // The user's own client: its command is the user too.
+    let r = probe(&mut c, &d.path("full.json"));
+    assert_eq!(r["level"], "unrestricted", "{r}");
+    assert_ne!(
+        r["agent_id"],
+        json!(c.my_id()),
+        "a new connection, a new id: {r}"
+    );
+    // A client that lowered itself cannot get its rights back through a command.
+    c.ok(op::SET_PERMS, json!({"level": "standard"}));
+    let r = probe(&mut c, &d.path("lowered.json"));
+    assert_restricted(&r);
+    assert_ne!(r["agent_id"], json!(c.my_id()), "{r}");
+    // Meanwhile a process of the user's outside the daemon is still the user's own.
+    let mut outside = d.client();
+    let p = outside.ok(op::GET_PERMS, json!({}));
+    assert_eq!(p["level"], "unrestricted", "{p}");
+}
