@@ -103,6 +103,8 @@ pub struct RawExec {
     pub default_timeout_secs: Option<f64>,
     pub max_timeout_secs: Option<f64>,
     pub max_output_bytes: Option<usize>,
+    pub max_running: Option<usize>,
+    pub max_running_per_caller: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +159,10 @@ pub struct Config {
     pub exec_default_timeout: Duration,
     pub exec_max_timeout: Duration,
     pub exec_max_output_bytes: usize,
+    /// EXEC commands running at once, all callers together.
+    pub exec_max_running: usize,
+    /// EXEC commands one caller may have running at once.
+    pub exec_max_running_per_caller: usize,
     pub fs_max_read_bytes: u64,
     pub client_level: String,
     pub agent_level: String,
@@ -355,6 +361,20 @@ impl Config {
             1 << 20,
             1 << 30,
         );
+        let exec_max_running =
+            positive("exec.max_running", raw.exec.max_running, 64, 4096);
+        let exec_max_running_per_caller = positive(
+            "exec.max_running_per_caller",
+            raw.exec.max_running_per_caller,
+            16,
+            4096,
+        );
+        if exec_max_running_per_caller > exec_max_running {
+            errors.push(format!(
+                "exec.max_running_per_caller ({exec_max_running_per_caller}) is larger than \
+                 exec.max_running ({exec_max_running})"
+            ));
+        }
         let max_frame_bytes = match s.max_frame_bytes {
             None => crate::proto::clove::DEFAULT_MAX_PAYLOAD,
             Some(n) if (64..=(1u64 << 30)).contains(&n) => n,
@@ -504,6 +524,8 @@ impl Config {
             exec_default_timeout,
             exec_max_timeout,
             exec_max_output_bytes,
+            exec_max_running,
+            exec_max_running_per_caller,
             fs_max_read_bytes,
             client_level,
             agent_level,

@@ -79,6 +79,9 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let http =
         crate::http::HttpService::start(&kernel).map_err(io_err("cannot start HTTP threads"))?;
     let _ = kernel.http.set(http);
+    let commands = crate::kernel::commands::CommandRunner::start(&kernel)
+        .map_err(io_err("cannot start the command runner thread"))?;
+    let _ = kernel.commands.set(commands);
     let pool = WorkerPool::start(config.workers, config.job_queue)
         .map_err(io_err("cannot start worker threads"))?;
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -332,3 +332,125 @@ fn a_full_worker_queue_pauses_requests_instead_of_failing_or_blocking_others() {
         assert_eq!(r["stdout"], format!("{i}\n"), "{r}");
     }
 }
+
+#[test]
+fn long_commands_hold_no_worker() {
+    // Two workers, and more long commands than workers: they run on the command runner, so
+    // file operations and short commands of another client are served at once.
+    let d = Daemon::with_config("[server]\nworkers = 2\n");
+    let mut sleepers = Vec::new();
+    for _ in 0..3 {
+        let mut s = d.client();
+        for _ in 0..2 {
+            let r = s.ok(op::EXEC, json!({"command": "sleep 30", "async": true}));
+            assert_eq!(r["status"], "accepted");
+        }
+        sleepers.push(s);
+    }
+    // A synchronous one too, on its own connection, not read until the end.
+    use std::io::Write;
+    let mut sync = d.raw();
+    sync.write_all(&crate::harness::frame(
+        0,
+        op::EXEC,
+        br#"{"command":"sleep 1; echo late"}"#,
+    ))
+    .unwrap();
+    let mut c = d.client();
+    let f = d.path("data.txt");
+    std::fs::write(&f, "x").unwrap();
+    let t = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(c.ok(op::READ, json!({"path": f}))["content"], "x");
+    }
+    let r = c.ok(op::EXEC, json!({"command": "echo quick"}));
+    assert_eq!(r["stdout"], "quick\n");
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "READ and a short EXEC waited behind long commands: {:?}",
+        t.elapsed()
+    );
+    let r = crate::harness::read_frame(&mut sync).unwrap().json();
+    assert_eq!(r["stdout"], "late\n", "{r}");
+    let hello = c.ok(op::HELLO, json!({}));
+    assert_eq!(hello["queues"]["exec"]["running"], 6, "{hello}");
+}
+
+#[test]
+fn running_commands_are_bounded_per_caller_and_in_all() {
+    let d = Daemon::with_config("[exec]\nmax_running = 3\nmax_running_per_caller = 2\n");
+    let mut a = d.client();
+    for _ in 0..2 {
+        a.ok(
+            op::EXEC,
+            json!({"command": "sleep 30", "async": true, "request_id": "s"}),
+        );
+    }
+    // The third command of the same caller is refused, in the async result (it was accepted
+    // before it could be started) ...
+    a.ok(
+        op::EXEC,
+        json!({"command": "echo no", "async": true, "request_id": "third"}),
+    );
+    let refused = wait_for("the refusal", Duration::from_secs(10), || {
+        let p = a.ok(op::ASYNC_POLL, json!({}));
+        p["results"].as_array().unwrap().first().cloned()
+    });
+    assert_eq!(refused["request_id"], "third");
+    let e: Value = serde_json::from_str(refused["payload"].as_str().unwrap()).unwrap();
+    let msg = e["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("exec.max_running_per_caller"), "{e}");
+    // ... and a synchronous one gets the error at once.
+    let e = a.err(op::EXEC, json!({"command": "echo no"}));
+    assert!(e.contains("exec.max_running_per_caller"), "{e}");
+    // Another caller may run one more; then the daemon-wide bound is reached.
+    let mut b = d.client();
+    b.ok(
+        op::EXEC,
+        json!({"command": "sleep 0.5", "async": true, "request_id": "short"}),
+    );
+    let e = b.err(op::EXEC, json!({"command": "echo no"}));
+    assert!(e.contains("exec.max_running"), "{e}");
+    assert!(!e.contains("per_caller"), "{e}");
+    // A command that finishes gives its place back.
+    wait_for(
+        "the short command to finish",
+        Duration::from_secs(10),
+        || (b.ok(op::ASYNC_POLL, json!({}))["count"] == 1).then_some(()),
+    );
+    assert_eq!(
+        b.ok(op::EXEC, json!({"command": "echo yes"}))["stdout"],
+        "yes\n"
+    );
+}
+
+#[test]
+fn exec_limits_are_checked_at_start() {
+    for (toml, key) in [
+        ("[exec]\nmax_running = 0\n", "exec.max_running"),
+        (
+            "[exec]\nmax_running_per_caller = 0\n",
+            "exec.max_running_per_caller",
+        ),
+        ("[exec]\nmax_running = 5000\n", "exec.max_running"),
+        (
+            "[exec]\nmax_running = 4\nmax_running_per_caller = 8\n",
+            "exec.max_running_per_caller",
+        ),
+    ] {
+        let dir = tempfile::Builder::new()
+            .prefix("clove-exec-limits")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let path = dir.path().join("clove.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(crate::harness::BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{toml}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(key), "{toml}: {text}");
+    }
+}

@@ -127,42 +127,71 @@ pub fn accept(k: &Kernel, caller: CallerId, request_id: &Value) -> Result<Vec<u8
     })))
 }
 
-/// Runs a worker op synchronously, or, when the request says `"async": true`, accepts it at
-/// once and files the result for ASYNC_POLL. `run` computes the synchronous reply.
-pub fn sync_or_async(
-    k: &Kernel,
-    call: &Call,
-    payload: &[u8],
-    responder: Responder,
-    run: impl FnOnce() -> Vec<u8>,
-) {
-    let flags: AsyncFlags = parse(payload).unwrap_or_default();
-    let prefix = super::ops::name(call.op).to_ascii_lowercase();
-    let request_id = match async_id(flags.is_async, flags.request_id, &prefix, call.caller) {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            responder.reply(&run());
-            return;
-        }
-        Err(e) => {
-            responder.error(e);
-            return;
-        }
-    };
-    match accept(k, call.caller, &request_id) {
-        Ok(accepted) => responder.reply(&accepted),
-        Err(e) => {
-            responder.error(e);
-            return;
+/// Where the reply to a request that finishes later goes: straight back on the connection
+/// (synchronous), or into the caller's async results for ASYNC_POLL.
+pub enum ReplyTo {
+    Sync(Responder),
+    Async {
+        caller: CallerId,
+        op: u8,
+        request_id: Value,
+    },
+}
+
+impl ReplyTo {
+    /// Decides how a worker op answers: for `"async": true` the `accepted` reply is sent at
+    /// once and the result is filed later; otherwise the responder waits for the result. An
+    /// invalid `async` / `request_id`, or too many outstanding requests, is answered here
+    /// (`None`).
+    pub fn for_request(
+        k: &Kernel,
+        call: &Call,
+        payload: &[u8],
+        responder: Responder,
+    ) -> Option<ReplyTo> {
+        let flags: AsyncFlags = parse(payload).unwrap_or_default();
+        let prefix = super::ops::name(call.op).to_ascii_lowercase();
+        match async_id(flags.is_async, flags.request_id, &prefix, call.caller) {
+            Ok(None) => Some(ReplyTo::Sync(responder)),
+            Ok(Some(request_id)) => match accept(k, call.caller, &request_id) {
+                Ok(accepted) => {
+                    responder.reply(&accepted);
+                    Some(ReplyTo::Async {
+                        caller: call.caller,
+                        op: call.op,
+                        request_id,
+                    })
+                }
+                Err(e) => {
+                    responder.error(e);
+                    None
+                }
+            },
+            Err(e) => {
+                responder.error(e);
+                None
+            }
         }
     }
-    let reply = run();
-    let result = AsyncResult {
-        request_id,
-        opcode: call.op,
-        payload: String::from_utf8_lossy(&reply).into_owned(),
-    };
-    k.asyncq.lock().complete(call.caller, result);
+
+    /// Delivers the reply payload.
+    pub fn deliver(self, k: &Kernel, reply: &[u8]) {
+        match self {
+            ReplyTo::Sync(r) => r.reply(reply),
+            ReplyTo::Async {
+                caller,
+                op,
+                request_id,
+            } => k.asyncq.lock().complete(
+                caller,
+                AsyncResult {
+                    request_id,
+                    opcode: op,
+                    payload: String::from_utf8_lossy(reply).into_owned(),
+                },
+            ),
+        }
+    }
 }
 
 /// ASYNC_POLL `{max?=10}`.

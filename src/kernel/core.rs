@@ -42,6 +42,13 @@ fn queues(k: &Kernel) -> Value {
     let mut q = json!({
         "completion": {"queued": queued, "capacity": capacity, "key": "server.completion_queue"},
     });
+    if let Some(r) = k.commands.get() {
+        q["exec"] = json!({
+            "running": r.running(),
+            "capacity": k.config.exec_max_running,
+            "key": "exec.max_running",
+        });
+    }
     if let Some(h) = k.agents.handle() {
         q["supervisor"] = json!({
             "queued": h.queued(),

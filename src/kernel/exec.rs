@@ -3,23 +3,22 @@
 //!
 //! The command text is the one place a shell string is allowed (it is what EXEC means); every
 //! other field is passed without a shell: `cwd` becomes `Command::current_dir`. The child runs
-//! in its own process group so a timeout can kill everything it started. Waiting uses a pidfd
-//! in the same `poll(2)` as the output pipes, so there is no sleeping or polling on a timer.
+//! in its own process group so a timeout can kill everything it started. A worker checks the
+//! request and starts the command; the [`super::commands`] thread then watches it to the end,
+//! so a long command holds no worker.
 
-use super::asyncq::sync_or_async;
-use super::request::{bytes, parse, to_bytes};
-use super::{Call, Kernel, Responder};
+use super::asyncq::ReplyTo;
+use super::commands::{Finished, Launch};
+use super::identity::ExecOwner;
+use super::request::{error, parse, to_bytes};
+use super::{Call, CallerKind, Kernel, Responder};
 use serde::Deserialize;
 use serde_json::json;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// How long to keep reading output after the shell exits, for its background children.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+use std::time::Duration;
 
 /// Environment variables never passed to commands: the daemon may hold API keys and tokens
 /// that the processes it runs for agents must not see.
@@ -39,14 +38,69 @@ struct ExecReq {
     timeout: Option<f64>,
 }
 
-/// EXEC `{command, cwd?, timeout?, async?}`.
+/// EXEC `{command, cwd?, timeout?, async?}` (on a worker): checks the request, starts the
+/// command and hands it to the command runner, which answers when it ends. The worker is free
+/// again at once, however long the command runs.
 pub fn exec(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
-    sync_or_async(k, call, &payload, responder, || {
-        bytes(run(k, call, &payload))
-    });
+    let Some(reply) = ReplyTo::for_request(k, call, &payload, responder) else {
+        return;
+    };
+    if let Err((reply, e)) = start(k, call, &payload, reply) {
+        reply.deliver(k, &error(e));
+    }
 }
 
-fn run(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
+/// Checks the request and launches the command; on failure the reply comes back with the
+/// error for the caller.
+fn start(k: &Kernel, call: &Call, payload: &[u8], reply: ReplyTo) -> Result<(), (ReplyTo, String)> {
+    let checked = match check(k, call, payload) {
+        Ok(c) => c,
+        Err(e) => return Err((reply, e)),
+    };
+    let Some(runner) = k.commands.get() else {
+        return Err((reply, "the command runner is not running".into()));
+    };
+    let ticket = match runner.admit(call.caller) {
+        Ok(t) => t,
+        Err(e) => return Err((reply, e)),
+    };
+    let owner = ExecOwner {
+        caller: call.caller,
+        kind: k
+            .caller(call.caller)
+            .map(|c| c.kind)
+            .unwrap_or(CallerKind::Client),
+        perms: checked.perms,
+    };
+    let child = match spawn(k, &checked.command, &checked.cwd) {
+        Ok(c) => c,
+        Err(e) => return Err((reply, e)),
+    };
+    k.exec_started(child.id() as i32, owner);
+    let timeout = checked.timeout;
+    let launch = Launch {
+        child,
+        timeout,
+        max_output: k.config.exec_max_output_bytes,
+        ticket,
+        done: Box::new(move |k: &Kernel, f: Finished| {
+            k.exec_finished(f.pid);
+            reply.deliver(k, &to_bytes(&f.reply(timeout)));
+        }),
+    };
+    runner.run(k, launch);
+    Ok(())
+}
+
+/// A checked EXEC request.
+struct Checked {
+    command: String,
+    cwd: PathBuf,
+    timeout: Duration,
+    perms: std::sync::Arc<super::perms::Permissions>,
+}
+
+fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
     let req: ExecReq = parse(payload)?;
     if req.command.trim().is_empty() {
         return Err("invalid request: field `command` is empty".into());
@@ -96,56 +150,16 @@ fn run(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("/")),
     };
-    let output = run_command(k, &req.command, &cwd, timeout)?;
-    let mut reply = json!({
-        "success": output.exit_code == Some(0) && !output.timed_out,
-        "stdout": String::from_utf8_lossy(&output.stdout),
-        "stderr": String::from_utf8_lossy(&output.stderr),
-        "exit_code": output.exit_code.unwrap_or(-1),
-        "duration_ms": output.duration.as_millis() as u64,
-    });
-    if let Some(sig) = output.signal {
-        reply["signal"] = sig.into();
-    }
-    if output.truncated {
-        reply["truncated"] = true.into();
-    }
-    if output.timed_out {
-        reply["exit_code"] = (-1).into();
-        reply["error"] = format!("timeout after {}s", fmt_secs(timeout)).into();
-    }
-    Ok(to_bytes(&reply))
+    Ok(Checked {
+        command: req.command,
+        cwd,
+        timeout,
+        perms,
+    })
 }
 
-fn fmt_secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{}", s as u64)
-    } else {
-        format!("{s}")
-    }
-}
-
-/// What a finished command produced.
-#[derive(Debug)]
-pub struct CommandOutput {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    /// Exit code, or `-signal` when killed by a signal; `None` if it never exited normally.
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub truncated: bool,
-    pub timed_out: bool,
-    pub duration: Duration,
-}
-
-/// Runs `shell -c command` in its own process group and collects its output.
-pub fn run_command(
-    k: &Kernel,
-    command: &str,
-    cwd: &std::path::Path,
-    timeout: Duration,
-) -> Result<CommandOutput, String> {
+/// Starts `shell -c command` in its own process group, stdin from /dev/null, output piped.
+fn spawn(k: &Kernel, command: &str, cwd: &std::path::Path) -> Result<std::process::Child, String> {
     let cfg = &k.config;
     let mut cmd = Command::new(&cfg.exec_shell);
     cmd.arg("-c")
@@ -160,141 +174,44 @@ pub fn run_command(
             cmd.env_remove(&name);
         }
     }
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cfg.exec_shell.display()))?;
-    let pid = child.id() as i32;
-    k.track_exec_group(pid, true);
-    let result = collect(&mut child, pid, timeout, cfg.exec_max_output_bytes);
-    // Reap the shell. After a timeout the group was SIGKILLed, so this returns promptly.
-    let status = child.wait();
-    k.track_exec_group(pid, false);
-    let (stdout, stderr, truncated, timed_out) = result?;
-    let status = status.map_err(|e| format!("cannot wait for command: {e}"))?;
-    Ok(CommandOutput {
-        stdout,
-        stderr,
-        exit_code: status.code().or_else(|| status.signal().map(|s| -s)),
-        signal: status.signal(),
-        truncated,
-        timed_out,
-        duration: started.elapsed(),
-    })
+    cmd.spawn()
+        .map_err(|e| format!("cannot start {}: {e}", cfg.exec_shell.display()))
 }
 
-type Collected = (Vec<u8>, Vec<u8>, bool, bool);
-
-/// Reads stdout and stderr until both close (or shortly after the shell exits), the deadline
-/// passes, or an error occurs. Output beyond `cap` bytes per stream is read and discarded, so
-/// the command is never blocked on a full pipe.
-fn collect(
-    child: &mut std::process::Child,
-    pid: i32,
-    timeout: Duration,
-    cap: usize,
-) -> Result<Collected, String> {
-    let deadline = Instant::now() + timeout;
-    let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
-    ];
-    let mut bufs = [Vec::new(), Vec::new()];
-    let mut truncated = false;
-    let pidfd = pidfd_open(pid);
-    let mut exited_at: Option<Instant> = None;
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let now = Instant::now();
-        if pipes.iter().all(Option::is_none) && (exited_at.is_some() || pidfd.is_none()) {
-            break;
+impl Finished {
+    /// The EXEC reply for a finished command.
+    fn reply(&self, timeout: Duration) -> serde_json::Value {
+        let mut reply = json!({
+            "success": self.exit_code == Some(0) && !self.timed_out,
+            "stdout": String::from_utf8_lossy(&self.stdout),
+            "stderr": String::from_utf8_lossy(&self.stderr),
+            "exit_code": self.exit_code.unwrap_or(-1),
+            "duration_ms": self.duration.as_millis() as u64,
+        });
+        if let Some(sig) = self.signal {
+            reply["signal"] = sig.into();
         }
-        if now >= deadline {
-            kill_group(pid);
-            return Ok((bufs[0].split_off(0), bufs[1].split_off(0), truncated, true));
+        if self.truncated {
+            reply["truncated"] = true.into();
         }
-        let mut wait_until = deadline;
-        if let Some(t) = exited_at {
-            let drain_end = t + DRAIN_AFTER_EXIT;
-            if now >= drain_end {
-                break;
-            }
-            wait_until = wait_until.min(drain_end);
+        if self.timed_out {
+            reply["exit_code"] = (-1).into();
+            reply["error"] = format!("timeout after {}s", fmt_secs(timeout)).into();
         }
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-        let mut which: Vec<usize> = Vec::with_capacity(3);
-        for (i, p) in pipes.iter().enumerate() {
-            if let Some(p) = p {
-                fds.push(libc::pollfd {
-                    fd: p.raw(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                which.push(i);
-            }
+        if let Some(e) = &self.error {
+            reply["success"] = false.into();
+            reply["error"] = e.clone().into();
         }
-        if let (Some(fd), None) = (&pidfd, exited_at) {
-            fds.push(libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            which.push(2);
-        }
-        let ms = wait_until
-            .saturating_duration_since(now)
-            .as_millis()
-            .clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            kill_group(pid);
-            return Err(format!("poll failed while running command: {err}"));
-        }
-        for (pfd, &i) in fds.iter().zip(&which) {
-            if pfd.revents == 0 {
-                continue;
-            }
-            if i == 2 {
-                exited_at = Some(Instant::now());
-                continue;
-            }
-            let Some(pipe) = pipes[i].as_mut() else {
-                continue;
-            };
-            match pipe.read_some(&mut chunk) {
-                Ok(0) => pipes[i] = None,
-                Ok(n) => {
-                    let room = cap.saturating_sub(bufs[i].len());
-                    if n > room {
-                        truncated = true;
-                    }
-                    bufs[i].extend_from_slice(&chunk[..n.min(room)]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => pipes[i] = None,
-            }
-        }
+        reply
     }
-    Ok((bufs[0].split_off(0), bufs[1].split_off(0), truncated, false))
 }
 
-/// A pipe we can poll and read.
-trait ReadFd: Send {
-    fn raw(&self) -> i32;
-    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
-}
-
-impl<T: Read + AsFd + Send> ReadFd for T {
-    fn raw(&self) -> i32 {
-        self.as_fd().as_raw_fd()
-    }
-    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.read(buf)
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
     }
 }
 
