@@ -442,6 +442,86 @@ fn ttl_runs_on_the_wall_clock_across_downtime() {
     );
 }
 
+#[test]
+fn concurrent_writers_share_commits() {
+    // Group commit: with 16 connections writing at once and an fsync per commit, changes that
+    // arrive while a commit is syncing are committed together in the next one. A writer that
+    // committed every change on its own would never show a batch larger than 1.
+    const CONNECTIONS: usize = 16;
+    const STORES_EACH: usize = 40;
+    const ROUNDS: usize = 10;
+    let d = Daemon::with_config("[store]\nsync = \"full\"\n");
+    let mut c = d.client();
+    for round in 0..ROUNDS {
+        let start = Arc::new(std::sync::Barrier::new(CONNECTIONS));
+        let writers: Vec<_> = (0..CONNECTIONS)
+            .map(|w| {
+                let socket = d.socket.clone();
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    let mut c = crate::harness::Client::connect(&socket);
+                    start.wait();
+                    for i in 0..STORES_EACH {
+                        c.ok(
+                            op::STORE,
+                            json!({"key": format!("r{round}-w{w}-{i}"), "value": i}),
+                        );
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("a writer connection failed");
+        }
+        let store = c.ok(op::HELLO, json!({}))["store"].clone();
+        assert_eq!(store["sync"], "full", "{store}");
+        let commits = store["commits"].as_u64().unwrap();
+        let changes = store["changes_committed"].as_u64().unwrap();
+        let max_batch = store["max_batch"].as_u64().unwrap();
+        let written = ((round + 1) * CONNECTIONS * STORES_EACH) as u64;
+        assert!(
+            changes >= written,
+            "{changes} changes for {written} stores: {store}"
+        );
+        let per_bucket: Vec<u64> = store["batch_sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            per_bucket.iter().sum::<u64>(),
+            commits,
+            "every commit is in one bucket: {store}"
+        );
+        if max_batch > 1 {
+            eprintln!("group commit seen in round {round}: {store}");
+            assert!(commits < changes, "{store}");
+            assert!(
+                per_bucket[1..].iter().any(|&n| n > 0),
+                "a batch above 1 is counted in its bucket: {store}"
+            );
+            // What was committed in batches is all there.
+            for w in 0..CONNECTIONS {
+                let key = format!("r{round}-w{w}-{}", STORES_EACH - 1);
+                assert_eq!(fetch(&mut c, &key)["value"], STORES_EACH - 1);
+            }
+            assert_eq!(
+                c.ok(op::KEYS, json!({"limit": 100000}))["keys"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                written as usize
+            );
+            return;
+        }
+    }
+    panic!(
+        "{ROUNDS} rounds of {CONNECTIONS} concurrent writers never produced a commit of more than one change: {}",
+        c.ok(op::HELLO, json!({}))["store"]
+    );
+}
+
 /// A daemon with a few keys, stopped cleanly.
 fn stopped_daemon_with_data(n: usize) -> Daemon {
     let mut d = Daemon::start();
