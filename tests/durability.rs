@@ -475,6 +475,7 @@ fn concurrent_writers_share_commits() {
         }
         let store = c.ok(op::HELLO, json!({}))["store"].clone();
         assert_eq!(store["sync"], "full", "{store}");
+        assert_eq!(store["synchronous"], "FULL", "{store}");
         let commits = store["commits"].as_u64().unwrap();
         let changes = store["changes_committed"].as_u64().unwrap();
         let max_batch = store["max_batch"].as_u64().unwrap();
@@ -754,6 +755,10 @@ fn store_config_is_validated_and_store_path_is_honoured() {
     c.ok(op::STORE, json!({"key": "k", "value": 1}));
     let hello = c.ok(op::HELLO, json!({}));
     assert_eq!(hello["store"]["sync"], "normal");
+    assert_eq!(
+        hello["store"]["synchronous"], "NORMAL",
+        "what SQLite reports for the writer's connection: {hello}"
+    );
     assert_eq!(hello["store"]["path"], custom.display().to_string());
     assert!(hello["store"]["commits"].as_u64().unwrap() >= 1);
     drop(c);

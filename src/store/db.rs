@@ -192,6 +192,12 @@ impl Database {
         };
         conn.pragma_update(None, "synchronous", level)
             .map_err(fail)?;
+        let got = synchronous(&conn).map_err(fail)?;
+        if got != level {
+            return Err(io(format!(
+                "cannot set synchronous = {level} (SQLite reports {got})"
+            )));
+        }
         // From here on the file is ours to write: let SQLite checkpoint on close again.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
             .map_err(fail)?;
@@ -205,6 +211,12 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `PRAGMA synchronous` as SQLite reports it on this connection: `"OFF"`, `"NORMAL"`,
+    /// `"FULL"` or `"EXTRA"`.
+    pub fn synchronous(&self) -> Result<&'static str, rusqlite::Error> {
+        synchronous(&self.conn)
     }
 
     fn fail(&self, e: rusqlite::Error) -> OpenError {
@@ -578,6 +590,18 @@ fn open_verified(path: &Path, latest: i64) -> Result<(Connection, i64), OpenErro
     Ok((conn, version))
 }
 
+/// Reads `PRAGMA synchronous` back and names it.
+fn synchronous(conn: &Connection) -> Result<&'static str, rusqlite::Error> {
+    let n: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    Ok(match n {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "unknown",
+    })
+}
+
 /// Upserts `meta.audit_next`.
 pub(crate) fn record_audit_next(conn: &Connection, next: u64) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
@@ -675,8 +699,10 @@ mod tests {
             Err(e) => panic!("expected Locked, got {e}"),
             Ok(_) => panic!("expected Locked, got a database"),
         }
+        assert_eq!(db.synchronous().unwrap(), "FULL");
         drop(db);
         let db = Database::open(&p, SyncMode::Normal, false).unwrap();
+        assert_eq!(db.synchronous().unwrap(), "NORMAL");
         drop(db);
         assert!(matches!(
             Database::open(&d.path().join("none.db"), SyncMode::Full, false),

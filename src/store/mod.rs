@@ -699,6 +699,9 @@ impl StateStore {
             recovered.agent_names.len(),
             recovered.agent_specs.len()
         );
+        // What SQLite itself says about the writer's connection, for HELLO (not just what the
+        // config asked for).
+        let synchronous = db.synchronous().map_err(|e| db::classify(&cfg.path, e))?;
         let inner = Arc::new(Mutex::new(inner));
         let ids = Arc::new(AtomicU32::new(first_id));
         let audit_max = Arc::new(AtomicUsize::new(DEFAULT_AUDIT_MAX));
@@ -715,6 +718,7 @@ impl StateStore {
                 recorded: audit_reserved,
                 rows: audit_rows,
             },
+            synchronous,
         )
         .map_err(|e| OpenError::Io {
             path: cfg.path.clone(),

@@ -85,6 +85,8 @@ pub(crate) struct Handle {
     stats: Arc<Stats>,
     max_pending: usize,
     sync: SyncMode,
+    /// `PRAGMA synchronous` read back from the writer's connection at start.
+    synchronous: &'static str,
     path: PathBuf,
 }
 
@@ -96,6 +98,7 @@ impl Handle {
         inner: Arc<Mutex<Inner>>,
         ids: Arc<AtomicU32>,
         audit: AuditState,
+        synchronous: &'static str,
     ) -> std::io::Result<Handle> {
         let (tx, rx) = crossbeam_channel::bounded(cfg.max_pending_writes);
         let stats = Arc::new(Stats::default());
@@ -125,6 +128,7 @@ impl Handle {
             stats,
             max_pending: cfg.max_pending_writes,
             sync: cfg.sync,
+            synchronous,
             path: cfg.path.clone(),
         })
     }
@@ -204,6 +208,7 @@ impl Handle {
             "durable": true,
             "path": self.path.display().to_string(),
             "sync": self.sync.as_str(),
+            "synchronous": self.synchronous,
             "commits": commits,
             "changes_committed": changes,
             "avg_batch": (changes as f64 / commits.max(1) as f64 * 100.0).round() / 100.0,
