@@ -464,6 +464,9 @@ fn answer(api: Api, key: Option<&str>, req: &Recorded) -> Reply {
         }
     }
     let body = req.json();
+    if let Some(refusal) = refuse_thinking(api, req, &body) {
+        return refusal;
+    }
     let prompt = prompt_of(req);
     match api {
         Api::OpenAi => {
@@ -514,6 +517,91 @@ fn answer(api: Api, key: Option<&str>, req: &Recorded) -> Reply {
                     "modelVersion": model,
                 }),
             )
+        }
+    }
+}
+
+/// The 400s the real APIs give for a thinking setting the model cannot take:
+/// - OpenAI refuses `reasoning_effort` for models that do not reason (the gpt-4o and gpt-4.1
+///   families, gpt-3.5) and values outside its list for the others;
+/// - Gemini refuses `thinkingLevel` for 2.x models (they take `thinkingBudget`), a level outside
+///   its list for 3.x, both fields at once, and a budget outside the model's range (2.5 Pro
+///   cannot turn thinking off).
+fn refuse_thinking(api: Api, req: &Recorded, body: &Value) -> Option<Reply> {
+    match api {
+        Api::OpenAi => {
+            let effort = body.get("reasoning_effort")?;
+            let model = body["model"].as_str().unwrap_or("");
+            let message = if ["gpt-4", "gpt-3.5", "chatgpt-4o"]
+                .iter()
+                .any(|p| model.starts_with(p))
+            {
+                "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+                    .to_string()
+            } else if !["none", "minimal", "low", "medium", "high", "xhigh"]
+                .contains(&effort.as_str().unwrap_or(""))
+            {
+                format!(
+                    "Invalid value: {effort}. Supported values are: 'none', 'minimal', 'low', \
+                     'medium', 'high' and 'xhigh'."
+                )
+            } else {
+                return None;
+            };
+            Some(Reply::json(
+                400,
+                &json!({"error": {"message": message, "type": "invalid_request_error",
+                                  "param": "reasoning_effort", "code": "unsupported_parameter"}}),
+            ))
+        }
+        Api::Gemini => {
+            let cfg = body.pointer("/generationConfig/thinkingConfig")?;
+            let model = req
+                .path
+                .trim_start_matches("/v1beta/models/")
+                .trim_end_matches(":generateContent");
+            let major: u32 = model
+                .strip_prefix("gemini-")
+                .and_then(|r| r.split(['.', '-']).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (level, budget) = (cfg.get("thinkingLevel"), cfg.get("thinkingBudget"));
+            let message = if level.is_some() && budget.is_some() {
+                "You can only set only one of thinking budget and thinking level.".to_string()
+            } else if level.is_some() && major < 3 {
+                "Thinking level is not supported for this model.".to_string()
+            } else if let Some(l) = level
+                && !["minimal", "low", "medium", "high"].contains(&l.as_str().unwrap_or(""))
+            {
+                format!("Invalid value at 'generation_config.thinking_config.thinking_level' ({l})")
+            } else if let Some(b) = budget.and_then(Value::as_i64)
+                && major == 2
+            {
+                let (min, max, off) = if model.contains("pro") {
+                    (128, 32768, false)
+                } else if model.contains("lite") {
+                    (512, 24576, true)
+                } else {
+                    (1, 24576, true)
+                };
+                if b == 0 && !off {
+                    "Budget 0 is invalid. This model only works in thinking mode.".to_string()
+                } else if b != -1 && b != 0 && !(min..=max).contains(&b) {
+                    format!(
+                        "The thinking budget {b} is invalid. Please choose a value between {min} \
+                         and {max}."
+                    )
+                } else {
+                    return None;
+                }
+            } else {
+                return None;
+            };
+            Some(Reply::json(
+                400,
+                &json!({"error": {"code": 400, "message": message,
+                                  "status": "INVALID_ARGUMENT"}}),
+            ))
         }
     }
 }
@@ -679,4 +767,41 @@ fn http_dates_are_formatted_like_servers_send_them() {
     assert_eq!(http_date(t(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
     assert_eq!(http_date(t(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
     assert_eq!(http_date(t(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+}
+
+#[test]
+fn the_fake_apis_refuse_thinking_settings_as_the_real_ones_do() {
+    let post = |fake: &FakeLlm, path: &str, body: &Value| -> u16 {
+        let body = serde_json::to_vec(body).unwrap();
+        let mut s = TcpStream::connect(fake.server.addr).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply[9..12].parse().unwrap()
+    };
+    let g = FakeLlm::start(Api::Gemini, None);
+    let ask = |thinking: Value| {
+        json!({"contents": [{"parts": [{"text": "p"}]}],
+               "generationConfig": {"thinkingConfig": thinking}})
+    };
+    let path = |m: &str| format!("/v1beta/models/{m}:generateContent");
+    let level = ask(json!({"thinkingLevel": "low"}));
+    assert_eq!(post(&g, &path("gemini-2.5-flash"), &level), 400);
+    assert_eq!(post(&g, &path("gemini-3-pro-preview"), &level), 200);
+    let off = ask(json!({"thinkingBudget": 0}));
+    assert_eq!(post(&g, &path("gemini-2.5-pro"), &off), 400);
+    assert_eq!(post(&g, &path("gemini-2.5-flash"), &off), 200);
+    let o = FakeLlm::start(Api::OpenAi, None);
+    let chat = |model: &str| {
+        json!({"model": model, "reasoning_effort": "low",
+               "messages": [{"role": "user", "content": "p"}]})
+    };
+    assert_eq!(post(&o, "/v1/chat/completions", &chat("gpt-4o-mini")), 400);
+    assert_eq!(post(&o, "/v1/chat/completions", &chat("o4-mini")), 200);
 }

@@ -158,9 +158,10 @@ fn gemini_from_environment_wire_format() {
     );
     assert_eq!(b["generationConfig"]["temperature"], 0.5);
     assert_eq!(b["generationConfig"]["maxOutputTokens"], 32);
+    // Gemini 2.5 takes a budget, not a level name (it refuses `thinkingLevel` with a 400).
     assert_eq!(
-        b["generationConfig"]["thinkingConfig"]["thinkingLevel"],
-        "high"
+        b["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 24576})
     );
     assert_eq!(b["tools"][0]["functionDeclarations"][0]["name"], "lookup");
 
@@ -775,4 +776,139 @@ fn named_models_each_reach_their_own_backend_with_their_own_concurrency() {
         ["to the default", "by id", "a stuck", "a waiting"]
     );
     assert_eq!(b.server.requests().len(), 2);
+}
+
+#[test]
+fn thinking_level_fits_each_model() {
+    let oa = FakeLlm::start(Api::OpenAi, Some(KEY));
+    let gm = FakeLlm::start(Api::Gemini, Some("g-key"));
+    let gemini = |name: &str, id: &str| {
+        format!(
+            "[llm.models.{name}]\nprovider = \"gemini\"\nbase_url = \"{}\"\nmodel = \"{id}\"\n\
+             api_key_env = \"CLOVE_TEST_G_API_KEY\"\n",
+            gm.base_url(Api::Gemini)
+        )
+    };
+    let openai = |name: &str, id: &str| {
+        format!(
+            "[llm.models.{name}]\nbase_url = \"{}\"\nmodel = \"{id}\"\n\
+             api_key_env = \"CLOVE_TEST_API_KEY\"\n",
+            oa.base_url(Api::OpenAi)
+        )
+    };
+    let config = format!(
+        "[llm]\ndefault = \"g25\"\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n{}{}{}{}{}",
+        gemini("g25", "gemini-2.5-flash"),
+        gemini("g25pro", "gemini-2.5-pro"),
+        gemini("g3", "gemini-3-pro-preview"),
+        openai("mini", "gpt-4o-mini"),
+        openai("o4", "o4-mini"),
+    );
+    let d = Daemon::with_config_env(
+        &config,
+        &[
+            ("CLOVE_TEST_API_KEY", KEY),
+            ("CLOVE_TEST_G_API_KEY", "g-key"),
+        ],
+    );
+    let mut c = d.client();
+    let sent = |fake: &FakeLlm| fake.server.requests().pop().unwrap().json();
+
+    // Gemini 2.5: a level name becomes a budget (the fake, like the API, refuses a level).
+    let r = c.ok(
+        op::THINK,
+        json!({"prompt": "p", "model": "g25", "thinking_level": "low"}),
+    );
+    assert_eq!(r["content"], "echo: p");
+    assert_eq!(
+        sent(&gm)["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 1024})
+    );
+    // Gemini 3: the level itself; a number stays a budget.
+    c.ok(
+        op::THINK,
+        json!({"prompt": "p", "model": "g3", "thinking_level": "Low"}),
+    );
+    assert_eq!(
+        sent(&gm)["generationConfig"]["thinkingConfig"],
+        json!({"thinkingLevel": "low"})
+    );
+    c.ok(
+        op::THINK,
+        json!({"prompt": "p", "model": "g3", "thinking_level": 2048}),
+    );
+    assert_eq!(
+        sent(&gm)["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 2048})
+    );
+    assert_eq!(gm.server.requests().len(), 3);
+
+    // A level a 2.5 model has no budget for is refused before anything is sent.
+    let e = c.err(
+        op::THINK,
+        json!({"prompt": "p", "model": "g25", "thinking_level": "turbo"}),
+    );
+    assert!(
+        e.contains("\"turbo\"")
+            && e.contains("gemini-2.5-flash")
+            && e.contains("low, medium, high"),
+        "{e}"
+    );
+    assert_eq!(gm.server.requests().len(), 3);
+
+    // What the model itself refuses (2.5 Pro cannot stop thinking) comes back with the API's
+    // message, at once: a 400 is not retried.
+    let e = c.err(
+        op::THINK,
+        json!({"prompt": "p", "model": "g25pro", "thinking_level": "none"}),
+    );
+    assert!(
+        e.contains("400")
+            && e.contains("Budget 0 is invalid. This model only works in thinking mode.")
+            && e.contains("leave thinking_level out"),
+        "{e}"
+    );
+    assert_eq!(gm.server.requests().len(), 4, "a 400 is not retried");
+
+    // OpenAI: `reasoning_effort` is sent as asked; a model that does not reason refuses it,
+    // and the API's message says so, with no retry.
+    let e = c.err(
+        op::THINK,
+        json!({"prompt": "p", "model": "mini", "thinking_level": "low"}),
+    );
+    assert!(
+        e.contains("400")
+            && e.contains(
+                "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+            )
+            && e.contains("sent to gpt-4o-mini as reasoning_effort")
+            && e.contains("leave thinking_level out"),
+        "{e}"
+    );
+    assert_eq!(oa.server.requests().len(), 1, "a 400 is not retried");
+    assert_eq!(sent(&oa)["reasoning_effort"], "low");
+    // Without thinking_level the same model answers; a reasoning model takes the effort.
+    assert_eq!(
+        c.ok(op::THINK, json!({"prompt": "plain", "model": "mini"}))["content"],
+        "echo: plain"
+    );
+    assert!(sent(&oa).get("reasoning_effort").is_none());
+    c.ok(
+        op::THINK,
+        json!({"prompt": "p", "model": "o4", "thinking_level": "high"}),
+    );
+    assert_eq!(sent(&oa)["reasoning_effort"], "high");
+    // A 400 about something else gets no thinking hint.
+    oa.push(Reply::json(
+        400,
+        &json!({"error": {"message": "Invalid image data"}}),
+    ));
+    let e = c.err(
+        op::THINK,
+        json!({"prompt": "p", "model": "o4", "thinking_level": "high"}),
+    );
+    assert!(
+        e.contains("Invalid image data") && !e.contains("thinking_level"),
+        "{e}"
+    );
 }

@@ -20,8 +20,40 @@ pub fn headers(m: &ModelConfig) -> Vec<(String, String)> {
     }
 }
 
-/// The JSON body for `req`.
-pub fn body(req: &ThinkRequest) -> Value {
+/// Whether model id `id` takes `thinkingConfig.thinkingLevel` (Gemini 3 and later) rather
+/// than `thinkingConfig.thinkingBudget` (Gemini 2.5, which refuses `thinkingLevel` with a 400).
+/// Ids that name no version (aliases such as `gemini-flash-latest`, other model families) get
+/// the budget, which Gemini 3 accepts too.
+pub fn takes_thinking_level(id: &str) -> bool {
+    let id = id.rsplit('/').next().unwrap_or(id);
+    let Some(rest) = id.strip_prefix("gemini-") else {
+        return false;
+    };
+    let major: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    major.parse::<u32>().is_ok_and(|n| n >= 3)
+}
+
+/// Level names a budget-taking model understands.
+pub const BUDGET_LEVELS: &str = "none, minimal, low, medium, high, dynamic";
+
+/// The `thinkingBudget` for a level name on a model that takes budgets: `low`, `medium` and
+/// `high` are the budgets Google's own OpenAI-compatible endpoint uses for `reasoning_effort`;
+/// `none` turns thinking off (where the model allows it), `minimal` is the smallest budget
+/// every 2.5 model accepts, `dynamic` (or `auto`) lets the model decide.
+pub fn level_budget(name: &str) -> Option<i64> {
+    Some(match name {
+        "none" | "off" => 0,
+        "minimal" => 512,
+        "low" => 1024,
+        "medium" => 8192,
+        "high" => 24576,
+        "dynamic" | "auto" => -1,
+        _ => return None,
+    })
+}
+
+/// The JSON body for `req` to model `m`; refuses a level name the model cannot take.
+pub fn body(m: &ModelConfig, req: &ThinkRequest) -> Result<Value, String> {
     let mut parts = Vec::new();
     if !req.prompt.is_empty() || req.image.is_none() {
         parts.push(json!({"text": req.prompt}));
@@ -45,8 +77,18 @@ pub fn body(req: &ThinkRequest) -> Value {
         gen_cfg.insert("maxOutputTokens".into(), n.into());
     }
     match &req.thinking_level {
-        Some(ThinkingLevel::Named(s)) => {
+        Some(ThinkingLevel::Named(s)) if takes_thinking_level(&m.model) => {
             gen_cfg.insert("thinkingConfig".into(), json!({"thinkingLevel": s}));
+        }
+        Some(ThinkingLevel::Named(s)) => {
+            let budget = level_budget(s).ok_or_else(|| {
+                format!(
+                    "thinking_level {s:?} is not a level {} takes (it takes a token budget, or \
+                     one of: {BUDGET_LEVELS})",
+                    m.model
+                )
+            })?;
+            gen_cfg.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
         }
         Some(ThinkingLevel::Budget(n)) => {
             gen_cfg.insert("thinkingConfig".into(), json!({"thinkingBudget": n}));
@@ -74,7 +116,7 @@ pub fn body(req: &ThinkRequest) -> Value {
             .collect();
         b.insert("tools".into(), json!([{"functionDeclarations": decls}]));
     }
-    Value::Object(b)
+    Ok(Value::Object(b))
 }
 
 /// Reads a `generateContent` response.
@@ -187,7 +229,7 @@ mod tests {
                 parameters: Some(json!({"type": "object"})),
             }],
         };
-        let b = body(&req);
+        let b = body(&model(), &req).unwrap();
         assert_eq!(b["contents"][0]["parts"][0]["text"], "hi");
         assert_eq!(
             b["contents"][0]["parts"][1]["inlineData"]["mimeType"],
@@ -205,6 +247,74 @@ mod tests {
             "http://h/v1beta/models/gemini-x:generateContent"
         );
         assert_eq!(headers(&model())[0].0, "x-goog-api-key");
+    }
+
+    #[test]
+    fn thinking_levels_fit_the_model_generation() {
+        let with = |id: &str, level: ThinkingLevel| {
+            let m = ModelConfig {
+                model: id.into(),
+                ..model()
+            };
+            let req = ThinkRequest {
+                prompt: "p".into(),
+                system_instruction: None,
+                image: None,
+                temperature: None,
+                max_tokens: None,
+                thinking_level: Some(level),
+                tools: vec![],
+            };
+            body(&m, &req).map(|b| b["generationConfig"]["thinkingConfig"].clone())
+        };
+        let named = |s: &str| ThinkingLevel::Named(s.into());
+        // Gemini 2.5 takes budgets only: level names become budgets.
+        for (level, budget) in [
+            ("none", 0),
+            ("minimal", 512),
+            ("low", 1024),
+            ("medium", 8192),
+            ("high", 24576),
+            ("dynamic", -1),
+        ] {
+            assert_eq!(
+                with("gemini-2.5-flash", named(level)),
+                Ok(json!({"thinkingBudget": budget})),
+                "{level}"
+            );
+        }
+        assert_eq!(
+            with("models/gemini-2.5-pro", named("high")),
+            Ok(json!({"thinkingBudget": 24576}))
+        );
+        let e = with("gemini-2.5-flash", named("turbo")).unwrap_err();
+        assert!(
+            e.contains("\"turbo\"") && e.contains("gemini-2.5-flash") && e.contains("medium"),
+            "{e}"
+        );
+        // Unversioned aliases get the budget too (Gemini 3 accepts it as well).
+        assert_eq!(
+            with("gemini-flash-latest", named("low")),
+            Ok(json!({"thinkingBudget": 1024}))
+        );
+        // Gemini 3 takes the level itself, whatever its name; a budget stays a budget.
+        for id in [
+            "gemini-3-pro-preview",
+            "gemini-3.1-flash",
+            "gemini-10-ultra",
+        ] {
+            assert_eq!(
+                with(id, named("low")),
+                Ok(json!({"thinkingLevel": "low"})),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            with("gemini-3-pro-preview", ThinkingLevel::Budget(2048)),
+            Ok(json!({"thinkingBudget": 2048}))
+        );
+        assert!(!takes_thinking_level("gemma-3-27b-it"));
+        assert!(!takes_thinking_level("gemini-"));
     }
 
     #[test]

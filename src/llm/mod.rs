@@ -618,7 +618,11 @@ fn call_model(b: &Backend, cfg: &LlmConfig, req: &ThinkRequest) -> Result<ThinkO
     let m = &b.cfg;
     let (url, headers, body) = match m.provider {
         Provider::OpenAi => (openai::url(m), openai::headers(m), openai::body(m, req)),
-        Provider::Gemini => (gemini::url(m), gemini::headers(m), gemini::body(req)),
+        Provider::Gemini => (
+            gemini::url(m),
+            gemini::headers(m),
+            gemini::body(m, req).map_err(|e| format!("model {:?}: {e}", m.name))?,
+        ),
     };
     let body = serde_json::to_vec(&body).map_err(|e| format!("cannot encode the request: {e}"))?;
     let policy = transport::RetryPolicy {
@@ -639,12 +643,41 @@ fn call_model(b: &Backend, cfg: &LlmConfig, req: &ThinkRequest) -> Result<ThinkO
         m.timeout,
         &policy,
     )
-    .map_err(|e| format!("model {:?}: {}", m.name, scrub(e, m)))?;
+    .map_err(|e| {
+        format!(
+            "model {:?}: {}{}",
+            m.name,
+            scrub(e.clone(), m),
+            thinking_hint(m, req, &e)
+        )
+    })?;
     match m.provider {
         Provider::OpenAi => openai::parse(m, &answer),
         Provider::Gemini => gemini::parse(m, &answer),
     }
     .map_err(|e| format!("model {:?}: {}", m.name, scrub(e, m)))
+}
+
+/// For a backend that refused the request (400) over its thinking setting: what THINK's
+/// `thinking_level` became on the wire, and that leaving it out is the fix. Models that do not
+/// reason (OpenAI's gpt-4o family, for one) refuse `reasoning_effort` outright.
+fn thinking_hint(m: &ModelConfig, req: &ThinkRequest, err: &str) -> String {
+    let lower = err.to_ascii_lowercase();
+    if req.thinking_level.is_none()
+        || !lower.contains("answered 400")
+        || !(lower.contains("reasoning") || lower.contains("thinking"))
+    {
+        return String::new();
+    }
+    let field = match m.provider {
+        Provider::OpenAi => "reasoning_effort",
+        Provider::Gemini => "generationConfig.thinkingConfig",
+    };
+    format!(
+        " (THINK's thinking_level is sent to {} as {field}; leave thinking_level out for a \
+         model that does not support it)",
+        m.model
+    )
 }
 
 /// Removes the model's key from a message that quotes backend text (an error page could echo
