@@ -523,6 +523,298 @@ fn concurrent_writers_share_commits() {
     );
 }
 
+/// The thread id of the daemon's writer thread (`clove-store`).
+fn store_thread(pid: i32) -> i32 {
+    wait_for("the clove-store thread", Duration::from_secs(10), || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "clove-store")
+            })
+            .and_then(|t| t.file_name().to_str()?.parse().ok())
+    })
+}
+
+/// `struct ptrace_syscall_info` up to the entry arguments (linux/ptrace.h).
+#[repr(C)]
+#[derive(Default)]
+struct SyscallInfo {
+    op: u8,
+    pad: [u8; 3],
+    arch: u32,
+    instruction_pointer: u64,
+    stack_pointer: u64,
+    nr: u64,
+    args: [u64; 6],
+}
+
+fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<libc::c_long, String> {
+    // SAFETY: ptrace(2) on a thread of our own child; `addr`/`data` are plain values or point at
+    // a live `SyscallInfo` of the size passed.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if r < 0 {
+        Err(format!(
+            "ptrace({req:#x}) on thread {tid}: {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Holds ONE thread of the daemon (its writer) at the entry of its next `fsync`/`fdatasync`:
+/// a commit stalled on the disk, exactly where a slow disk would stall it, while every other
+/// thread of the daemon runs on. (An SQLite lock held from outside cannot do this: the daemon
+/// keeps the file in exclusive locking mode, see the test.) The tracer is a thread of the test;
+/// dropping the `Stall`, also when a test fails, lets the writer go.
+struct Stall {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    stalled: std::sync::mpsc::Receiver<Result<u64, String>>,
+    tracer: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Stall {
+    /// Attaches to thread `tid` and lets it run until it starts to sync a file.
+    fn arm(tid: i32) -> Stall {
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let (armed_tx, armed) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (stalled_tx, stalled) = std::sync::mpsc::channel();
+        let tracer = std::thread::spawn(move || -> Result<(), String> {
+            let wait = |flags: libc::c_int| -> Result<Option<libc::c_int>, String> {
+                let mut st = 0;
+                // SAFETY: waitpid(2) for our tracee only.
+                match unsafe { libc::waitpid(tid, &mut st, libc::__WALL | flags) } {
+                    0 => Ok(None),
+                    r if r == tid => Ok(Some(st)),
+                    _ => Err(format!(
+                        "waitpid {tid}: {}",
+                        std::io::Error::last_os_error()
+                    )),
+                }
+            };
+            let attach = (|| {
+                ptrace(
+                    libc::PTRACE_SEIZE,
+                    tid,
+                    0,
+                    libc::PTRACE_O_TRACESYSGOOD as usize,
+                )?;
+                ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0)?;
+                wait(0).map(|_| ())
+            })();
+            let failed = attach.is_err();
+            let _ = armed_tx.send(attach);
+            if failed {
+                return Ok(());
+            }
+            let mut inject = 0usize;
+            loop {
+                ptrace(libc::PTRACE_SYSCALL, tid, 0, inject)?;
+                inject = 0;
+                let st = loop {
+                    if let Some(st) = wait(libc::WNOHANG)? {
+                        break st;
+                    }
+                    if !matches!(
+                        release_rx.try_recv(),
+                        Err(std::sync::mpsc::TryRecvError::Empty)
+                    ) {
+                        // Given up before the sync came: stop it once more to detach.
+                        ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0)?;
+                        wait(0)?;
+                        return ptrace(libc::PTRACE_DETACH, tid, 0, 0).map(|_| ());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                if !libc::WIFSTOPPED(st) {
+                    return Err(format!("the writer thread ended ({st:#x})"));
+                }
+                let sig = libc::WSTOPSIG(st);
+                if sig == libc::SIGTRAP | 0x80 {
+                    let mut info = SyscallInfo::default();
+                    ptrace(
+                        libc::PTRACE_GET_SYSCALL_INFO,
+                        tid,
+                        std::mem::size_of::<SyscallInfo>(),
+                        &mut info as *mut SyscallInfo as usize,
+                    )?;
+                    let sync = [libc::SYS_fsync as u64, libc::SYS_fdatasync as u64];
+                    if info.op == libc::PTRACE_SYSCALL_INFO_ENTRY && sync.contains(&info.nr) {
+                        let _ = stalled_tx.send(Ok(info.nr));
+                        break;
+                    }
+                } else if st >> 16 != libc::PTRACE_EVENT_STOP {
+                    // A signal for the thread: deliver it.
+                    inject = sig as usize;
+                }
+            }
+            // Held here, inside the commit, until released (or the test gives up).
+            let _ = release_rx.recv();
+            ptrace(libc::PTRACE_DETACH, tid, 0, 0).map(|_| ())
+        });
+        match armed.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("cannot trace the writer thread (ptrace is needed here): {e}"),
+            Err(e) => panic!("the tracer did not attach: {e}"),
+        }
+        Stall {
+            release: Some(release),
+            stalled,
+            tracer: Some(tracer),
+        }
+    }
+
+    /// Waits until the writer is held at a sync; returns the syscall number.
+    fn wait_stalled(&self, timeout: Duration) -> u64 {
+        match self.stalled.recv_timeout(timeout) {
+            Ok(Ok(nr)) => nr,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(e) => panic!("the writer never reached a sync within {timeout:?}: {e}"),
+        }
+    }
+
+    /// Lets the writer go on (detaches).
+    fn release(mut self) {
+        self.finish().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        drop(self.release.take());
+        match self.tracer.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the tracer thread panicked".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+#[test]
+fn reads_do_not_wait_for_a_stalled_commit() {
+    let d = Daemon::with_config("[store]\nsync = \"full\"\n");
+    let mut reader = d.client();
+    let mut first = d.client();
+    let mut second = d.client();
+    first.ok(op::STORE, json!({"key": "k", "value": "old"}));
+    second.ok(op::HELLO, json!({}));
+
+    // An outside program cannot take (or even wait for) an SQLite lock on the live file: the
+    // daemon holds it in exclusive locking mode from start to stop. So no outside lock can
+    // stall the writer or make a client's STORE fail with "database is locked".
+    {
+        let outside = rusqlite::Connection::open(db_path(&d)).unwrap();
+        outside.busy_timeout(Duration::from_millis(200)).unwrap();
+        let e = outside.execute_batch("BEGIN IMMEDIATE").unwrap_err();
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy),
+            "{e}"
+        );
+        let e = outside
+            .query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy),
+            "{e}"
+        );
+    }
+    first.ok(op::STORE, json!({"key": "k", "value": "old"}));
+
+    // A real stall instead: the writer held at the fsync of the next commit.
+    let stall = Stall::arm(store_thread(d.pid()));
+    // A read that waited for the held writer would never be answered: give up after 5 s.
+    reader
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let commits = |c: &mut crate::harness::Client| {
+        c.ok(op::HELLO, json!({}))["store"]["commits"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = commits(&mut reader);
+    let send = |mut c: crate::harness::Client, req: Value| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.call(op::STORE, req));
+        });
+        rx
+    };
+    let pending_k = send(first, json!({"key": "k", "value": "new"}));
+    let nr = stall.wait_stalled(Duration::from_secs(20));
+    eprintln!("writer held at syscall {nr}");
+    // A second write queues behind the stalled commit.
+    let pending_fresh = send(second, json!({"key": "fresh", "value": 1}));
+    wait_for(
+        "the second STORE to be queued",
+        Duration::from_secs(10),
+        || {
+            let store = reader.ok(op::HELLO, json!({}))["store"].clone();
+            (store["pending"].as_u64().unwrap() >= 1).then_some(())
+        },
+    );
+
+    let held = Instant::now();
+    let mut rounds = 0;
+    while rounds < 3 || held.elapsed() < Duration::from_millis(500) {
+        let t = Instant::now();
+        let k = fetch(&mut reader, "k");
+        assert_eq!(
+            k["value"], "old",
+            "a read must not see an uncommitted value: {k}"
+        );
+        let fresh = fetch(&mut reader, "fresh");
+        assert_eq!(fresh["exists"], false, "{fresh}");
+        let keys = reader.ok(op::KEYS, json!({}));
+        assert_eq!(keys["keys"], json!(["k"]), "{keys}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "reads took {:?} while the writer was stalled",
+            t.elapsed()
+        );
+        assert_eq!(commits(&mut reader), before, "the commit is still held");
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        pending_k.try_recv().is_err() && pending_fresh.try_recv().is_err(),
+        "no STORE may be answered before its commit"
+    );
+
+    stall.release();
+    for (what, rx) in [("k", pending_k), ("fresh", pending_fresh)] {
+        let r = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("the STORE of {what} was never answered: {e}"));
+        assert_eq!(
+            r["success"], true,
+            "the stalled STORE of {what} succeeds: {r}"
+        );
+    }
+    assert_eq!(fetch(&mut reader, "k")["value"], "new");
+    assert_eq!(fetch(&mut reader, "fresh")["value"], 1);
+    assert_eq!(
+        reader.ok(op::KEYS, json!({}))["keys"],
+        json!(["fresh", "k"])
+    );
+    assert!(commits(&mut reader) > before);
+}
+
 /// A daemon with a few keys, stopped cleanly.
 fn stopped_daemon_with_data(n: usize) -> Daemon {
     let mut d = Daemon::start();
