@@ -229,3 +229,132 @@ fn bad_async_poll_max_and_unknown_get_perms_id_are_named_and_the_connection_goes
         serde_json::from_str(r["results"][0]["payload"].as_str().unwrap()).unwrap();
     assert_eq!(payload["stdout"], "done\n");
 }
+
+/// Runs `clove serve` on `socket` (state beside it, no config) and returns its output; a daemon
+/// that unexpectedly starts is stopped after its ready line so the test fails instead of hanging.
+fn serve_once(socket: &std::path::Path, state_dir: &std::path::Path) -> std::process::Output {
+    let cfg = state_dir.with_extension("toml");
+    std::fs::write(&cfg, "").unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env_remove("CLOVE_SOCKET")
+        .env_remove("CLOVE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
+    let watcher = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("clove: ready") {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let mut out = child.wait_with_output().unwrap();
+    out.stdout = watcher.join().unwrap().into_bytes();
+    out
+}
+
+#[test]
+fn a_foreign_listener_on_the_path_is_refused_and_left_alone() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busy.sock");
+    // Something that is not clove answers on the path, and holds no lock file.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4];
+            // The daemon's probe connects and hangs up; a real client sends "ping".
+            if s.read_exact(&mut buf).is_ok() && &buf == b"ping" {
+                let _ = s.write_all(b"pong");
+                return;
+            }
+        }
+    });
+    assert!(!dir.path().join("busy.sock.lock").exists());
+    let out = serve_once(&socket, &dir.path().join("state"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started over a live listener: {err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("already answering") && err.contains(&socket.display().to_string()),
+        "the refusal must say what and where: {err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("clove: ready"),
+        "{err}"
+    );
+    // The listener's socket file is still there, and still its own: it answers.
+    let meta = std::fs::symlink_metadata(&socket).expect("socket file removed");
+    assert!(meta.file_type().is_socket());
+    let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut reply = [0u8; 4];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"pong");
+    server.join().unwrap();
+}
+
+#[test]
+fn a_stale_socket_without_a_lock_file_is_replaced_unless_another_user_owns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("stale.sock");
+    // Bound, then the listener dropped: the file stays and nothing answers on it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(std::fs::symlink_metadata(&socket).is_ok());
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
+    assert!(!dir.path().join("stale.sock.lock").exists());
+
+    if nix::unistd::geteuid().as_raw() == 0 {
+        // Someone else's stale socket is not ours to remove.
+        std::os::unix::fs::lchown(&socket, Some(65534), Some(65534)).unwrap();
+        let out = serve_once(&socket, &dir.path().join("state0"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("stale socket")
+                && err.contains("65534")
+                && err.contains(&socket.display().to_string()),
+            "{err}"
+        );
+        let meta = std::fs::symlink_metadata(&socket).expect("foreign stale socket removed");
+        assert!(std::os::unix::fs::MetadataExt::uid(&meta) == 65534);
+        std::os::unix::fs::lchown(&socket, Some(0), Some(0)).unwrap();
+    } else {
+        eprintln!("skipped the other-user half: needs root to chown the socket");
+    }
+
+    let mut d = Daemon {
+        child: None,
+        socket: socket.clone(),
+        state_dir: dir.path().join("state"),
+        config_path: dir.path().join("clove.toml"),
+        log_path: dir.path().join("daemon.log"),
+        env: Vec::new(),
+        dir,
+    };
+    std::fs::write(&d.config_path, "").unwrap();
+    d.spawn().expect("start over our own stale socket");
+    let mut c = d.client();
+    c.ok(op::HELLO, json!({}));
+    assert!(d.logs().contains("removing stale socket"), "{}", d.logs());
+}
