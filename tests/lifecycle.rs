@@ -358,3 +358,107 @@ fn a_stale_socket_without_a_lock_file_is_replaced_unless_another_user_owns_it() 
     c.ok(op::HELLO, json!({}));
     assert!(d.logs().contains("removing stale socket"), "{}", d.logs());
 }
+
+/// A group from /etc/group other than root's: (name, gid).
+fn some_group() -> Option<(String, u32)> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    let groups: Vec<(String, u32)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?.to_string();
+            let gid = f.nth(1)?.parse().ok()?;
+            Some((name, gid))
+        })
+        .filter(|(_, gid)| *gid != 0)
+        .collect();
+    ["daemon", "nogroup", "users"]
+        .iter()
+        .find_map(|want| groups.iter().find(|(n, _)| n == want).cloned())
+        .or_else(|| groups.first().cloned())
+}
+
+#[test]
+fn socket_group_gives_the_socket_to_that_group_and_lets_its_members_in() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to give the socket to a group it is not in");
+        return;
+    }
+    let Some((group, gid)) = some_group() else {
+        eprintln!("skipped: /etc/group has no group besides root");
+        return;
+    };
+    let nobody = 65534;
+    let config = |group: &str| {
+        format!(
+            "[server]\nsocket_mode = \"0660\"\nsocket_group = \"{group}\"\nallowed_uids = [{nobody}]\n"
+        )
+    };
+    let ping_as = |d: &Daemon, gid: u32| {
+        Command::new(BIN)
+            .arg("ping")
+            .arg("--socket")
+            .arg(&d.socket)
+            .uid(nobody)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    for spelled in [group.clone(), gid.to_string()] {
+        let d = Daemon::with_config(&config(&spelled));
+        std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let meta = std::fs::metadata(&d.socket).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660, "{spelled}");
+        assert_eq!(meta.gid(), gid, "socket_group = {spelled:?}");
+        assert_eq!(meta.uid(), 0);
+        // A member of the group gets through the file mode (and, allowed, the uid check)...
+        let member = ping_as(&d, gid);
+        assert!(
+            member.status.success(),
+            "group member refused: {}",
+            String::from_utf8_lossy(&member.stderr)
+        );
+        // ...and the same user outside the group is stopped by the file mode itself.
+        let outsider_gid = if gid == nobody { nobody - 1 } else { nobody };
+        let outsider = ping_as(&d, outsider_gid);
+        assert!(!outsider.status.success());
+        let err = String::from_utf8_lossy(&outsider.stderr);
+        assert!(
+            err.contains("cannot connect") && err.contains("os error 13"),
+            "expected the file mode to refuse (EACCES): {err}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_socket_group_stops_the_start_naming_key_and_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("clove.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nsocket_mode = \"0660\"\nsocket_group = \"no-such-group-clove\"\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("s.sock");
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("CLOVE_SOCKET")
+        .env_remove("CLOVE_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("server.socket_group") && err.contains("no-such-group-clove"),
+        "{err}"
+    );
+    assert!(!socket.exists(), "no socket may be left behind");
+}
