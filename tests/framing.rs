@@ -344,3 +344,106 @@ fn a_thousand_idle_connections_are_held() {
         "RSS with 1000 idle connections is {rss} KiB"
     );
 }
+
+/// Waits until every thread of `pid` is stopped (state `T`), so that bytes written now are
+/// all waiting for the reactor when it resumes.
+fn wait_all_threads_stopped(pid: i32) {
+    crate::harness::wait_for("daemon stopped", Duration::from_secs(10), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut all = true;
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            all &= state.starts_with('T');
+        }
+        all.then_some(())
+    });
+}
+
+/// One client pipelines `pairs` (NOOP i, RECV max 1) pairs in one write while the daemon is
+/// stopped; then a second client connects and sends it a message, still while the daemon is
+/// stopped. When the daemon resumes it finds both, and the batch is certainly first in line: the
+/// second client is not even accepted yet. (SEND and RECV are answered on the event loop and act
+/// at once; STORE would wait for the state store's writer.) Returns how many of the first
+/// client's RECVs came before the message (`None`: not during the batch), after checking that
+/// its replies are complete and in order.
+fn recvs_served_before_another_clients_send(max_pipelined: usize, pairs: u32) -> Option<usize> {
+    let mut d = Daemon::with_config(&format!("[server]\nmax_pipelined = {max_pipelined}\n"));
+    let mut a = d.client();
+    let a_id = a.my_id();
+    let mut a = a.stream;
+    a.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..pairs {
+        batch.extend(frame(0, op::NOOP, format!("n{i}").as_bytes()));
+        batch.extend(frame(0, op::RECV, br#"{"max":1}"#));
+    }
+    let send = frame(
+        0,
+        op::SEND,
+        format!("{{\"to\":{a_id},\"message\":\"flag\"}}").as_bytes(),
+    );
+    d.signal(libc::SIGSTOP);
+    wait_all_threads_stopped(d.pid());
+    let wrote = a.write_all(&batch);
+    // The connection waits in the listen backlog; its request in the socket buffer.
+    let mut b = std::os::unix::net::UnixStream::connect(&d.socket);
+    let wrote_b = match b.as_mut() {
+        Ok(b) => b.write_all(&send),
+        Err(_) => Ok(()),
+    };
+    d.signal(libc::SIGCONT);
+    wrote.expect("the batch fits in the socket buffer");
+    let mut b = b.expect("connect while the daemon is stopped");
+    wrote_b.expect("write while the daemon is stopped");
+    b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The second client is answered while the first has not read a single reply.
+    let r = read_frame(&mut b).unwrap();
+    assert_eq!(r.op, op::SEND);
+    assert_eq!(r.json()["delivered_to"], a_id, "{:?}", r.json());
+    let mut before = None;
+    for i in 0..pairs {
+        let n = read_frame(&mut a).unwrap();
+        assert_eq!(n.op, op::NOOP, "reply {i}");
+        assert_eq!(
+            n.payload,
+            format!("n{i}").as_bytes(),
+            "reply {i} out of order"
+        );
+        let m = read_frame(&mut a).unwrap();
+        assert_eq!(m.op, op::RECV);
+        let m = m.json();
+        match m["count"].as_u64() {
+            Some(0) => {}
+            Some(1) => {
+                assert_eq!(m["messages"][0]["message"], "flag");
+                assert!(before.is_none(), "the message came twice");
+                before = Some(i as usize);
+            }
+            _ => panic!("RECV {i}: {m}"),
+        }
+    }
+    assert!(d.alive());
+    before
+}
+
+#[test]
+fn pipelining_limit_lets_another_client_in_during_a_long_batch() {
+    let pairs = 1000;
+    // With max_pipelined = 4 the reactor takes a turn of four requests (two pairs) from the
+    // batch, or two turns when it accepts the newcomer after the first: then the newcomer's
+    // SEND, then the rest of the batch.
+    let before = recvs_served_before_another_clients_send(4, pairs);
+    assert!(
+        before.is_some_and(|n| n <= 4),
+        "{before:?} of {pairs} RECVs were served before the other client's SEND (None: all)"
+    );
+    // The same batch with a budget larger than the batch: the whole batch goes first. This is
+    // what the limit prevents, and shows the test can tell the two apart.
+    let before = recvs_served_before_another_clients_send(1 << 20, pairs);
+    assert_eq!(
+        before, None,
+        "without a limit the whole batch should go before the other client's SEND"
+    );
+}
