@@ -422,9 +422,25 @@ fn ttl_runs_on_the_wall_clock_across_downtime() {
     });
     assert!(now_ms() >= t0 + 6000, "expired early");
     assert_eq!(fetch(&mut c, "forever")["value"], 3);
+    // ...and its row is deleted from the file while the daemon runs (the writer's purge; the
+    // key that expired while the daemon was down was deleted at start and is not counted).
+    let store = wait_for(
+        "the expired row to be purged",
+        Duration::from_secs(10),
+        || {
+            let store = c.ok(op::HELLO, json!({}))["store"].clone();
+            (store["expired_rows_purged"].as_u64().unwrap() >= 1).then_some(store)
+        },
+    );
+    assert_eq!(store["expired_rows_purged"], 1, "{store}");
     drop(c);
-    // ...and the rows are gone from the file, not merely hidden.
     assert!(d.stop().success());
+    // The file itself holds no expired row: `check` counts rows as they are on disk, expired
+    // ones included (a stop does not purge).
+    let out = state_cmd(&d, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 keys (0 expired)"), "{text}");
     let out = state_cmd(&d, &["export"]);
     assert!(out.status.success());
     let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
