@@ -966,46 +966,78 @@ fn cli_spawn_agents_logs_kill() {
     assert!(out.contains("EXITED"), "{out}");
 }
 
+/// The parent pid of `pid` from /proc (None once it is gone).
+fn parent_pid(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 #[test]
 fn orphaned_descendants_are_reaped_by_the_daemon() {
     let d = Daemon::with_config(FAST);
     let mut c = d.client();
+    let daemon = d.pid() as i64;
+    // A subshell starts a long sleeper, records its pid and exits: the sleeper is orphaned
+    // while it still has 30 s to live, so its new parent can be read while it runs.
+    let orphan_sh = d.path("orphan.sh");
+    std::fs::write(
+        &orphan_sh,
+        "( sleep 30 & echo $! > \"$2.tmp\" && mv \"$2.tmp\" \"$2\" )\nexec sleep 3600\n",
+    )
+    .unwrap();
     let file = d.path("orphan.pid");
-    let mut req = sh_agent("parent", "orphan.sh", json!([file.display().to_string()]));
-    req["sandboxed"] = json!(false);
-    c.ok(op::SPAWN, req);
+    c.ok(
+        op::SPAWN,
+        json!({"name": "parent", "script": orphan_sh, "python": "/bin/sh",
+            "args": [file.display().to_string()], "sandboxed": false}),
+    );
     let pid: i64 = wait_for("the orphan's pid", T, || {
         std::fs::read_to_string(&file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
     });
-    let ppid = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<i64>()
-                    .ok()
-            })
-    };
-    // The subshell exits just after writing the file; from then on the orphan's parent is the
-    // daemon (a subreaper), not init. (If the orphan is already gone, the reap below tells.)
-    wait_for(
-        "the orphan to be re-parented to the daemon",
-        T,
-        || match ppid() {
-            None => Some(()),
-            Some(p) if p == d.pid() as i64 => Some(()),
-            Some(_) => None,
-        },
-    );
-    // When it exits, the daemon reaps it: no zombie stays behind.
-    wait_for("the orphan to be reaped", T, || {
-        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
-    });
+    // Until the subshell has exited the parent is the subshell; then it must be the daemon (a
+    // child subreaper). Without the subreaper it would be init (pid 1), or whatever subreaper
+    // is above the daemon: anything but the subshell and the daemon fails at once.
+    let deadline = Instant::now() + T;
+    let mut subshell = None;
+    loop {
+        let Some(p) = parent_pid(pid) else {
+            panic!("the orphan {pid} vanished before it was killed (it sleeps 30 s)");
+        };
+        if p == daemon {
+            break;
+        }
+        assert!(
+            p != 1 && subshell.is_none_or(|s| s == p),
+            "the orphan {pid} was re-parented to {p}, not to the daemon {daemon}"
+        );
+        subshell = Some(p);
+        assert!(
+            Instant::now() < deadline,
+            "the orphan {pid} is still a child of {p}, not of the daemon {daemon}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(alive(pid), "the orphan runs while re-parented");
+    // It dies: the daemon, its parent now, must reap it (no zombie left with the daemon as
+    // parent).
+    // SAFETY: kill(2) on the orphan this test's agent started (its pid was just checked).
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + T;
+    while let Some(p) = parent_pid(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan {pid} was not reaped: state {:?}, parent {p} (daemon {daemon})",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(agent(&mut c, "parent")["state"], "RUNNING");
 }
 
