@@ -848,17 +848,47 @@ fn audit_log_pages_in_order_and_is_guarded() {
 
 #[test]
 fn shutdown_leaves_no_agent_process_behind() {
-    let mut d = Daemon::with_config("[agents]\nkill_grace_ms = 300\n");
+    // SIGTERM first, SIGKILL only after the grace: an agent that handles SIGTERM finishes its
+    // work, one that ignores it lives on for the grace. (PDEATHSIG alone would SIGKILL
+    // everything at once when the daemon exits.)
+    const GRACE: Duration = Duration::from_millis(1500);
+    let mut d = Daemon::with_config(&format!(
+        "[agents]\nkill_grace_ms = {}\n",
+        GRACE.as_millis()
+    ));
     let mut c = d.client();
+    let graceful_sh = d.path("graceful.sh");
+    std::fs::write(
+        &graceful_sh,
+        "trap 'echo \"got SIGTERM\" > \"$2\"; exit 0' TERM\necho \"graceful agent up\"\nwhile :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    let marker = d.path("graceful.marker");
     let mut procs = Vec::new();
+    let mut ids = std::collections::HashMap::new();
+    let mut stubborn_pid = 0;
     for (name, file, sandboxed) in [
-        ("s1", "sleeper.sh", true),
-        ("s2", "stubborn.sh", true),
-        ("s3", "sleeper.sh", false),
+        ("s1", script("sleeper.sh"), true),
+        ("s2", script("stubborn.sh"), true),
+        ("s3", script("sleeper.sh"), false),
+        ("g1", graceful_sh.display().to_string(), true),
     ] {
-        let mut req = sh_agent(name, file, json!([]));
-        req["sandboxed"] = json!(sandboxed);
-        let r = c.ok(op::SPAWN, req);
+        let r = c.ok(
+            op::SPAWN,
+            json!({"name": name, "script": file, "python": "/bin/sh",
+                "args": [marker.display().to_string()], "sandboxed": sandboxed}),
+        );
+        ids.insert(name, r["agent_id"].clone());
+        let log = PathBuf::from(r["log_path"].as_str().unwrap());
+        // Up (and its trap installed) before the daemon is stopped.
+        wait_for(&format!("{name} to be up"), T, || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|s| s.contains(" up"))
+        });
+        if name == "s2" {
+            stubborn_pid = r["pid"].as_i64().unwrap();
+        }
         let top = r["supervisor_pid"].as_i64().unwrap();
         wait_for("the agent's process tree", T, || {
             let t = tree(top);
@@ -866,15 +896,37 @@ fn shutdown_leaves_no_agent_process_behind() {
         });
         procs.extend(tree(top));
     }
-    let r = c.ok(op::SPAWN, {
+    c.ok(op::SPAWN, {
         let mut r = sh_agent("later", "crash.sh", json!(["1"]));
         r["restart_policy"] = json!("always");
         r
     });
-    let _ = r;
     drop(c);
-    let st = d.stop();
-    assert!(st.success(), "{st}");
+    let stopped_at = Instant::now();
+    d.signal(libc::SIGTERM);
+    // The SIGTERM-handling agent writes its marker and exits long before the grace is over.
+    wait_for("the graceful agent's marker", GRACE, || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|s| s.contains("got SIGTERM"))
+    });
+    // The SIGTERM-ignoring one is still there most of the grace later.
+    std::thread::sleep(GRACE.saturating_sub(Duration::from_millis(500)));
+    let early = stopped_at.elapsed();
+    assert!(
+        alive(stubborn_pid),
+        "the SIGTERM-ignoring agent was killed after {early:?}, before the {GRACE:?} grace"
+    );
+    let status = wait_for("the daemon to exit", T, || {
+        d.child.as_mut().unwrap().try_wait().unwrap()
+    });
+    let took = stopped_at.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= GRACE - Duration::from_millis(100),
+        "the daemon exited after {took:?}, without waiting out the {GRACE:?} grace"
+    );
+    assert!(took < GRACE + Duration::from_secs(5), "{took:?}");
     for p in &procs {
         wait_for(&format!("agent process {p} to be gone"), T, || {
             (!alive(*p)).then_some(())
@@ -882,6 +934,33 @@ fn shutdown_leaves_no_agent_process_behind() {
     }
     let logs = d.logs();
     assert!(logs.contains("supervisor stopped"), "{logs}");
+    // The exits are on record, as stopped by the shutdown: the graceful agent with its own
+    // exit code 0, the stubborn one by SIGKILL.
+    d.spawn().unwrap();
+    let mut c = d.client();
+    let life = c.ok(
+        op::GET_AUDIT_LOG,
+        json!({"category": "AGENT_LIFECYCLE", "since_id": 0, "limit": 1000}),
+    );
+    let exited = |name: &str| -> Value {
+        let hits: Vec<&Value> = life["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event_type"] == "AGENT_EXITED" && e["agent_id"] == ids[name])
+            .collect();
+        assert_eq!(hits.len(), 1, "one exit of {name}: {life}");
+        hits[0]["details"].clone()
+    };
+    for name in ["s1", "s2", "s3", "g1"] {
+        assert_eq!(exited(name)["reason"], "shutdown", "{name}: {life}");
+    }
+    let g = exited("g1");
+    assert_eq!(g["exit_code"], 0, "{g}");
+    assert!(g.get("signal").is_none_or(Value::is_null), "{g}");
+    let s = exited("s2");
+    assert_eq!(s["signal"], 9, "{s}");
+    assert_eq!(exited("s1")["signal"], 15);
 }
 
 #[test]
