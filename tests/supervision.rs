@@ -538,6 +538,57 @@ fn agent_cannot_raise_itself_or_spawn_without_manage_right() {
     assert!(e.contains("beyond your own"), "{e}");
 }
 
+#[test]
+fn set_perms_on_an_agent_is_audited_as_permissions_changed() {
+    let d = Daemon::with_config(FAST);
+    let mut c = d.client();
+    let me = c.my_id();
+    let r = c.ok(op::SPAWN, sh_agent("target", "sleeper.sh", json!([])));
+    let id = r["agent_id"].clone();
+    assert_eq!(r["level"], "standard");
+    let changed = |c: &mut Client| -> Vec<Value> {
+        let audit = c.ok(
+            op::GET_AUDIT_LOG,
+            json!({"category": "SECURITY", "since_id": 0, "limit": 1000}),
+        );
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event_type"] == "PERMISSIONS_CHANGED")
+            .cloned()
+            .collect()
+    };
+    assert!(changed(&mut c).is_empty(), "nothing changed yet");
+    c.ok(op::SET_PERMS, json!({"agent_id": id, "level": "readonly"}));
+    let entries = changed(&mut c);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e = &entries[0];
+    assert_eq!(e["category"], "SECURITY");
+    assert_eq!(e["agent_id"], id, "the entry is about the target: {e}");
+    assert_eq!(e["success"], true);
+    assert_eq!(e["details"]["agent_id"], id, "{e}");
+    assert_eq!(e["details"]["level"], "readonly", "the new level: {e}");
+    assert_eq!(e["details"]["changed_by"], json!(me), "{e}");
+    // A refused change is a denial, not a change.
+    let mut low = d.client();
+    low.ok(op::SET_PERMS, json!({"level": "standard"}));
+    let e = low.err(op::SET_PERMS, json!({"agent_id": id, "level": "minimal"}));
+    assert!(e.contains("permission denied"), "{e}");
+    let entries = changed(&mut c);
+    assert_eq!(
+        entries.len(),
+        2,
+        "the client's own lowering only: {entries:?}"
+    );
+    assert_eq!(entries[1]["agent_id"], json!(low.my_id()));
+    assert_eq!(entries[1]["details"]["level"], "standard");
+    assert_eq!(
+        c.ok(op::GET_PERMS, json!({"agent_id": id}))["level"],
+        "readonly"
+    );
+}
+
 /// Why this machine has no writable cgroup v1 `memory` and `pids` hierarchies (read from
 /// /proc/self/mountinfo, not from the daemon), or None when it has both.
 fn no_cgroup_v1_here() -> Option<String> {
