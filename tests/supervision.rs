@@ -589,6 +589,91 @@ fn set_perms_on_an_agent_is_audited_as_permissions_changed() {
     );
 }
 
+/// The test process's mount table, less mounts under /tmp (other tests mount and unmount
+/// small file systems there while this one runs).
+fn host_mounts() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut v: Vec<String> = info
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|p| !p.starts_with("/tmp/")))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sandboxed_agent_has_its_own_mounts_pids_and_hostname() {
+    let d = Daemon::with_config(FAST);
+    let mut c = d.client();
+    let probe = d.path("ns_probe.py");
+    std::fs::write(
+        &probe,
+        r#"import json, os, socket, sys, time
+out = sys.argv[2]
+report = {
+    "pid": os.getpid(),
+    "hostname": socket.gethostname(),
+    "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+}
+with open(out + ".tmp", "w") as f:
+    json.dump(report, f)
+os.rename(out + ".tmp", out)
+time.sleep(3600)
+"#,
+    )
+    .unwrap();
+    let out = d.path("ns_probe.json");
+    let before = host_mounts();
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": "ns-probe", "script": probe, "python": python(),
+            "args": [out.display().to_string()]}),
+    );
+    let iso = &r["isolation"];
+    for ns in ["pid", "mount", "uts"] {
+        assert!(
+            iso["namespaces"].as_array().unwrap().contains(&json!(ns)),
+            "{ns} namespace: {iso}"
+        );
+    }
+    assert_eq!(iso["proc_mounted"], true, "{iso}");
+    let report: Value = wait_for("the probe's report", T, || {
+        serde_json::from_str(&std::fs::read_to_string(&out).ok()?).ok()
+    });
+    // The agent mounted a fresh /proc and made its mounts private; with the agent running, the
+    // host's mount table is as it was (no /proc over /proc, no propagation flag changed).
+    let after = host_mounts();
+    let added: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    let removed: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "the host's mounts changed: added {added:?}, removed {removed:?}"
+    );
+    assert!(alive(r["pid"].as_i64().unwrap()), "the agent still runs");
+    // Its own pid namespace: it is pid 2 under the namespace's init, and its /proc shows only
+    // the processes of the namespace.
+    let pid = report["pid"].as_i64().unwrap();
+    assert!(pid <= 3, "pid {pid} inside its namespace: {report}");
+    let procs = report["procs"].as_array().unwrap();
+    assert!(procs.len() < 10, "{report}");
+    assert!(
+        procs.contains(&json!(1)) && procs.contains(&json!(pid)),
+        "{report}"
+    );
+    assert_ne!(
+        json!(pid),
+        r["pid"],
+        "the host sees another pid than the agent does"
+    );
+    // Its own hostname (uts namespace), set by the launcher from the agent's name; the host's
+    // is untouched.
+    assert_eq!(report["hostname"], "clove-ns-probe", "{report}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(host.trim(), "clove-ns-probe");
+    c.ok(op::KILL, json!({"name": "ns-probe"}));
+}
+
 /// Why this machine has no writable cgroup v1 `memory` and `pids` hierarchies (read from
 /// /proc/self/mountinfo, not from the daemon), or None when it has both.
 fn no_cgroup_v1_here() -> Option<String> {
