@@ -589,6 +589,47 @@ fn set_perms_on_an_agent_is_audited_as_permissions_changed() {
     );
 }
 
+#[test]
+fn without_the_manage_right_kill_does_not_tell_which_agents_exist() {
+    let d = Daemon::with_config(FAST);
+    let mut c = d.client();
+    let victim = c.ok(op::SPAWN, sh_agent("victim", "sleeper.sh", json!([])));
+    let mut low = d.client();
+    low.ok(op::SET_PERMS, json!({"level": "standard"}));
+    let existing = low.err(op::KILL, json!({"name": "victim"}));
+    let missing = low.err(op::KILL, json!({"name": "no-such-agent"}));
+    let by_id = low.err(op::KILL, json!({"id": victim["agent_id"]}));
+    let missing_id = low.err(op::KILL, json!({"id": 99999}));
+    assert!(existing.contains("permission denied"), "{existing}");
+    for e in [&missing, &by_id, &missing_id] {
+        assert_eq!(
+            e, &existing,
+            "the same denial whether or not the agent exists"
+        );
+    }
+    for (o, name) in [(op::PAUSE, "PAUSE"), (op::RESUME, "RESUME")] {
+        let e = low.err(o, json!({"name": "no-such-agent"}));
+        assert!(e.contains("permission denied") && e.contains(name), "{e}");
+    }
+    // Every attempt is a denial on record.
+    let me = low.my_id();
+    let audit = c.ok(
+        op::GET_AUDIT_LOG,
+        json!({"category": "SECURITY", "agent_id": me, "limit": 100}),
+    );
+    let kills = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "SYSCALL_BLOCKED" && e["details"]["op"] == "KILL")
+        .count();
+    assert_eq!(kills, 4, "{audit}");
+    assert_eq!(agent(&mut c, "victim")["state"], "RUNNING");
+    // A manager still gets the precise answer.
+    let e = c.err(op::KILL, json!({"name": "no-such-agent"}));
+    assert!(e.contains("no agent named"), "{e}");
+}
+
 /// The test process's mount table, less mounts under /tmp (other tests mount and unmount
 /// small file systems there while this one runs).
 fn host_mounts() -> Vec<String> {

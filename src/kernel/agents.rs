@@ -237,8 +237,10 @@ fn target(k: &Kernel, payload: &[u8]) -> Result<CallerId, String> {
     }
 }
 
+/// The target of KILL, PAUSE or RESUME. The right is checked before the target is looked up,
+/// so a caller without it learns nothing about which agents exist: it gets the same denial
+/// for a real name, an unknown name or a malformed request.
 fn managed_op(k: &Kernel, call: &Call, payload: &[u8], what: &str) -> Result<CallerId, Outcome> {
-    let id = target(k, payload).map_err(|e| Outcome::Reply(error(e)))?;
     if !k.perms(call.caller).can_manage {
         return Err(deny(
             k,
@@ -246,6 +248,7 @@ fn managed_op(k: &Kernel, call: &Call, payload: &[u8], what: &str) -> Result<Cal
             format!("permission denied: {what} needs the manage right"),
         ));
     }
+    let id = target(k, payload).map_err(|e| Outcome::Reply(error(e)))?;
     if k.agents.table.lock().get(id).is_none() {
         return Err(Outcome::Reply(error(format!("no agent has id {id}"))));
     }
