@@ -283,6 +283,74 @@ fn on_failure_escalates_after_max_restarts_in_window() {
 }
 
 #[test]
+fn kill_during_the_restart_backoff_stops_it_without_a_second_exit() {
+    // A long backoff, so the KILL lands while the agent waits to be started again.
+    let d = Daemon::with_config(
+        "[agents]\nkill_grace_ms = 400\nbackoff_initial_ms = 2000\nbackoff_cap_ms = 2000\n",
+    );
+    let mut c = d.client();
+    let mut ev = subscribed(&d);
+    let mut seen = Vec::new();
+    let mut req = sh_agent("looper", "crash.sh", json!(["3"]));
+    req["restart_policy"] = json!("always");
+    let id = c.ok(op::SPAWN, req)["agent_id"].clone();
+    wait_event(&mut ev, &mut seen, "AGENT_RESTARTING", |d| {
+        d["agent_id"] == id
+    });
+    let a = agent(&mut c, "looper");
+    assert_eq!(a["state"], "RESTARTING", "{a}");
+    let k = c.ok(op::KILL, json!({"id": id}));
+    assert_eq!(k["killed"], true, "{k}");
+    assert_eq!(k["restart_cancelled"], true, "{k}");
+    let a = agent(&mut c, "looper");
+    assert_eq!(a["state"], "EXITED", "{a}");
+    assert_eq!(a["exit_code"], 3, "LIST keeps the real last exit: {a}");
+    // Well past the backoff: it was never started again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = c.ok(op::POLL_EVENTS, json!({"max": 1000}));
+    seen.extend(r["events"].as_array().unwrap().iter().cloned());
+    let count = |kind: &str| {
+        seen.iter()
+            .filter(|e| e["type"] == kind && e["data"]["agent_id"] == id)
+            .count()
+    };
+    assert_eq!(
+        count("AGENT_EXITED"),
+        1,
+        "one exit, reported once: {seen:?}"
+    );
+    assert_eq!(count("AGENT_SPAWNED"), 1, "not started again: {seen:?}");
+    assert_eq!(count("AGENT_RESTARTING"), 1, "{seen:?}");
+    let a = agent(&mut c, "looper");
+    assert_eq!(a["state"], "EXITED", "{a}");
+    assert_eq!(a["restarts"], 1, "{a}");
+    // The audit log agrees, and records who called the restart off.
+    let life = c.ok(
+        op::GET_AUDIT_LOG,
+        json!({"category": "AGENT_LIFECYCLE", "agent_id": id, "limit": 100}),
+    );
+    let kinds: Vec<&str> = life["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "AGENT_SPAWNED",
+            "AGENT_EXITED",
+            "AGENT_RESTARTING",
+            "AGENT_RESTART_CANCELLED"
+        ],
+        "{life}"
+    );
+    assert_eq!(life["entries"][3]["details"]["killed_by"], json!(c.id));
+    let e = c.err(op::KILL, json!({"id": id}));
+    assert!(e.contains("not running"), "{e}");
+}
+
+#[test]
 fn restart_policies_and_clean_exits() {
     let d = Daemon::with_config(FAST);
     let mut c = d.client();
