@@ -588,22 +588,71 @@ fn agent_cannot_raise_itself_or_spawn_without_manage_right() {
             "audit has the {op_name} denial: {audit}"
         );
     }
-    // A manager may spawn an agent lower than itself, never higher than itself.
+    // SPAWN may only lower an agent below permissions.agent_level (standard here): by level,
+    // or by `permissions`.
     let r = c.ok(
         op::SPAWN,
         json!({"name": "low", "script": script("sleeper.sh"), "python": "/bin/sh", "level": "readonly"}),
     );
     assert_eq!(r["level"], "readonly");
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": "no-exec", "script": script("sleeper.sh"), "python": "/bin/sh",
+            "permissions": {"can_exec": false}}),
+    );
+    let p = c.ok(op::GET_PERMS, json!({"agent_id": r["agent_id"]}));
+    assert_eq!(p["permissions"]["can_exec"], false, "{p}");
+    // Asking for more, even by an unrestricted manager, is refused with the way to do it.
+    for (name, extra) in [
+        ("high", json!({"level": "unrestricted"})),
+        ("spawner", json!({"permissions": {"can_spawn": true}})),
+    ] {
+        let mut req = json!({"name": name, "script": script("sleeper.sh"), "python": "/bin/sh"});
+        for (k, v) in extra.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        let e = c.err(op::SPAWN, req);
+        assert!(
+            e.contains("permissions.agent_level (standard)") && e.contains("SET_PERMS"),
+            "{name}: {e}"
+        );
+    }
+    assert!(
+        list(&mut c)
+            .iter()
+            .all(|a| a["name"] != "high" && a["name"] != "spawner"),
+        "refused spawns leave nothing behind"
+    );
+    // Spawn at the default level, then raise it: that needs the manage right, and never goes
+    // beyond the raiser's own rights.
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": "high", "script": script("sleeper.sh"), "python": "/bin/sh"}),
+    );
+    assert_eq!(r["level"], "standard");
+    let high = r["agent_id"].clone();
     let mut lowered = d.client();
     lowered.ok(
         op::SET_PERMS,
         json!({"level": "standard", "permissions": {"can_spawn": true, "can_manage": true}}),
     );
     let e = lowered.err(
-        op::SPAWN,
-        json!({"name": "high", "script": script("sleeper.sh"), "python": "/bin/sh", "level": "unrestricted"}),
+        op::SET_PERMS,
+        json!({"agent_id": high, "level": "unrestricted"}),
     );
     assert!(e.contains("beyond your own"), "{e}");
+    // The lowered manager may still spawn at the default level (within its own rights).
+    lowered.ok(
+        op::SPAWN,
+        json!({"name": "by-lowered", "script": script("sleeper.sh"), "python": "/bin/sh"}),
+    );
+    c.ok(
+        op::SET_PERMS,
+        json!({"agent_id": high, "level": "unrestricted"}),
+    );
+    let p = c.ok(op::GET_PERMS, json!({"agent_id": high}));
+    assert_eq!(p["level"], "unrestricted");
+    assert_eq!(p["permissions"]["can_spawn"], true);
 }
 
 #[test]

@@ -87,20 +87,32 @@ pub(crate) fn busy(h: &Handle) -> String {
     )
 }
 
-/// The permissions a spawned agent starts with.
+/// The permissions a spawned agent starts with: `permissions.agent_level`, or lower when the
+/// SPAWN asks for a lower `level` and/or `permissions`. Never more than that level (an agent
+/// is raised afterwards with SET_PERMS, which needs the manage right), and never beyond the
+/// spawner's own rights.
 fn agent_perms(
     k: &Kernel,
     spawner: &Permissions,
     level: Option<&str>,
     patch: Option<Value>,
 ) -> Result<Permissions, String> {
-    let level = level.unwrap_or(&k.config.agent_level);
-    let base = k.config.level(level).cloned().ok_or_else(|| {
+    let unknown = |name: &str| {
         format!(
-            "unknown level {level:?} (known: {})",
+            "unknown level {name:?} (known: {})",
             super::perms::LEVELS.join(", ")
         )
-    })?;
+    };
+    let ceiling_name = &k.config.agent_level;
+    let ceiling = k
+        .config
+        .level(ceiling_name)
+        .ok_or_else(|| unknown(ceiling_name))?;
+    let base = match level {
+        None => ceiling.clone(),
+        Some(name) => k.config.level(name).cloned().ok_or_else(|| unknown(name))?,
+    };
+    let patched = patch.is_some();
     let p = match patch {
         None => base,
         Some(v) => {
@@ -111,6 +123,18 @@ fn agent_perms(
         }
     };
     p.validate()?;
+    if !p.within(ceiling) {
+        return Err(format!(
+            "SPAWN can only start an agent at permissions.agent_level ({ceiling_name}) or lower, \
+             and the requested {} goes beyond it; spawn it at {ceiling_name} or lower, then \
+             raise it with SET_PERMS (needs the manage right)",
+            if patched {
+                format!("level {} with `permissions`", p.level)
+            } else {
+                format!("level {}", p.level)
+            }
+        ));
+    }
     if !p.within(spawner) {
         return Err(format!(
             "permission denied: a spawned agent cannot get permissions beyond your own (asked for level {})",
