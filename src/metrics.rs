@@ -6,7 +6,9 @@
 //! the latest sample, so a percentage never depends on when the previous caller asked. Until
 //! the first interval has passed the percentages are 0. Missing data is 0 or null, never
 //! garbage. The sampler also emits RESOURCE_WARNING when an agent's memory use crosses
-//! `agents.memory_warning_percent` of its limit (once per crossing).
+//! `agents.memory_warning_percent` of its limit (once per crossing): the cgroup's charge
+//! against a cgroup limit, or, with the rlimit fallback, the main process's address space
+//! against its `RLIMIT_AS`.
 
 use crate::kernel::audit::Category;
 use crate::kernel::{CallerId, Kernel};
@@ -104,6 +106,54 @@ fn agent_cpu_usec(a: &AgentInfo) -> Option<u64> {
         .or_else(|| a.main_pid.or(a.pid).and_then(process_cpu_usec))
 }
 
+/// An agent's memory use against its memory limit.
+struct MemUse {
+    /// "cgroup": the cgroup's charge against its limit. "rlimit": the main process's address
+    /// space (what `RLIMIT_AS` bounds) against the limit given as that rlimit.
+    via: &'static str,
+    current: u64,
+    limit: u64,
+    /// The main process's resident set (rlimit only), for the warning's reader.
+    rss: Option<u64>,
+}
+
+/// What the memory warning compares for one agent, if it has a memory limit. With the rlimit
+/// fallback only the main process is read (one small /proc file): every process has its own
+/// `RLIMIT_AS`, and the interpreter is the one that normally grows.
+fn memory_use(a: &AgentInfo) -> Option<(CallerId, String, MemUse)> {
+    if let Some((Some(current), Some(limit))) = a.cgroup.as_ref().map(|c| c.memory()) {
+        let m = MemUse {
+            via: "cgroup",
+            current,
+            limit,
+            rss: None,
+        };
+        return Some((a.id, a.spec.name.clone(), m));
+    }
+    if a.isolation["limits"]["memory"]["via"] != "rlimit" {
+        return None;
+    }
+    let limit = a.spec.limits.memory?;
+    let (vms, rss) = statm(a.main_pid?)?;
+    let m = MemUse {
+        via: "rlimit",
+        current: vms,
+        limit,
+        rss: Some(rss),
+    };
+    Some((a.id, a.spec.name.clone(), m))
+}
+
+/// Address space and resident set of a process in bytes, from /proc/PID/statm.
+fn statm(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let page = procfs::page_size();
+    let size = f.next()??;
+    let resident = f.next()??;
+    Some((size.saturating_mul(page), resident.saturating_mul(page)))
+}
+
 /// Takes one sample: system CPU, per-agent CPU, memory warnings.
 pub fn sample(k: &Kernel) {
     let now = Instant::now();
@@ -120,13 +170,7 @@ pub fn sample(k: &Kernel) {
     let usage: Vec<(CallerId, Option<u64>)> =
         agents.iter().map(|a| (a.id, agent_cpu_usec(a))).collect();
     let warn_pct = k.config.agents.memory_warning_percent as u64;
-    let mem: Vec<(CallerId, String, u64, u64)> = agents
-        .iter()
-        .filter_map(|a| {
-            let (cur, lim) = a.cgroup.as_ref()?.memory();
-            Some((a.id, a.spec.name.clone(), cur?, lim?))
-        })
-        .collect();
+    let mem: Vec<(CallerId, String, MemUse)> = agents.iter().filter_map(memory_use).collect();
     let mut warnings = Vec::new();
     {
         let mut d = k.metrics.inner.lock();
@@ -174,26 +218,31 @@ pub fn sample(k: &Kernel) {
                 },
             );
         }
-        for (id, name, cur, lim) in mem {
+        for (id, name, m) in mem {
+            let (cur, lim) = (m.current, m.limit);
             let high = lim > 0 && cur.saturating_mul(100) >= lim.saturating_mul(warn_pct);
             // Re-arm only after dropping clearly below the threshold (10 points).
             let low = cur.saturating_mul(100) < lim.saturating_mul(warn_pct.saturating_sub(10));
             if high && d.warned.insert(id) {
-                warnings.push((id, name, cur, lim));
+                warnings.push((id, name, m));
             } else if low {
                 d.warned.remove(&id);
             }
         }
     }
-    for (id, name, cur, lim) in warnings {
-        let data = json!({
+    for (id, name, m) in warnings {
+        let mut data = json!({
             "agent_id": id,
             "name": name,
             "kind": "memory",
-            "memory_current": cur,
-            "memory_limit": lim,
-            "percent": round2(cur as f64 * 100.0 / lim as f64),
+            "via": m.via,
+            "memory_current": m.current,
+            "memory_limit": m.limit,
+            "percent": round2(m.current as f64 * 100.0 / m.limit as f64),
         });
+        if let Some(rss) = m.rss {
+            data["rss"] = rss.into();
+        }
         k.audit(
             Category::Resource,
             "RESOURCE_WARNING",

@@ -1547,6 +1547,54 @@ fn memory_warning_near_the_limit() {
 }
 
 #[test]
+fn memory_warning_near_an_rlimit_without_cgroups() {
+    let d = Daemon::with_config(&format!(
+        "{FAST}memory_warning_percent = 50\n[sandbox]\ncgroups = \"off\"\n"
+    ));
+    let mut c = d.client();
+    let mut ev = subscribed(&d);
+    let mut seen = Vec::new();
+    // Holds 48 MiB under an 80 MiB RLIMIT_AS: past half of its address-space limit. Another
+    // agent holds 1 MiB under 1 GiB: far below, never warned about.
+    let small = c.ok(
+        op::SPAWN,
+        json!({"name": "small", "script": script("memory_hold.py"), "python": python(),
+            "args": ["1"], "limits": {"memory": "1G"}}),
+    );
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": "holder", "script": script("memory_hold.py"), "python": python(),
+            "args": ["48"], "limits": {"memory": "80M"}}),
+    );
+    assert_eq!(r["isolation"]["limits"]["memory"]["via"], "rlimit", "{r}");
+    let w = wait_event(&mut ev, &mut seen, "RESOURCE_WARNING", |d| {
+        d["agent_id"] == r["agent_id"]
+    });
+    assert_eq!(w["data"]["kind"], "memory", "{w}");
+    assert_eq!(w["data"]["via"], "rlimit", "{w}");
+    assert_eq!(w["data"]["memory_limit"], json!(80u64 << 20));
+    let cur = w["data"]["memory_current"].as_u64().unwrap();
+    assert!((40 << 20..80 << 20).contains(&cur), "{w}");
+    // RLIMIT_AS bounds the address space, which grows at the allocation; the resident set
+    // follows as pages are touched, and is reported alongside.
+    assert!(w["data"]["rss"].as_u64().is_some_and(|r| r > 0), "{w}");
+    assert!(w["data"]["percent"].as_f64().unwrap() >= 50.0, "{w}");
+    // Once per crossing, and not for the small agent (several samples later).
+    std::thread::sleep(Duration::from_millis(500));
+    let more = c.ok(op::POLL_EVENTS, json!({"max": 1000}));
+    seen.extend(more["events"].as_array().unwrap().iter().cloned());
+    let warnings: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"] == "RESOURCE_WARNING")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_ne!(warnings[0]["data"]["agent_id"], small["agent_id"]);
+    let audit = c.ok(op::GET_AUDIT_LOG, json!({"category": "RESOURCE"}));
+    assert_eq!(audit["count"], 1, "{audit}");
+    assert_eq!(agent(&mut c, "holder")["state"], "RUNNING");
+}
+
+#[test]
 fn agent_limits_max_agents_keep_exited_and_log_rotation() {
     let d = Daemon::with_config(&format!(
         "{FAST}max_agents = 2\nkeep_exited = 1\nlog_max_bytes = 4096\nlog_files = 1\n"
