@@ -415,3 +415,77 @@ fn slow_requests_do_not_block_other_ops() {
     let payload: Value = serde_json::from_str(result["payload"].as_str().unwrap()).unwrap();
     assert_eq!(payload["body"], "hello world");
 }
+
+#[test]
+fn a_suffix_rule_lets_matching_names_through() {
+    // No `*.suffix` name resolves to loopback here (glibc reads /etc/hosts, which has only
+    // localhost and the machine's names; `getent hosts foo.localhost` finds nothing), so the
+    // names reach a loopback fake through the daemon's proxy support: with HTTP_PROXY set,
+    // clove sends `CONNECT host:port` to the proxy and the request through the tunnel, without
+    // resolving the name itself. The allow-list is checked on the URL's host all the same.
+    let proxy = FakeServer::start(|req: &Recorded| {
+        if req.method == "CONNECT" {
+            return Reply::new(200, "");
+        }
+        Reply::new(
+            200,
+            format!(
+                "{} {} for {}",
+                req.method,
+                req.path,
+                req.header("host").unwrap_or("?")
+            ),
+        )
+    });
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port());
+    let d = Daemon::with_config_env(
+        "",
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    );
+    let mut c = d.client();
+    c.ok(
+        op::SET_PERMS,
+        json!({"permissions": {"network": ["*.localtest"]}}),
+    );
+    let r = c.ok(op::HTTP, json!({"url": "http://api.lab.localtest/hello"}));
+    assert_eq!(r["status_code"], 200);
+    assert_eq!(r["body"], "GET /hello for api.lab.localtest");
+    let r = c.ok(op::HTTP, json!({"url": "http://Docs.LocalTest:8080/x?y=1"}));
+    // Names match whatever their case; the request goes out as written.
+    assert_eq!(r["body"], "GET /x?y=1 for Docs.LocalTest:8080");
+    let seen: Vec<(String, String)> = proxy
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("CONNECT".to_string(), "api.lab.localtest:80".to_string()),
+            ("GET".to_string(), "/hello".to_string()),
+            ("CONNECT".to_string(), "Docs.LocalTest:8080".to_string()),
+            ("GET".to_string(), "/x?y=1".to_string()),
+        ]
+    );
+
+    // Names that only look alike are refused before anything is sent: the suffix itself, a
+    // name that merely ends in the same letters, and one with the suffix in the middle.
+    for url in [
+        "http://localtest/",
+        "http://evillocaltest/",
+        "http://api.localtest.evil.org/",
+        "http://127.0.0.1/",
+    ] {
+        let e = c.err(op::HTTP, json!({"url": url}));
+        assert!(e.contains("not in the allow-list"), "{url}: {e}");
+    }
+    assert_eq!(
+        proxy.requests().len(),
+        4,
+        "refused requests never reach the proxy"
+    );
+}
