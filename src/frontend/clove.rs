@@ -4,7 +4,8 @@
 //! inline ops are answered right here on the reactor thread; worker ops are sent to the pool and
 //! the connection waits (later frames stay buffered) until the reply comes back, so replies
 //! are always in request order. A malformed stream (bad magic, oversized length) gets one error
-//! reply and is closed, since no later frame boundary can be trusted.
+//! reply and is closed, since no later frame boundary can be trusted. An inline handler that
+//! panics does not take the event loop down with it: see [`run_inline`].
 
 use super::{Env, Stop};
 use crate::kernel::ops::{self, Route};
@@ -12,6 +13,7 @@ use crate::kernel::request::{Outcome, error};
 use crate::kernel::{Call, Kernel};
 use crate::proto::clove;
 use crate::reactor::conn::ConnIo;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 /// Per-connection protocol state. Clove frames carry no session state beyond the connection's
@@ -98,14 +100,16 @@ fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
         return Dispatched::Reply(error(format!("unknown op 0x{:02X}", call.op)), false);
     };
     match info.route {
-        Route::Inline(handler) => match handler(env.kernel, call, payload) {
-            Outcome::Reply(bytes) => {
-                env.kernel.audit.record_call(call.caller, call.op, &bytes);
-                Dispatched::Reply(bytes, false)
+        Route::Inline(handler) => {
+            match run_inline(info.name, call, || handler(env.kernel, call, payload)) {
+                Outcome::Reply(bytes) => {
+                    env.kernel.audit.record_call(call.caller, call.op, &bytes);
+                    Dispatched::Reply(bytes, false)
+                }
+                Outcome::ReplyClose(bytes) => Dispatched::Reply(bytes, true),
+                Outcome::Deferred => Dispatched::Pending,
             }
-            Outcome::ReplyClose(bytes) => Dispatched::Reply(bytes, true),
-            Outcome::Deferred => Dispatched::Pending,
-        },
+        }
         Route::Worker(handler) => {
             let kernel: Arc<Kernel> = env.kernel.clone();
             let call = *call;
@@ -128,5 +132,100 @@ fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
             )),
             false,
         ),
+    }
+}
+
+/// Runs an inline handler on the reactor thread. A panic in it must not unwind into the event
+/// loop, which would stop the daemon for every client: it is logged, and the caller gets
+/// `internal error in OP ...` and its connection is closed once that is written. Closing is
+/// deliberate: the handler may have made a responder whose drop has already queued a reply of
+/// its own, and may have left the caller's state half changed; after the error, nothing more
+/// is read from or answered on that connection, so no reply can be doubled or misordered.
+fn run_inline(op_name: &str, call: &Call, f: impl FnOnce() -> Outcome) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            log::error!(
+                "conn={} caller={}: internal error in {op_name}: {what}; closing the connection",
+                call.conn,
+                call.caller
+            );
+            Outcome::ReplyClose(error(format!(
+                "internal error in {op_name}: the request failed inside the daemon (see its log); \
+                 this connection is closed"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Peer;
+    use crate::reactor::ConnId;
+
+    fn call() -> Call {
+        Call {
+            caller: 7,
+            conn: ConnId {
+                slot: 3,
+                generation: 1,
+            },
+            op: ops::STORE,
+            peer: Peer {
+                pid: 1,
+                uid: 0,
+                gid: 0,
+            },
+        }
+    }
+
+    fn error_text(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::ReplyClose(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(v["success"], false, "{v}");
+                v["error"].as_str().unwrap().to_string()
+            }
+            other => panic!("expected an error reply and a close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_becomes_an_error_reply_that_closes_the_connection() {
+        let e = error_text(run_inline("STORE", &call(), || panic!("boom")));
+        assert!(e.starts_with("internal error in STORE"), "{e}");
+        assert!(e.contains("closed"), "{e}");
+        // Formatted messages and payloads that are not text are caught too.
+        let n = 5;
+        let e = error_text(run_inline("KEYS", &call(), || {
+            panic!("index {n} out of range")
+        }));
+        assert!(e.starts_with("internal error in KEYS"), "{e}");
+        let e = error_text(run_inline("FETCH", &call(), || {
+            std::panic::panic_any(42u32)
+        }));
+        assert!(e.starts_with("internal error in FETCH"), "{e}");
+    }
+
+    #[test]
+    fn outcomes_of_handlers_that_return_pass_through_unchanged() {
+        match run_inline("NOOP", &call(), || Outcome::Reply(b"echo".to_vec())) {
+            Outcome::Reply(b) => assert_eq!(b, b"echo"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            run_inline("STORE", &call(), || Outcome::Deferred),
+            Outcome::Deferred
+        ));
+        match run_inline("EXIT", &call(), || Outcome::ReplyClose(b"goodbye".to_vec())) {
+            Outcome::ReplyClose(b) => assert_eq!(b, b"goodbye"),
+            other => panic!("{other:?}"),
+        }
     }
 }
