@@ -127,6 +127,23 @@ impl std::fmt::Display for BenchResult {
     }
 }
 
+/// Lists sized by a command-line number are preallocated up to this many entries and grow past
+/// it, so an absurd `-c` or `-P` fails on what it really needs, not on a giant allocation.
+const PREALLOC: usize = 4096;
+
+/// Connects to the server, saying where and what to check when that fails.
+fn connect(socket: &std::path::Path) -> io::Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot connect to {}: {e} (is `clove serve` running? set --socket or CLOVE_SOCKET)",
+                socket.display()
+            ),
+        )
+    })
+}
+
 struct BenchConn {
     stream: UnixStream,
     out: Vec<u8>,
@@ -137,16 +154,27 @@ struct BenchConn {
 
 /// Runs a benchmark and returns its figures.
 pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
-    if spec.conns == 0 || spec.window == 0 || spec.requests == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "conns, window and requests must be at least 1",
-        ));
+    for (flag, value) in [
+        ("-c/--conns", spec.conns as u64),
+        ("-P/--window", spec.window as u64),
+        ("-n/--requests", spec.requests),
+    ] {
+        if value == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{flag} must be at least 1 (got 0)"),
+            ));
+        }
     }
     let value = "x".repeat(spec.size);
     let keys = spec.keys.max(1);
+    // One control connection prepares the keys and reads the store's figures before and after,
+    // and stays open for the whole run: the daemon does work when a connection closes (it drops
+    // the caller's private state, a store commit), and the bench's own must not fall into the
+    // measured window.
+    let mut control = crate::client::Client::connect(&spec.socket)?;
     if spec.op == BenchOp::Fetch {
-        let mut c = crate::client::Client::connect(&spec.socket)?;
+        let c = &mut control;
         for i in 0..keys {
             let r = c.call(
                 crate::kernel::ops::STORE,
@@ -182,9 +210,9 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
     };
 
     // Idle connections: each proves itself with one NOOP, then just stays open.
-    let mut idle = Vec::with_capacity(spec.idle);
+    let mut idle = Vec::with_capacity(spec.idle.min(PREALLOC));
     for _ in 0..spec.idle {
-        let mut s = std::os::unix::net::UnixStream::connect(&spec.socket)?;
+        let mut s = connect(&spec.socket)?;
         s.write_all(&clove::encode(0, 0, b"idle"))?;
         let r = crate::client::read_frame(&mut s)?;
         if r.payload != b"idle" {
@@ -194,9 +222,9 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
     }
 
     let mut poll = Poll::new()?;
-    let mut conns = Vec::with_capacity(spec.conns);
+    let mut conns = Vec::with_capacity(spec.conns.min(PREALLOC));
     for i in 0..spec.conns {
-        let s = std::os::unix::net::UnixStream::connect(&spec.socket)?;
+        let s = connect(&spec.socket)?;
         s.set_nonblocking(true)?;
         let mut stream = UnixStream::from_std(s);
         poll.registry().register(
@@ -209,18 +237,18 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
             out: Vec::new(),
             out_pos: 0,
             inbuf: Vec::new(),
-            inflight: VecDeque::with_capacity(spec.window),
+            inflight: VecDeque::with_capacity(spec.window.min(PREALLOC)),
         });
     }
     let server_pid = peer_pid(&conns[0].stream);
-    let stats_before = store_stats(&spec.socket);
+    let stats_before = store_stats(&mut control);
     let background = Background::start(spec)?;
 
     let total = spec.requests + spec.warmup;
     let mut issued: u64 = 0;
     let mut done: u64 = 0;
     let mut errors: u64 = 0;
-    let mut lat: Vec<u32> = Vec::with_capacity(spec.requests as usize);
+    let mut lat: Vec<u32> = Vec::with_capacity(spec.requests.min(1 << 24) as usize);
     let mut started = Instant::now();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
@@ -294,7 +322,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
     };
     let server_rss_kib = server_pid.and_then(rss_kib);
     let background_writes_per_sec = background.stop()?;
-    let store = match (stats_before, store_stats(&spec.socket)) {
+    let store = match (stats_before, store_stats(&mut control)) {
         (Some(a), Some(b)) => Some(store_delta(&a, &b)),
         _ => None,
     };
@@ -321,8 +349,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
 }
 
 /// The `store` object of the server's HELLO reply (absent on servers without one).
-fn store_stats(socket: &std::path::Path) -> Option<serde_json::Value> {
-    let mut c = crate::client::Client::connect(socket).ok()?;
+fn store_stats(c: &mut crate::client::Client) -> Option<serde_json::Value> {
     let v = c.call(crate::kernel::ops::HELLO, b"{}").ok()?.json().ok()?;
     v.get("store").filter(|s| s["durable"] == true).cloned()
 }
@@ -376,9 +403,9 @@ impl Background {
         if spec.background_writers == 0 {
             return Ok(Background { stop, thread: None });
         }
-        let mut conns = Vec::with_capacity(spec.background_writers);
+        let mut conns = Vec::with_capacity(spec.background_writers.min(PREALLOC));
         for _ in 0..spec.background_writers {
-            let s = std::os::unix::net::UnixStream::connect(&spec.socket)?;
+            let s = connect(&spec.socket)?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
             conns.push(s);
         }

@@ -462,3 +462,121 @@ fn an_unknown_socket_group_stops_the_start_naming_key_and_group() {
     );
     assert!(!socket.exists(), "no socket may be left behind");
 }
+
+/// The number right after `label` in `text` (e.g. `p50 20.2us` → 20.2).
+fn figure_after(text: &str, label: &str) -> f64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in bench output:\n{text}"));
+    let rest = text[at + label.len()..].trim_start();
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("{label:?} is not followed by a number in:\n{text}"))
+}
+
+#[test]
+fn clove_bench_measures_the_daemon_and_refuses_bad_arguments() {
+    let d = Daemon::start();
+    let bench = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("bench")
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .env_remove("CLOVE_SOCKET")
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let small = ["-c", "2", "-n", "2000", "--warmup", "200"];
+    for op_name in ["noop", "fetch", "store"] {
+        let (st, out, err) = bench(&[&["--op", op_name][..], &small[..]].concat());
+        assert!(st.success(), "bench --op {op_name}: {err}");
+        assert!(
+            out.contains(&format!("op={op_name} conns=2 window=1"))
+                && out.contains("requests=2000"),
+            "{out}"
+        );
+        assert_eq!(figure_after(&out, "errors"), 0.0, "{out}");
+        for label in ["throughput", "p50", "p99"] {
+            let v = figure_after(&out, label);
+            assert!(v > 0.0, "{label} is {v} in:\n{out}");
+        }
+        assert!(
+            figure_after(&out, "p99") >= figure_after(&out, "p50"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("server pid {}", d.pid())),
+            "the daemon's pid and RSS are reported: {out}"
+        );
+        // The store's commits during the run: only STORE makes any (the bench's own
+        // connections opening and closing must not show up as commits of a NOOP run).
+        let store = &out[out.find("store (sync=").expect("store figures")..];
+        let commits = figure_after(store, "):");
+        if op_name == "store" {
+            assert!(commits > 0.0, "{out}");
+        } else {
+            assert_eq!(commits, 0.0, "{out}");
+        }
+    }
+    // STORE really wrote: the bench keys are in the daemon.
+    let mut c = d.client();
+    let keys = c.ok(op::KEYS, json!({"prefix": "bench:"}));
+    assert!(keys["count"].as_u64().unwrap() > 0, "{keys}");
+
+    let (st, out, err) = bench(&[&["--op", "fetch", "--json", "-P", "4"][..], &small[..]].concat());
+    assert!(st.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("--json output is not one JSON object ({e}): {out}"));
+    assert_eq!(v["op"], "fetch");
+    assert_eq!(v["conns"], 2);
+    assert_eq!(v["window"], 4);
+    assert_eq!(v["requests"], 2000);
+    assert_eq!(v["errors"], 0);
+    for key in ["throughput", "p50_us", "p99_us", "seconds"] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {v}"));
+        assert!(x > 0.0, "{key} = {x}: {v}");
+    }
+    assert!(v["p99_us"].as_f64() >= v["p50_us"].as_f64(), "{v}");
+    assert_eq!(v["server_pid"], d.pid());
+    assert_eq!(v["store"]["commits"], 0, "{v}");
+
+    for (args, flag) in [
+        (&["-c", "0"][..], "--conns"),
+        (&["-n", "0"][..], "--requests"),
+        (&["-P", "0"][..], "--window"),
+    ] {
+        let (st, out, err) = bench(args);
+        assert_eq!(st.code(), Some(2), "{args:?}: {out}{err}");
+        assert!(
+            err.contains(flag) && err.contains("at least 1"),
+            "{args:?}: the error must name {flag}: {err}"
+        );
+    }
+    let (st, _, err) = bench(&["-c", "x"]);
+    assert_eq!(st.code(), Some(2));
+    assert!(err.contains("--conns"), "{err}");
+    let out = Command::new(BIN)
+        .args(["bench", "-n", "10", "--socket"])
+        .arg(d.path("no-such.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no-such.sock") && err.contains("is `clove serve` running"),
+        "{err}"
+    );
+    // The daemon served all of it and is still fine.
+    c.ok(op::HELLO, json!({}));
+}
