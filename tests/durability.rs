@@ -424,6 +424,8 @@ fn ttl_runs_on_the_wall_clock_across_downtime() {
     assert_eq!(fetch(&mut c, "forever")["value"], 3);
     // ...and its row is deleted from the file while the daemon runs (the writer's purge; the
     // key that expired while the daemon was down was deleted at start and is not counted).
+    // "long" was written by the run before the crash: the writer learns of its expiry from the
+    // file.
     let store = wait_for(
         "the expired row to be purged",
         Duration::from_secs(10),
@@ -829,6 +831,60 @@ fn reads_do_not_wait_for_a_stalled_commit() {
         json!(["fresh", "k"])
     );
     assert!(commits(&mut reader) > before);
+}
+
+/// How many times a thread of the daemon has blocked (and so woken again) so far.
+fn wakeups(pid: i32, tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no voluntary_ctxt_switches in:\n{status}"))
+}
+
+#[test]
+fn the_writer_sleeps_until_the_next_expiry() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.ok(op::STORE, json!({"key": "plain", "value": 1}));
+    let (pid, tid) = (d.pid(), store_thread(d.pid()));
+    let purged = |c: &mut crate::harness::Client| {
+        c.ok(op::HELLO, json!({}))["store"]["expired_rows_purged"]
+            .as_u64()
+            .unwrap()
+    };
+    // Over a quiet stretch (no client writes), the writer must not wake at all. (A writer that
+    // polled for expired rows would wake at least twice in it.)
+    let quiet = |what: &str| {
+        // First let it finish what it was doing (answering the last write) and go to sleep.
+        let before = wait_for("the writer to go idle", Duration::from_secs(10), || {
+            let n = wakeups(pid, tid);
+            std::thread::sleep(Duration::from_millis(200));
+            (wakeups(pid, tid) == n).then_some(n)
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        let woke = wakeups(pid, tid) - before;
+        assert_eq!(woke, 0, "{what}: the writer woke {woke} times in 2.5 s");
+    };
+    quiet("no key has an expiry");
+
+    let stored = now_ms();
+    c.ok(op::STORE, json!({"key": "soon", "value": 1, "ttl": 2}));
+    c.ok(op::STORE, json!({"key": "far", "value": 1, "ttl": 3600}));
+    assert_eq!(purged(&mut c), 0);
+    // The writer wakes for the expiry and deletes the row...
+    wait_for(
+        "the expired row to be purged",
+        Duration::from_secs(10),
+        || (purged(&mut c) == 1).then_some(()),
+    );
+    assert!(now_ms() >= stored + 2000, "purged before it expired");
+    // ...then sleeps again, although a key that expires in an hour is left.
+    quiet("the next expiry is an hour away");
+    assert_eq!(purged(&mut c), 1);
+    assert_eq!(fetch(&mut c, "far")["exists"], true);
+    assert_eq!(fetch(&mut c, "soon")["exists"], false);
 }
 
 /// A daemon with a few keys, stopped cleanly.

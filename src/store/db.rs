@@ -230,6 +230,16 @@ impl Database {
             .execute([now_ms as i64])
     }
 
+    /// The earliest expiry of any stored key (expired or not), or `None` when no key has one.
+    /// Uses the partial index on `expires_ms`.
+    pub fn next_expiry(&self) -> Result<Option<u64>, rusqlite::Error> {
+        let at: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(expires_ms) FROM kv WHERE expires_ms IS NOT NULL")?
+            .query_row([], |r| r.get(0))?;
+        Ok(at.map(|a| a.max(0) as u64))
+    }
+
     /// Calls `f` for every stored key: (namespace 0 = shared, else agent id), key, value,
     /// expiry.
     pub fn for_each_key(

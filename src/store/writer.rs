@@ -24,8 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often expired rows are purged from the file (memory is purged by the reactor's timer).
+/// Expired rows are purged from the file (memory is purged by the reactor's timer) when the
+/// earliest expiry in the file has passed, at most once per this many milliseconds (so that
+/// keys expiring one after the other are purged together).
 const PURGE_EVERY_MS: u64 = 1000;
+
+/// The longest the writer sleeps while rows with an expiry exist, before it looks at the clock
+/// again: expiries are wall-clock times, and a clock that jumps forward would otherwise leave
+/// expired rows in the file for as long as the jump.
+const MAX_SLEEP_MS: u64 = 60_000;
 
 /// Upper bounds of the batch-size histogram buckets (the last one is open).
 const BUCKETS: [(u64, &str); 8] = [
@@ -103,6 +110,12 @@ impl Handle {
         let (tx, rx) = crossbeam_channel::bounded(cfg.max_pending_writes);
         let stats = Arc::new(Stats::default());
         let recorded_id = ids.load(Ordering::Relaxed);
+        // The earliest expiry in the file, so that rows written by an earlier run are purged on
+        // time. If it cannot be read, purge at once (which reads it again).
+        let next_expiry = db.next_expiry().unwrap_or_else(|e| {
+            log::warn!("state store: cannot read the next expiry ({e}); purging now");
+            Some(0)
+        });
         let mut writer = Writer {
             db,
             rx,
@@ -115,8 +128,8 @@ impl Handle {
             stats: stats.clone(),
             max_batch: cfg.max_pending_writes,
             broken: None,
-            ttl_rows: true,
-            next_purge: 0,
+            next_expiry,
+            last_purge: None,
         };
         let thread = std::thread::Builder::new()
             .name("clove-store".into())
@@ -238,9 +251,12 @@ struct Writer {
     max_batch: usize,
     /// Set when a COMMIT failed: the file and memory may disagree.
     broken: Option<String>,
-    /// Rows with an expiry may exist (so periodic purges are worth doing).
-    ttl_rows: bool,
-    next_purge: u64,
+    /// The earliest expiry of a row in the file: never later than the real one (a row deleted
+    /// or rewritten since may have had it, which costs one purge that finds nothing). `None`:
+    /// no row has an expiry, and the writer sleeps until a change arrives.
+    next_expiry: Option<u64>,
+    /// When the last purge ran (wall-clock ms).
+    last_purge: Option<u64>,
 }
 
 /// Why a batch was not written.
@@ -260,15 +276,21 @@ impl Writer {
                     Ok(m) => m,
                     Err(_) => break,
                 }
-            } else if self.ttl_rows {
+            } else if let Some(at) = self.purge_at() {
                 let now = crate::kernel::now_ms();
-                let wait = self.next_purge.saturating_sub(now).max(1);
+                if now >= at {
+                    self.commit(Vec::new());
+                    // A purge that failed is retried no sooner than the next purge would be.
+                    if self.purge_at().is_some_and(|again| again <= now) {
+                        self.last_purge = Some(now);
+                    }
+                    continue;
+                }
+                let wait = (at - now).min(MAX_SLEEP_MS);
                 match self.rx.recv_timeout(Duration::from_millis(wait)) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.commit(Vec::new());
-                        continue;
-                    }
+                    // Look at the clock again: the purge may be due.
+                    Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
@@ -303,6 +325,15 @@ impl Writer {
         }
     }
 
+    /// When expired rows should next be purged from the file, if any row has an expiry.
+    fn purge_at(&self) -> Option<u64> {
+        let at = self.next_expiry?;
+        Some(match self.last_purge {
+            Some(last) => at.max(last.saturating_add(PURGE_EVERY_MS)),
+            None => at,
+        })
+    }
+
     /// Plans, writes, applies and acknowledges one batch (an empty batch only purges).
     fn commit(&mut self, batch: Vec<Request>) {
         let now = crate::kernel::now_ms();
@@ -318,7 +349,7 @@ impl Writer {
             .iter()
             .zip(&plans)
             .any(|(r, p)| p.as_ref().is_ok_and(|p| touches_db(&r.op, p)));
-        let purge = self.ttl_rows && now >= self.next_purge;
+        let purge = self.purge_at().is_some_and(|at| now >= at);
         let mut refused: Option<StoreError> = self.broken.clone().map(StoreError::Failed);
         let mut queries: Vec<Option<Vec<AuditRecord>>> = Vec::new();
         if refused.is_none() && (needs_db || purge) {
@@ -392,7 +423,8 @@ impl Writer {
         let mut queries = Vec::with_capacity(batch.len());
         let mut audits = 0u64;
         let mut rows = self.audit.rows;
-        let mut ttl_written = false;
+        // The earliest expiry this batch writes.
+        let mut ttl_written: Option<u64> = None;
         for (req, plan) in batch.iter().zip(plans) {
             let mut query = None;
             let Ok(plan) = plan else {
@@ -413,7 +445,9 @@ impl Writer {
                             p.value.get(),
                             p.expires_ms.map(|e| e.min(i64::MAX as u64) as i64)
                         ])?;
-                        ttl_written |= p.expires_ms.is_some();
+                        if let Some(at) = p.expires_ms {
+                            ttl_written = Some(ttl_written.map_or(at, |t| t.min(at)));
+                        }
                     }
                     (Op::Put(p), Planned::Put(KvWrite::DeleteRow)) => {
                         delete_row(&tx, p.ns.to_db(), &p.key)?;
@@ -519,25 +553,26 @@ impl Writer {
             None
         };
         let max = self.audit_max();
-        let mut tail = || -> Result<usize, rusqlite::Error> {
+        let mut tail = || -> Result<(usize, Option<u64>), rusqlite::Error> {
             if audits > 0 {
                 rows = prune_audit(&tx, rows + audits, max)?;
             }
             if let Some(next) = audit_record {
                 super::db::record_audit_next(&tx, next)?;
             }
-            let purged = if purge {
-                self.db.purge_expired(now)?
+            // After a purge, the earliest expiry left (this batch's rows included).
+            let (purged, expiry_left) = if purge {
+                (self.db.purge_expired(now)?, self.db.next_expiry()?)
             } else {
-                0
+                (0, None)
             };
             if id > self.recorded_id {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'next_id'")?
                     .execute([id])?;
             }
-            Ok(purged)
+            Ok((purged, expiry_left))
         };
-        let purged = tail().map_err(stmt_err)?;
+        let (purged, expiry_left) = tail().map_err(stmt_err)?;
         if let Err(e) = tx.commit() {
             // The failed transaction is dropped here, which rolls it back if it is still open.
             // A full disk stops the log write before the commit record is complete, so once
@@ -556,7 +591,8 @@ impl Writer {
             self.audit.recorded = next;
         }
         if purge {
-            self.next_purge = now + PURGE_EVERY_MS;
+            self.last_purge = Some(now);
+            self.next_expiry = expiry_left;
             self.stats
                 .purged
                 .fetch_add(purged as u64, Ordering::Relaxed);
@@ -564,8 +600,8 @@ impl Writer {
                 log::debug!("state store: purged {purged} expired rows");
             }
         }
-        if ttl_written {
-            self.ttl_rows = true;
+        if let Some(at) = ttl_written {
+            self.next_expiry = Some(self.next_expiry.map_or(at, |t| t.min(at)));
         }
         Ok(queries)
     }
