@@ -1232,3 +1232,45 @@ fn a_full_disk_refuses_the_write_and_the_store_recovers_when_space_is_freed() {
     drop(c);
     assert!(d.stop().success());
 }
+
+#[test]
+fn short_lived_connections_cost_no_commit() {
+    // A plain client's private keys are memory-only; dropping them when it disconnects must
+    // not write to the database (with sync = "full" that would be an fsync per connection).
+    let d = Daemon::start();
+    let mut c = d.client();
+    let commits =
+        |c: &mut crate::harness::Client| c.ok(op::HELLO, json!({}))["store"]["commits"].clone();
+    let before = commits(&mut c);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut short = d.client();
+        ids.push(short.my_id());
+        if i % 2 == 0 {
+            short.ok(
+                op::STORE,
+                json!({"key": "mine", "value": i, "scope": "agent"}),
+            );
+            assert_eq!(fetch(&mut short, "mine")["value"], i);
+        }
+    }
+    // A disconnect is handled in one go on the event loop: once a message to the id is
+    // refused, its private keys have been handed to the writer too.
+    for id in ids {
+        wait_for(
+            "the short connection to be let go",
+            Duration::from_secs(10),
+            || {
+                let r = c.call(op::SEND, json!({"to": id, "message": "x"}));
+                (r["success"] == false).then_some(())
+            },
+        );
+    }
+    wait_for("the writer to be idle", Duration::from_secs(10), || {
+        (c.ok(op::HELLO, json!({}))["store"]["pending"] == 0).then_some(())
+    });
+    assert_eq!(commits(&mut c), before, "disconnects committed something");
+    // A durable write still commits, of course.
+    c.ok(op::STORE, json!({"key": "shared", "value": 1}));
+    assert_ne!(commits(&mut c), before);
+}

@@ -223,6 +223,10 @@ pub(crate) enum Planned {
         removed: Vec<(Namespace, bool)>,
         found: Option<(Namespace, Scope)>,
     },
+    /// A namespace dropped; `durable` when any of its entries has a row in the database.
+    Drop {
+        durable: bool,
+    },
     Other,
 }
 
@@ -434,14 +438,16 @@ impl Inner {
                     .filter(|((n, _), m)| *n == ns && m.is_some())
                     .map(|((_, k), _)| k.clone())
                     .collect();
+                let mut durable = false;
                 for key in keys.into_iter().chain(pending) {
                     if let Some(m) = self.projected(view, ns, &key) {
+                        durable |= m.durable;
                         view.keys = view.keys.saturating_sub(1);
                         view.bytes = view.bytes.saturating_sub(m.size);
                         view.touched.insert((ns, key), None);
                     }
                 }
-                Ok(Planned::Other)
+                Ok(Planned::Drop { durable })
             }
             _ => Ok(Planned::Other),
         }

@@ -641,6 +641,9 @@ fn touches_db(op: &Op, plan: &Planned) -> bool {
         (Op::Put(_), Planned::Put(w)) => *w != KvWrite::Nothing,
         (Op::Delete { .. }, Planned::Delete { removed, .. }) => removed.iter().any(|(_, d)| *d),
         (Op::Put(_) | Op::Delete { .. }, _) => false,
+        // A plain client's private keys live in memory only: dropping them when it
+        // disconnects must not cost a commit (and an fsync) per connection.
+        (Op::DropNamespace(_), Planned::Drop { durable }) => *durable,
         _ => true,
     }
 }
