@@ -8,10 +8,10 @@
 //! refused. Responses are read up to `http.max_response_bytes` (the reply says `truncated`),
 //! and bodies that are not UTF-8 come back base64 with `encoding: "base64"`.
 
-use crate::kernel::asyncq::AsyncResult;
+use crate::kernel::asyncq::ReplyTo;
 use crate::kernel::perms::Permissions;
 use crate::kernel::request::{Outcome, error, parse, to_bytes};
-use crate::kernel::{Call, Kernel, Responder, access, ops};
+use crate::kernel::{Call, Kernel, access};
 use base64::Engine;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Deserialize;
@@ -365,11 +365,6 @@ fn prepare(cfg: &HttpConfig, payload: &[u8]) -> Result<Prepared, String> {
 }
 
 /// Where a finished request goes.
-enum ReplyTo {
-    Sync(Responder),
-    Async(Value),
-}
-
 struct HttpJob {
     call: Call,
     req: Prepared,
@@ -422,17 +417,7 @@ fn serve(rx: &Receiver<HttpJob>, kernel: &Weak<Kernel>, agent: &ureq::Agent, cfg
             return;
         };
         let reply = bytes_of(execute(&k, &job.call, &job.perms, agent, cfg, job.req));
-        match job.reply {
-            ReplyTo::Sync(r) => r.reply(&reply),
-            ReplyTo::Async(request_id) => k.asyncq.lock().complete(
-                job.call.caller,
-                AsyncResult {
-                    request_id,
-                    opcode: ops::HTTP,
-                    payload: String::from_utf8_lossy(&reply).into_owned(),
-                },
-            ),
-        }
+        job.reply.deliver(&k, &reply);
     }
 }
 
@@ -475,13 +460,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
             svc.tx.len()
         ));
     }
-    let (reply, outcome) = match request_id {
-        None => (ReplyTo::Sync(k.responder(call)), Outcome::Deferred),
-        Some(id) => {
-            let accepted = crate::kernel::asyncq::accept(k, call.caller, &id)?;
-            (ReplyTo::Async(id), Outcome::Reply(accepted))
-        }
-    };
+    let (reply, outcome) = ReplyTo::for_inline(k, call, request_id)?;
     let job = HttpJob {
         call: *call,
         req,
@@ -491,26 +470,11 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
     match svc.tx.try_send(job) {
         Ok(()) => Ok(outcome),
         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-            let msg = "HTTP queue full (http.queue); try again later";
-            match job.reply {
-                ReplyTo::Sync(r) => {
-                    r.error(msg);
-                    Ok(Outcome::Deferred)
-                }
-                // Accepted already reserved a slot: file the failure where the caller will
-                // look for it.
-                ReplyTo::Async(request_id) => {
-                    k.asyncq.lock().complete(
-                        call.caller,
-                        AsyncResult {
-                            request_id,
-                            opcode: ops::HTTP,
-                            payload: String::from_utf8_lossy(&error(msg)).into_owned(),
-                        },
-                    );
-                    Ok(outcome)
-                }
-            }
+            // An async request was accepted already (a result slot is reserved): the failure
+            // is filed where the caller will look for it.
+            job.reply
+                .deliver(k, &error("HTTP queue full (http.queue); try again later"));
+            Ok(outcome)
         }
     }
 }

@@ -174,6 +174,30 @@ impl ReplyTo {
         }
     }
 
+    /// For an op handled on the reactor thread that answers later (THINK, HTTP): with a
+    /// `request_id` (the request said `"async": true`) the `accepted` reply is the outcome now
+    /// and the result is filed later; without, the reply waits for the result.
+    pub fn for_inline(
+        k: &Kernel,
+        call: &Call,
+        request_id: Option<Value>,
+    ) -> Result<(ReplyTo, Outcome), String> {
+        Ok(match request_id {
+            None => (ReplyTo::Sync(k.responder(call)), Outcome::Deferred),
+            Some(request_id) => {
+                let accepted = accept(k, call.caller, &request_id)?;
+                (
+                    ReplyTo::Async {
+                        caller: call.caller,
+                        op: call.op,
+                        request_id,
+                    },
+                    Outcome::Reply(accepted),
+                )
+            }
+        })
+    }
+
     /// Delivers the reply payload.
     pub fn deliver(self, k: &Kernel, reply: &[u8]) {
         match self {

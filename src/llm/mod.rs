@@ -15,9 +15,9 @@ pub mod openai;
 pub mod queue;
 pub mod transport;
 
-use crate::kernel::asyncq::AsyncResult;
+use crate::kernel::asyncq::ReplyTo;
 use crate::kernel::request::{Outcome, error, parse, to_bytes};
-use crate::kernel::{Call, CallerId, Kernel, Responder, access, ops};
+use crate::kernel::{Call, CallerId, Kernel, access};
 use config::{LlmConfig, ModelConfig, Provider};
 use parking_lot::{Condvar, Mutex};
 use queue::{FairQueue, Refused};
@@ -333,11 +333,6 @@ fn parse_tool(t: Value, i: usize, out: &mut Vec<FunctionDecl>) -> Result<(), Str
 }
 
 /// Where a finished THINK goes.
-enum ReplyTo {
-    Sync(Responder),
-    Async { request_id: Value },
-}
-
 /// A queued THINK.
 struct Job {
     req: ThinkRequest,
@@ -460,13 +455,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
     if let Err(r) = q.check(call.caller) {
         return Err(refused(r, &q, &backend.cfg.name));
     }
-    let (reply, outcome) = match request_id {
-        None => (ReplyTo::Sync(k.responder(call)), Outcome::Deferred),
-        Some(id) => {
-            let accepted = crate::kernel::asyncq::accept(k, call.caller, &id)?;
-            (ReplyTo::Async { request_id: id }, Outcome::Reply(accepted))
-        }
-    };
+    let (reply, outcome) = ReplyTo::for_inline(k, call, request_id)?;
     let job = Job {
         req,
         reply,
@@ -552,17 +541,7 @@ fn run_job(k: &Kernel, b: &Backend, cfg: &LlmConfig, caller: CallerId, job: Job)
             to_bytes(&Value::Object(r))
         }
     };
-    match job.reply {
-        ReplyTo::Sync(responder) => responder.reply(&reply),
-        ReplyTo::Async { request_id } => k.asyncq.lock().complete(
-            caller,
-            AsyncResult {
-                request_id,
-                opcode: ops::THINK,
-                payload: String::from_utf8_lossy(&reply).into_owned(),
-            },
-        ),
-    }
+    job.reply.deliver(k, &reply);
 }
 
 fn success_reply(
