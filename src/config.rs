@@ -94,6 +94,8 @@ pub struct RawLimits {
     pub max_name_bytes: Option<usize>,
     /// Most rules in each list of a permission set given by SET_PERMS or SPAWN.
     pub max_permission_rules: Option<usize>,
+    /// Longest rule in a permission set given by SET_PERMS or SPAWN.
+    pub max_permission_rule_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,7 @@ pub struct Config {
     pub max_event_type_bytes: usize,
     pub max_name_bytes: usize,
     pub max_permission_rules: usize,
+    pub max_permission_rule_bytes: usize,
     pub exec_shell: PathBuf,
     pub exec_default_timeout: Duration,
     pub exec_max_timeout: Duration,
@@ -355,6 +358,14 @@ impl Config {
             256,
             4096,
         );
+        // Every check compares rules with paths, program names and each other; the longest
+        // path the kernel resolves is 4096 bytes (PATH_MAX).
+        let max_permission_rule_bytes = positive(
+            "limits.max_permission_rule_bytes",
+            l.max_permission_rule_bytes,
+            4096,
+            1 << 16,
+        );
         let exec_max_output_bytes = positive(
             "exec.max_output_bytes",
             raw.exec.max_output_bytes,
@@ -520,6 +531,7 @@ impl Config {
             max_event_type_bytes,
             max_name_bytes,
             max_permission_rules,
+            max_permission_rule_bytes,
             exec_shell,
             exec_default_timeout,
             exec_max_timeout,
@@ -649,6 +661,7 @@ mod tests {
         assert_eq!(c.max_event_type_bytes, 128);
         assert_eq!(c.max_name_bytes, 64);
         assert_eq!(c.max_permission_rules, 256);
+        assert_eq!(c.max_permission_rule_bytes, 4096);
         let c = parse(
             "[server]\ncompletion_queue = 1\n[limits]\nmax_subscriptions = 2\nmax_event_type_bytes = 8\nmax_name_bytes = 200\n",
         )

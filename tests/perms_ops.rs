@@ -1,8 +1,11 @@
 //! GET_PERMS, SET_PERMS, LLM_REPORT, and permission checks on READ, WRITE and EXEC: lowering is
 //! one-way, managing others needs the manage right, paths are checked after resolution.
 
-use crate::harness::{Daemon, op};
+use crate::agent_support::{list, script};
+use crate::harness::{BIN, Daemon, frame, op, read_frame};
 use serde_json::{Value, json};
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 fn level(c: &mut crate::harness::Client) -> Value {
     c.ok(op::GET_PERMS, json!({}))["level"].clone()
@@ -293,4 +296,167 @@ fn llm_report_charges_usage_against_the_quota() {
             .contains("`tokens`")
     );
     assert!(c.err(op::LLM_REPORT, json!({})).contains("tokens"));
+}
+
+/// Rules that a backtracking matcher needs time exponential in the number of stars for (and
+/// stack in their length), installed by a caller on itself: adding blocked rules is lowering,
+/// so any caller may. Each check must still answer at once, and other callers must be served.
+#[test]
+fn pathological_rules_are_checked_promptly_and_others_are_served() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let mut other = d.client();
+    let cmd_rule = format!("{}#", "*a".repeat(150));
+    let path_rule = format!("/**{}#", "a**".repeat(150));
+    c.ok(
+        op::SET_PERMS,
+        json!({"permissions": {
+            "blocked_commands": [cmd_rule],
+            "filesystem": {"blocked": [path_rule.clone()]},
+        }}),
+    );
+    let p = c.ok(op::GET_PERMS, json!({}));
+    assert_eq!(
+        p["permissions"]["filesystem"]["blocked"],
+        json!([path_rule]),
+        "{p}"
+    );
+    let dir = d.path(&"a".repeat(200));
+    std::fs::create_dir(&dir).unwrap();
+    let plain = dir.join("a".repeat(200));
+    let hashed = dir.join(format!("{}#", "a".repeat(200)));
+    std::fs::write(&plain, "fine").unwrap();
+    std::fs::write(&hashed, "hidden").unwrap();
+    let limit = Duration::from_secs(5);
+    c.stream.set_read_timeout(Some(limit * 2)).unwrap();
+    let prog = "a".repeat(300);
+    let requests = [
+        (op::EXEC, json!({"command": prog.clone()})),
+        (op::EXEC, json!({"command": format!("{prog}#")})),
+        (op::READ, json!({"path": plain})),
+        (op::READ, json!({"path": hashed})),
+    ];
+    let mut replies = Vec::new();
+    for (code, req) in &requests {
+        let started = Instant::now();
+        c.stream
+            .write_all(&frame(0, *code, &serde_json::to_vec(req).unwrap()))
+            .unwrap();
+        // Another client is served while the check runs.
+        assert_eq!(other.call_raw(op::NOOP, b"ping").payload, b"ping");
+        assert!(
+            started.elapsed() < limit,
+            "NOOP took {:?} beside {req}",
+            started.elapsed()
+        );
+        let reply = read_frame(&mut c.stream)
+            .unwrap_or_else(|e| panic!("no reply to {req} within {:?}: {e}", limit * 2));
+        assert!(
+            started.elapsed() < limit,
+            "{req} took {:?}",
+            started.elapsed()
+        );
+        replies.push(reply.json());
+    }
+    // Not blocked: the program does not exist, so the shell says so.
+    assert!(
+        !replies[0].to_string().contains("permission denied"),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(replies[0]["exit_code"], 127, "{}", replies[0]);
+    for r in [&replies[1], &replies[3]] {
+        assert_eq!(r["success"], false, "{r}");
+        let e = r["error"].as_str().unwrap();
+        assert!(
+            e.contains("permission denied") && e.contains("blocked by rule"),
+            "{e}"
+        );
+    }
+    assert_eq!(replies[2]["content"], "fine", "{}", replies[2]);
+}
+
+#[test]
+#[ignore = "needs access.rs and agents.rs to call PermsPatch::check_rules (see the report)"]
+fn over_long_permission_rules_are_refused_naming_the_key() {
+    let d = Daemon::with_config("[limits]\nmax_permission_rule_bytes = 16\n");
+    let mut c = d.client();
+    let long = "/0123456789abcde"; // 16 bytes
+    let too_long = format!("{long}f");
+    let e = c.err(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"blocked": ["/a", too_long]}}}),
+    );
+    assert!(
+        e.contains("entry 1 of `filesystem.blocked`")
+            && e.contains("is 17 bytes, at most 16")
+            && e.contains("limits.max_permission_rule_bytes"),
+        "{e}"
+    );
+    let e = c.err(
+        op::SET_PERMS,
+        json!({"permissions": {"blocked_commands": ["x".repeat(17)]}}),
+    );
+    assert!(
+        e.contains("`blocked_commands`") && e.contains("limits.max_permission_rule_bytes"),
+        "{e}"
+    );
+    let e = c.err(
+        op::SPAWN,
+        json!({"name": "p", "script": script("sleeper.sh"), "python": "/bin/sh",
+               "permissions": {"exec": ["y".repeat(17)]}}),
+    );
+    assert!(e.contains("limits.max_permission_rule_bytes"), "{e}");
+    assert!(list(&mut c).is_empty());
+    assert_eq!(level(&mut c), "unrestricted", "refusals change nothing");
+    c.ok(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"blocked": [long]}}}),
+    );
+    let p = c.ok(op::GET_PERMS, json!({}));
+    assert_eq!(p["permissions"]["filesystem"]["blocked"], json!([long]));
+
+    // The default is 4096 bytes.
+    let d = Daemon::start();
+    let mut c = d.client();
+    let rule = |n: usize| format!("/{}", "r".repeat(n - 1));
+    let e = c.err(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"blocked": [rule(4097)]}}}),
+    );
+    assert!(
+        e.contains("is 4097 bytes, at most 4096 (limits.max_permission_rule_bytes)"),
+        "{e}"
+    );
+    c.ok(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"blocked": [rule(4096)]}}}),
+    );
+}
+
+#[test]
+fn zero_and_absurd_rule_lengths_are_refused_at_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("clove-perms")
+        .tempdir_in("/tmp")
+        .unwrap();
+    for value in ["0", "1000000"] {
+        let path = dir.path().join("clove.toml");
+        std::fs::write(
+            &path,
+            format!("[limits]\nmax_permission_rule_bytes = {value}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{value} accepted");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("limits.max_permission_rule_bytes"),
+            "{value}: {text}"
+        );
+    }
 }

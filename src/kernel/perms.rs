@@ -15,6 +15,7 @@
 //! allow. Paths are checked after resolution (symlinks and `..` removed), never as written.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// The named presets, from most to least capable.
@@ -102,18 +103,7 @@ impl PermsPatch {
     /// thread, so the lists a request may bring are bounded. (Lists a patch leaves alone come
     /// from the config's presets or from an earlier, already bounded, patch.)
     pub fn check_rule_counts(&self, max: usize) -> Result<(), String> {
-        let fs = self.filesystem.as_ref();
-        let lists = [
-            ("filesystem.read", fs.and_then(|f| f.read.as_ref())),
-            ("filesystem.write", fs.and_then(|f| f.write.as_ref())),
-            ("filesystem.blocked", fs.and_then(|f| f.blocked.as_ref())),
-            ("exec", self.exec.as_ref()),
-            ("blocked_commands", self.blocked_commands.as_ref()),
-            ("network", self.network.as_ref()),
-            ("http_methods", self.http_methods.as_ref()),
-        ];
-        for (name, list) in lists {
-            let Some(list) = list else { continue };
+        for (name, list) in self.lists() {
             if list.len() > max {
                 return Err(format!(
                     "too many permission rules: `{name}` has {}, at most {max} (limits.max_permission_rules)",
@@ -122,6 +112,44 @@ impl PermsPatch {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a patch with a rule longer than `max_bytes` (`limits.max_permission_rule_bytes`).
+    /// Every check compares rules with paths, program names and each other, so their length is
+    /// bounded as well as their number.
+    pub fn check_rule_lengths(&self, max_bytes: usize) -> Result<(), String> {
+        for (name, list) in self.lists() {
+            if let Some((i, rule)) = list.iter().enumerate().find(|(_, r)| r.len() > max_bytes) {
+                let start: String = rule.chars().take(32).collect();
+                return Err(format!(
+                    "permission rule too long: entry {i} of `{name}` ({start:?}...) is {} bytes, at most {max_bytes} (limits.max_permission_rule_bytes)",
+                    rule.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Both checks: [`Self::check_rule_counts`] and [`Self::check_rule_lengths`].
+    pub fn check_rules(&self, max_rules: usize, max_rule_bytes: usize) -> Result<(), String> {
+        self.check_rule_counts(max_rules)?;
+        self.check_rule_lengths(max_rule_bytes)
+    }
+
+    /// The rule lists this patch sets, by name.
+    fn lists(&self) -> impl Iterator<Item = (&'static str, &Vec<String>)> {
+        let fs = self.filesystem.as_ref();
+        [
+            ("filesystem.read", fs.and_then(|f| f.read.as_ref())),
+            ("filesystem.write", fs.and_then(|f| f.write.as_ref())),
+            ("filesystem.blocked", fs.and_then(|f| f.blocked.as_ref())),
+            ("exec", self.exec.as_ref()),
+            ("blocked_commands", self.blocked_commands.as_ref()),
+            ("network", self.network.as_ref()),
+            ("http_methods", self.http_methods.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, list)| list.map(|l| (name, l)))
     }
 }
 
@@ -480,18 +508,32 @@ impl Permissions {
                 ));
             }
         }
-        for program in program_names(command) {
-            let base = program.rsplit('/').next().unwrap_or(&program);
-            if let Some(rule) = self
-                .blocked_commands
-                .iter()
-                .find(|r| !r.contains(' ') && glob_match(r, base))
-            {
+        // Compiled once: a command may name many programs.
+        let blocked: Vec<(&String, Glob)> = self
+            .blocked_commands
+            .iter()
+            .filter(|r| !r.contains(' '))
+            .map(|r| (r, Glob::new(r)))
+            .collect();
+        let allowed: Vec<Glob> = self.exec.iter().map(|r| Glob::new(r)).collect();
+        let programs = program_names(command);
+        let mut seen = HashSet::new();
+        for program in &programs {
+            let base = program.rsplit('/').next().unwrap_or(program);
+            if !seen.insert(base) {
+                continue;
+            }
+            if let Some((rule, _)) = blocked.iter().find(|(_, g)| g.matches(base)) {
                 return Err(format!(
                     "permission denied: program {base:?} is blocked by rule {rule:?}"
                 ));
             }
-            if !self.exec.iter().any(|r| r == "*" || glob_match(r, base)) {
+            if !self
+                .exec
+                .iter()
+                .zip(&allowed)
+                .any(|(r, g)| r == "*" || g.matches(base))
+            {
                 return Err(format!(
                     "permission denied: program {base:?} is not in the allowed list {:?}",
                     self.exec
@@ -535,8 +577,12 @@ fn limit_within(mine: u64, theirs: u64) -> bool {
     theirs == 0 || (mine != 0 && mine <= theirs)
 }
 
+/// Rule lists may be long (`limits.max_permission_rules` x `limits.max_permission_rule_bytes`)
+/// and these checks run on the event loop, so they look rules up in a set instead of comparing
+/// every pair.
 fn superset(mine: &[String], theirs: &[String]) -> bool {
-    theirs.iter().all(|t| mine.contains(t))
+    let mine: HashSet<&str> = mine.iter().map(String::as_str).collect();
+    theirs.iter().all(|t| mine.contains(t.as_str()))
 }
 
 fn names_within(mine: &[String], theirs: &[String]) -> bool {
@@ -559,16 +605,21 @@ fn hosts_within(mine: &[String], theirs: &[String]) -> bool {
 /// Conservative pattern coverage: `mine` is within `theirs` when each of its patterns equals one
 /// of theirs, or lies under one of their `dir/**` patterns.
 fn patterns_within(mine: &[String], theirs: &[String]) -> bool {
+    if theirs.iter().any(|t| t == "/**") {
+        return true;
+    }
+    let exact: HashSet<&str> = theirs.iter().map(String::as_str).collect();
+    let dirs: Vec<&str> = theirs
+        .iter()
+        .filter_map(|t| t.strip_suffix("/**"))
+        .filter(|dir| !dir.contains('*'))
+        .collect();
     mine.iter().all(|m| {
-        theirs.iter().any(|t| {
-            if t == m || t == "/**" {
-                return true;
-            }
-            match t.strip_suffix("/**") {
-                Some(dir) if !dir.contains('*') => m == dir || m.starts_with(&format!("{dir}/")),
-                _ => false,
-            }
-        })
+        exact.contains(m.as_str())
+            || dirs.iter().any(|dir| {
+                m.strip_prefix(dir)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
     })
 }
 
@@ -592,37 +643,244 @@ pub fn host_match(rule: &str, host: &str) -> bool {
 /// Glob match with `*` (within one path component) and `**` (across components). A trailing
 /// `/**` also matches the directory itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    if let Some(dir) = pattern.strip_suffix("/**")
-        && glob_match(dir, text)
-    {
-        return true;
-    }
-    glob_bytes(pattern.as_bytes(), text.as_bytes())
+    Glob::new(pattern).matches(text)
 }
 
-fn glob_bytes(p: &[u8], t: &[u8]) -> bool {
-    // Iterative matcher with backtracking over the last star; `**` may cross '/', `*` may not.
-    // Patterns here are short, so the worst case (quadratic) is irrelevant.
-    if p.is_empty() {
-        return t.is_empty();
-    }
-    if p.starts_with(b"**") {
-        let rest = &p[2..];
-        return (0..=t.len()).any(|i| glob_bytes(rest, &t[i..]));
-    }
-    if p[0] == b'*' {
-        let rest = &p[1..];
-        for i in 0..=t.len() {
-            if glob_bytes(rest, &t[i..]) {
-                return true;
-            }
-            if i < t.len() && t[i] == b'/' {
-                break;
+/// One token of a compiled glob. A run of two or more `*` is one `**` (`***` and `**` match the
+/// same texts: anything, then a run without `/`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    /// `*`: any run of bytes without `/`.
+    Star,
+    /// `**`: any run of bytes.
+    AnyStar,
+}
+
+/// A compiled glob pattern, matched in time linear in the text.
+///
+/// The pattern is a chain of states, one before each token and one at the end; matching keeps
+/// the set of states the text read so far can be in, as a bit set, and updates it once per text
+/// byte. That costs O(text length x pattern length / 64) whatever the pattern looks like: unlike
+/// backtracking, there is no pattern (`*a*a*a...b`) that makes it explore exponentially many
+/// ways, and it uses no recursion, so long patterns cannot exhaust a worker's stack.
+pub struct Glob {
+    /// Set when the pattern has no `*`: it then matches only itself.
+    literal: Option<Vec<u8>>,
+    /// Cheap tests first: every matching text starts with `prefix`, ends with `suffix` and is
+    /// at least `min_len` bytes long.
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
+    min_len: usize,
+    /// Words per state set.
+    words: usize,
+    /// Byte value -> row of `byte_masks` (row 0: bytes that occur nowhere in the pattern).
+    class: [u16; 256],
+    /// Row `c`: the states whose token is a byte of class `c`.
+    byte_masks: Vec<u64>,
+    /// States whose token is `*`.
+    star: Vec<u64>,
+    /// States whose token is `**`.
+    any_star: Vec<u64>,
+    /// States whose token is `*` or `**` (both may match nothing).
+    either_star: Vec<u64>,
+    /// States in which the whole text matched: the end, and the end of each pattern left by
+    /// removing a trailing `/**` (so `/dir/**` also matches `/dir`).
+    accept: Vec<u64>,
+}
+
+/// State sets this small live on the stack.
+const INLINE_WORDS: usize = 4;
+
+impl Glob {
+    /// Compiles `pattern`. Any text is a valid pattern.
+    pub fn new(pattern: &str) -> Glob {
+        let p = pattern.as_bytes();
+        if !p.contains(&b'*') {
+            return Glob {
+                literal: Some(p.to_vec()),
+                prefix: Vec::new(),
+                suffix: Vec::new(),
+                min_len: 0,
+                words: 0,
+                class: [0; 256],
+                byte_masks: Vec::new(),
+                star: Vec::new(),
+                any_star: Vec::new(),
+                either_star: Vec::new(),
+                accept: Vec::new(),
+            };
+        }
+        let mut tokens = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while i < p.len() {
+            if p[i] == b'*' {
+                let run = p[i..].iter().take_while(|&&b| b == b'*').count();
+                tokens.push(if run == 1 {
+                    Token::Star
+                } else {
+                    Token::AnyStar
+                });
+                i += run;
+            } else {
+                tokens.push(Token::Byte(p[i]));
+                i += 1;
             }
         }
-        return false;
+        let states = tokens.len() + 1;
+        let words = states.div_ceil(64);
+        let mut class = [0u16; 256];
+        let mut classes = 1usize;
+        for t in &tokens {
+            if let Token::Byte(b) = *t
+                && class[b as usize] == 0
+            {
+                class[b as usize] = classes as u16;
+                classes += 1;
+            }
+        }
+        let mut byte_masks = vec![0u64; classes * words];
+        let mut star = vec![0u64; words];
+        let mut any_star = vec![0u64; words];
+        let mut accept = vec![0u64; words];
+        let set = |v: &mut [u64], state: usize| v[state / 64] |= 1u64 << (state % 64);
+        for (state, t) in tokens.iter().enumerate() {
+            match *t {
+                Token::Byte(b) => {
+                    let row = class[b as usize] as usize * words;
+                    set(&mut byte_masks[row..row + words], state);
+                }
+                Token::Star => set(&mut star, state),
+                Token::AnyStar => set(&mut any_star, state),
+            }
+        }
+        // Each trailing `/**` is two tokens (`/` and `**`); the pattern without it ends two
+        // states earlier.
+        let mut end = tokens.len();
+        set(&mut accept, end);
+        let mut rest = pattern;
+        while let Some(dir) = rest.strip_suffix("/**") {
+            end -= 2;
+            set(&mut accept, end);
+            rest = dir;
+        }
+        let either_star = star.iter().zip(&any_star).map(|(a, b)| a | b).collect();
+        // `end` is now the earliest accepting state: every match reads the tokens before it.
+        let byte = |t: &Token| match *t {
+            Token::Byte(b) => Some(b),
+            _ => None,
+        };
+        let prefix = tokens[..end].iter().map_while(byte).collect();
+        let min_len = tokens[..end].iter().filter_map(byte).count();
+        // Without a trailing star, the only accepting state is the last, after the bytes that
+        // follow the last star.
+        let suffix = if p.ends_with(b"*") {
+            Vec::new()
+        } else {
+            let mut v: Vec<u8> = tokens.iter().rev().map_while(byte).collect();
+            v.reverse();
+            v
+        };
+        Glob {
+            literal: None,
+            prefix,
+            suffix,
+            min_len,
+            words,
+            class,
+            byte_masks,
+            star,
+            any_star,
+            either_star,
+            accept,
+        }
     }
-    !t.is_empty() && p[0] == t[0] && glob_bytes(&p[1..], &t[1..])
+
+    /// Does the whole of `text` match?
+    pub fn matches(&self, text: &str) -> bool {
+        let text = text.as_bytes();
+        if let Some(lit) = &self.literal {
+            return lit == text;
+        }
+        if text.len() < self.min_len
+            || !text.starts_with(&self.prefix)
+            || !text.ends_with(&self.suffix)
+        {
+            return false;
+        }
+        if self.words <= INLINE_WORDS {
+            let mut a = [0u64; INLINE_WORDS];
+            let mut b = [0u64; INLINE_WORDS];
+            self.run(text, &mut a[..self.words], &mut b[..self.words])
+        } else {
+            let mut a = vec![0u64; self.words];
+            let mut b = vec![0u64; self.words];
+            self.run(text, &mut a, &mut b)
+        }
+    }
+
+    fn run<'a>(&self, text: &[u8], mut cur: &'a mut [u64], mut next: &'a mut [u64]) -> bool {
+        let last = self.words - 1;
+        cur[0] = 1;
+        self.close(cur, 0, last);
+        // Only words `lo..=top` can hold states. States never move backwards, so `lo` only
+        // grows; one byte moves a state at most two places, so at most into the next word.
+        // While the text walks through a long literal, only a word or two is touched per byte.
+        let (mut lo, mut top) = (0, last.min(1));
+        for &c in text {
+            let Some((first, high)) = self.step(cur, next, c, lo, top) else {
+                return false;
+            };
+            // Keep both sets empty outside `lo..=top`.
+            cur[lo..first].fill(0);
+            lo = first;
+            top = top.max(last.min(high + 1));
+            std::mem::swap(&mut cur, &mut next);
+        }
+        cur.iter().zip(&self.accept).any(|(s, a)| s & a != 0)
+    }
+
+    /// Adds the states reachable by letting a star match nothing. Stars never follow each other
+    /// (runs are one token), so one pass is enough.
+    fn close(&self, set: &mut [u64], lo: usize, top: usize) {
+        let mut carry = 0;
+        for (s, stars_at) in set[lo..=top].iter_mut().zip(&self.either_star[lo..=top]) {
+            let stars = *s & stars_at;
+            *s |= (stars << 1) | carry;
+            carry = stars >> 63;
+        }
+    }
+
+    /// Reads byte `c`: `next` becomes the states reachable from `cur`, which are all within
+    /// words `lo..=top`. Returns the first and last word of `next` that hold a state, or `None`
+    /// when none does (no continuation of the text can match).
+    fn step(
+        &self,
+        cur: &[u64],
+        next: &mut [u64],
+        c: u8,
+        lo: usize,
+        top: usize,
+    ) -> Option<(usize, usize)> {
+        let row = self.class[c as usize] as usize * self.words;
+        let bytes = &self.byte_masks[row..row + self.words];
+        let slash = c == b'/';
+        let mut carry = 0;
+        for w in lo..=top {
+            // A byte token that matches moves on one state; a star stays where it is.
+            let moved = cur[w] & bytes[w];
+            let mut n = (moved << 1) | carry | (cur[w] & self.any_star[w]);
+            if !slash {
+                n |= cur[w] & self.star[w];
+            }
+            carry = moved >> 63;
+            next[w] = n;
+        }
+        self.close(next, lo, top);
+        let first = (lo..=top).find(|&w| next[w] != 0)?;
+        let high = (first..=top).rev().find(|&w| next[w] != 0).unwrap_or(first);
+        Some((first, high))
+    }
 }
 
 fn contains_phrase(haystack: &str, phrase: &str) -> bool {
@@ -709,6 +967,203 @@ mod tests {
         assert!(glob_match("/home/*/.ssh/**", "/home/bob/.ssh/id_rsa"));
         assert!(glob_match("/**", "/etc/passwd"));
         assert!(glob_match("mkfs.*", "mkfs.ext4"));
+        assert!(!glob_match("mkfs.*", "mkfs.ext4/x"));
+        assert!(glob_match("/a/**/**", "/a"));
+        assert!(glob_match("/a/**/**", "/a/b/c"));
+        assert!(!glob_match("/a/**/**", "/ab"));
+        assert!(glob_match("/a/**/z", "/a/b/c/z"));
+        assert!(glob_match("/a/***", "/a/b/c"));
+        assert!(!glob_match("/a/***", "/a"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "/"));
+        assert!(glob_match("/**", ""));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("*", "/"));
+    }
+
+    /// The matcher this module used before [`Glob`]: a direct, recursive reading of the
+    /// documented semantics, memoised here so that the tests' long inputs finish.
+    fn reference_match(pattern: &str, text: &str) -> bool {
+        /// `memo[(p.len(), t.len())]`: the answer for these suffixes, once known.
+        type Memo = Vec<Vec<Option<bool>>>;
+        fn bytes(p: &[u8], t: &[u8], memo: &mut Memo) -> bool {
+            if let Some(known) = memo[p.len()][t.len()] {
+                return known;
+            }
+            let result = if p.is_empty() {
+                t.is_empty()
+            } else if p.starts_with(b"**") {
+                (0..=t.len()).any(|i| bytes(&p[2..], &t[i..], memo))
+            } else if p[0] == b'*' {
+                let mut found = false;
+                for i in 0..=t.len() {
+                    if bytes(&p[1..], &t[i..], memo) {
+                        found = true;
+                        break;
+                    }
+                    if i < t.len() && t[i] == b'/' {
+                        break;
+                    }
+                }
+                found
+            } else {
+                !t.is_empty() && p[0] == t[0] && bytes(&p[1..], &t[1..], memo)
+            };
+            memo[p.len()][t.len()] = Some(result);
+            result
+        }
+        if let Some(dir) = pattern.strip_suffix("/**")
+            && reference_match(dir, text)
+        {
+            return true;
+        }
+        let mut memo = vec![vec![None; text.len() + 1]; pattern.len() + 1];
+        bytes(pattern.as_bytes(), text.as_bytes(), &mut memo)
+    }
+
+    /// Every string over `alphabet` up to `max_len` long.
+    fn all_strings(alphabet: &[char], max_len: usize) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max_len {
+            let mut next = Vec::new();
+            for s in &last {
+                for c in alphabet {
+                    next.push(format!("{s}{c}"));
+                }
+            }
+            out.extend(next.iter().cloned());
+            last = next;
+        }
+        out
+    }
+
+    #[test]
+    fn glob_agrees_with_the_reference_on_every_short_input() {
+        // Two alphabets: with `b` (literals that differ), and longer ones with only `a`, `/` and
+        // `*` (runs of stars, `/**/**` chains).
+        let cases = [
+            (
+                all_strings(&['a', 'b', '/', '*'], 5),
+                all_strings(&['a', 'b', '/'], 5),
+            ),
+            (
+                all_strings(&['a', '/', '*'], 7),
+                all_strings(&['a', '/'], 6),
+            ),
+        ];
+        for (patterns, texts) in &cases {
+            for p in patterns {
+                let g = Glob::new(p);
+                for t in texts {
+                    assert_eq!(
+                        g.matches(t),
+                        reference_match(p, t),
+                        "pattern {p:?} text {t:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn glob_agrees_with_the_reference(
+            p in "[ab/*]{0,14}(/\\*\\*){0,2}",
+            t in "[ab/]{0,24}",
+        ) {
+            proptest::prop_assert_eq!(glob_match(&p, &t), reference_match(&p, &t));
+        }
+
+        /// Patterns longer than one 64-state word, so the carries between words are exercised,
+        /// with texts built from the pattern (a star's share is a filler it may match) so that
+        /// the deep states are reached, then perhaps broken by one changed byte.
+        #[test]
+        fn long_globs_agree_with_the_reference(
+            pieces in proptest::collection::vec(("[ab/]{0,4}", 0..3u8, "[ab]{0,3}", "[ab/]{0,2}"), 20..45),
+            change in proptest::option::of((0..400usize, "[ab/]")),
+        ) {
+            let mut p = String::new();
+            let mut t = String::new();
+            for (lit, star, fill, cross) in &pieces {
+                p.push_str(lit);
+                t.push_str(lit);
+                match star {
+                    1 => {
+                        p.push('*');
+                        t.push_str(fill);
+                    }
+                    2 => {
+                        p.push_str("**");
+                        t.push_str(fill);
+                        t.push_str(cross);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some((i, c)) = change
+                && !t.is_empty()
+            {
+                let i = i % t.len();
+                t.replace_range(i..i + 1, &c);
+            }
+            proptest::prop_assert_eq!(glob_match(&p, &t), reference_match(&p, &t));
+        }
+    }
+
+    #[test]
+    fn pathological_globs_are_fast_and_need_no_stack() {
+        // Backtracking takes time exponential in the number of stars here; recursion took one
+        // stack frame per pattern byte. Run on a stack smaller than a worker's.
+        let done = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                let start = std::time::Instant::now();
+                let stars = format!("{}b", "*a".repeat(2000));
+                let text = "a".repeat(4000);
+                assert!(!glob_match(&stars, &text));
+                assert!(!glob_match(
+                    &format!("/{}", stars.replace('*', "**")),
+                    &text
+                ));
+                let long = format!("{}*", "a".repeat(100_000));
+                assert!(glob_match(&long, &"a".repeat(100_001)));
+                assert!(!glob_match(&long, &"a".repeat(99_999)));
+                start.elapsed()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(done < std::time::Duration::from_secs(5), "took {done:?}");
+    }
+
+    #[test]
+    fn rule_lengths_are_bounded() {
+        let long = format!("/tmp/{}", "x".repeat(100));
+        let patch = PermsPatch {
+            filesystem: Some(FsPatch {
+                blocked: Some(vec!["/a".into(), long.clone()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(patch.check_rule_lengths(long.len()).is_ok());
+        let e = patch.check_rule_lengths(long.len() - 1).unwrap_err();
+        assert!(
+            e.contains("entry 1 of `filesystem.blocked`")
+                && e.contains(&format!("is {} bytes", long.len()))
+                && e.contains("limits.max_permission_rule_bytes"),
+            "{e}"
+        );
+        let e = patch.check_rules(1, 1000).unwrap_err();
+        assert!(e.contains("limits.max_permission_rules"), "{e}");
+        let e = PermsPatch {
+            exec: Some(vec!["é".repeat(40)]),
+            ..Default::default()
+        }
+        .check_rules(10, 10)
+        .unwrap_err();
+        assert!(e.contains("`exec`") && e.contains("is 80 bytes"), "{e}");
     }
 
     #[test]
