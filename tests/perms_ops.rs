@@ -377,7 +377,6 @@ fn pathological_rules_are_checked_promptly_and_others_are_served() {
 }
 
 #[test]
-#[ignore = "needs access.rs and agents.rs to call PermsPatch::check_rules (see the report)"]
 fn over_long_permission_rules_are_refused_naming_the_key() {
     let d = Daemon::with_config("[limits]\nmax_permission_rule_bytes = 16\n");
     let mut c = d.client();

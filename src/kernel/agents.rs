@@ -118,7 +118,10 @@ fn agent_perms(
         Some(v) => {
             let patch: PermsPatch = serde_json::from_value(v)
                 .map_err(|e| format!("invalid request: field `permissions`: {e}"))?;
-            patch.check_rule_counts(k.config.max_permission_rules)?;
+            patch.check_rules(
+                k.config.max_permission_rules,
+                k.config.max_permission_rule_bytes,
+            )?;
             base.patched(&patch)
         }
     };
