@@ -4,6 +4,13 @@
 //! working directory (read from `/proc/<peer pid>/cwd`), `..` and symlinks are resolved, and
 //! only then matched against the allow and deny lists. The final component is opened with
 //! `O_NOFOLLOW`, so a symlink swapped in after the check is refused rather than followed.
+//!
+//! Only regular files are read or written. A FIFO without a writer, a FIFO without a reader or
+//! a terminal would block the worker in `open` or `read` for as long as the other side likes,
+//! and a few such requests would stop the worker pool for every caller; so the type is checked
+//! before opening, the open itself is non-blocking (`O_NONBLOCK`, and `O_NOCTTY` so a terminal
+//! never becomes the daemon's), and the opened file is checked again in case the path was
+//! swapped in between.
 
 use super::Call;
 use super::request::{bytes, parse, to_bytes};
@@ -11,9 +18,9 @@ use super::{Kernel, Responder};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
-use std::fs::OpenOptions;
+use std::fs::{File, FileType, Metadata, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// The caller's working directory, for relative paths.
@@ -86,20 +93,15 @@ fn do_read(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
     perms.read_allowed().map_err(|e| deny(k, call, e))?;
     let resolved = resolve_existing(call, &req.path)?;
     perms.may_read(&resolved).map_err(|e| deny(k, call, e))?;
+    let before = std::fs::symlink_metadata(&resolved)
+        .map_err(|e| format!("cannot open {}: {e}", resolved.display()))?;
+    regular_only(&resolved, &before, "read")?;
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OPEN_FLAGS)
         .open(&resolved)
         .map_err(|e| format!("cannot open {}: {e}", resolved.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", resolved.display()))?;
-    if meta.is_dir() {
-        return Err(format!(
-            "cannot read {}: is a directory",
-            resolved.display()
-        ));
-    }
+    let meta = opened_regular(&file, &resolved, "read")?;
     let max = k.config.fs_max_read_bytes;
     if meta.len() > max {
         return Err(format!(
@@ -177,19 +179,31 @@ fn do_write(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> 
     perms.write_allowed().map_err(|e| deny(k, call, e))?;
     let resolved = resolve_for_write(call, &req.path)?;
     perms.may_write(&resolved).map_err(|e| deny(k, call, e))?;
+    if let Ok(before) = std::fs::symlink_metadata(&resolved) {
+        regular_only(&resolved, &before, "write")?;
+    }
+    // Not O_TRUNC: the file is emptied only once it is known to be a regular file.
     let mut opts = OpenOptions::new();
     opts.write(true)
         .create(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .append(append)
+        .custom_flags(OPEN_FLAGS)
         .mode(0o644);
-    if append {
-        opts.append(true);
-    } else {
-        opts.truncate(true);
+    let mut file = opts.open(&resolved).map_err(|e| {
+        // A FIFO that appeared after the check, with no reader: O_NONBLOCK makes open fail
+        // with ENXIO instead of waiting for one.
+        if let Ok(now) = std::fs::symlink_metadata(&resolved)
+            && let Err(msg) = regular_only(&resolved, &now, "write")
+        {
+            return msg;
+        }
+        format!("cannot open {} for writing: {e}", resolved.display())
+    })?;
+    opened_regular(&file, &resolved, "write")?;
+    if !append {
+        file.set_len(0)
+            .map_err(|e| format!("cannot truncate {}: {e}", resolved.display()))?;
     }
-    let mut file = opts
-        .open(&resolved)
-        .map_err(|e| format!("cannot open {} for writing: {e}", resolved.display()))?;
     file.write_all(&data)
         .map_err(|e| format!("cannot write {}: {e}", resolved.display()))?;
     Ok(to_bytes(&json!({
@@ -197,6 +211,57 @@ fn do_write(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> 
         "bytes_written": data.len(),
         "path": resolved,
     })))
+}
+
+/// Flags for every open: never follow a final symlink, never wait in `open` (a FIFO's other
+/// side, a device), never acquire a controlling terminal.
+const OPEN_FLAGS: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// What a file type is, for messages.
+fn kind(t: FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "of an unknown type"
+    }
+}
+
+/// Refuses anything but a regular file, saying what it is.
+fn regular_only(path: &Path, meta: &Metadata, what: &str) -> Result<(), String> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(format!(
+        "cannot {what} {}: it is {}, not a regular file",
+        path.display(),
+        kind(meta.file_type())
+    ))
+}
+
+/// Checks the opened file (the path may have been swapped since it was checked) and makes it
+/// blocking again: regular files ignore `O_NONBLOCK` anyway, but nothing should depend on that.
+fn opened_regular(file: &File, path: &Path, what: &str) -> Result<Metadata, String> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    regular_only(path, &meta, what)?;
+    let flags = fcntl(file, FcntlArg::F_GETFL)
+        .map_err(|e| format!("cannot {what} {}: fcntl: {e}", path.display()))?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    fcntl(file, FcntlArg::F_SETFL(flags))
+        .map_err(|e| format!("cannot {what} {}: fcntl: {e}", path.display()))?;
+    Ok(meta)
 }
 
 /// Records a denial (SYSCALL_BLOCKED) and passes the message through.
