@@ -54,6 +54,13 @@ impl AsyncResults {
         Ok(())
     }
 
+    /// Gives back a slot reserved for a request that was refused before it started.
+    pub fn release(&mut self, caller: CallerId) {
+        if let Some(slot) = self.slots.get_mut(&caller) {
+            slot.outstanding = slot.outstanding.saturating_sub(1);
+        }
+    }
+
     /// Files a result. Dropped if the caller went away meanwhile.
     pub fn complete(&mut self, caller: CallerId, result: AsyncResult) {
         if let Some(slot) = self.slots.get_mut(&caller) {
@@ -127,6 +134,61 @@ pub fn accept(k: &Kernel, caller: CallerId, request_id: &Value) -> Result<Vec<u8
     })))
 }
 
+/// A worker op's `async` decision, taken before the work starts: for `"async": true` a result
+/// slot is reserved (so a caller with too many outstanding requests is refused before anything
+/// runs). Then either [`Reservation::start`] (the work started) or [`Reservation::cancel`] (it
+/// was refused: the error goes back on the connection, the slot is given back).
+pub struct Reservation {
+    caller: CallerId,
+    op: u8,
+    request_id: Option<Value>,
+}
+
+impl Reservation {
+    /// Reads `async` and `request_id` and reserves a result slot when async.
+    pub fn new(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Reservation, String> {
+        let flags: AsyncFlags = parse(payload).unwrap_or_default();
+        let prefix = super::ops::name(call.op).to_ascii_lowercase();
+        let request_id = async_id(flags.is_async, flags.request_id, &prefix, call.caller)?;
+        if request_id.is_some() {
+            k.asyncq.lock().reserve(call.caller)?;
+        }
+        Ok(Reservation {
+            caller: call.caller,
+            op: call.op,
+            request_id,
+        })
+    }
+
+    /// The work has started: an async request is told `accepted` now and its result is filed
+    /// later; a synchronous one waits for the result on `responder`.
+    pub fn start(self, responder: Responder) -> ReplyTo {
+        match self.request_id {
+            None => ReplyTo::Sync(responder),
+            Some(request_id) => {
+                responder.reply(&to_bytes(&json!({
+                    "success": true,
+                    "async": true,
+                    "request_id": request_id,
+                    "status": "accepted",
+                })));
+                ReplyTo::Async {
+                    caller: self.caller,
+                    op: self.op,
+                    request_id,
+                }
+            }
+        }
+    }
+
+    /// The request was refused before it started.
+    pub fn cancel(self, k: &Kernel) {
+        if self.request_id.is_some() {
+            k.asyncq.lock().release(self.caller);
+        }
+    }
+}
+
 /// Where the reply to a request that finishes later goes: straight back on the connection
 /// (synchronous), or into the caller's async results for ASYNC_POLL.
 pub enum ReplyTo {
@@ -139,41 +201,6 @@ pub enum ReplyTo {
 }
 
 impl ReplyTo {
-    /// Decides how a worker op answers: for `"async": true` the `accepted` reply is sent at
-    /// once and the result is filed later; otherwise the responder waits for the result. An
-    /// invalid `async` / `request_id`, or too many outstanding requests, is answered here
-    /// (`None`).
-    pub fn for_request(
-        k: &Kernel,
-        call: &Call,
-        payload: &[u8],
-        responder: Responder,
-    ) -> Option<ReplyTo> {
-        let flags: AsyncFlags = parse(payload).unwrap_or_default();
-        let prefix = super::ops::name(call.op).to_ascii_lowercase();
-        match async_id(flags.is_async, flags.request_id, &prefix, call.caller) {
-            Ok(None) => Some(ReplyTo::Sync(responder)),
-            Ok(Some(request_id)) => match accept(k, call.caller, &request_id) {
-                Ok(accepted) => {
-                    responder.reply(&accepted);
-                    Some(ReplyTo::Async {
-                        caller: call.caller,
-                        op: call.op,
-                        request_id,
-                    })
-                }
-                Err(e) => {
-                    responder.error(e);
-                    None
-                }
-            },
-            Err(e) => {
-                responder.error(e);
-                None
-            }
-        }
-    }
-
     /// For an op handled on the reactor thread that answers later (THINK, HTTP): with a
     /// `request_id` (the request said `"async": true`) the `accepted` reply is the outcome now
     /// and the result is filed later; without, the reply waits for the result.

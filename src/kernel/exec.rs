@@ -7,10 +7,10 @@
 //! request and starts the command; the [`super::commands`] thread then watches it to the end,
 //! so a long command holds no worker.
 
-use super::asyncq::ReplyTo;
-use super::commands::{Finished, Launch};
+use super::asyncq::Reservation;
+use super::commands::{CommandRunner, Finished, Launch, Ticket};
 use super::identity::ExecOwner;
-use super::request::{error, parse, to_bytes};
+use super::request::{parse, to_bytes};
 use super::{Call, CallerKind, Kernel, Responder};
 use serde::Deserialize;
 use serde_json::json;
@@ -40,30 +40,55 @@ struct ExecReq {
 
 /// EXEC `{command, cwd?, timeout?, async?}` (on a worker): checks the request, starts the
 /// command and hands it to the command runner, which answers when it ends. The worker is free
-/// again at once, however long the command runs.
+/// again at once, however long the command runs. Everything that can refuse the request is
+/// checked before an async EXEC is accepted, so refusals come back as the EXEC's own reply.
 pub fn exec(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
-    let Some(reply) = ReplyTo::for_request(k, call, &payload, responder) else {
-        return;
+    let reservation = match Reservation::new(k, call, &payload) {
+        Ok(r) => r,
+        Err(e) => return responder.error(e),
     };
-    if let Err((reply, e)) = start(k, call, &payload, reply) {
-        reply.deliver(k, &error(e));
-    }
+    let (runner, started) = match start(k, call, &payload) {
+        Ok(s) => s,
+        Err(e) => {
+            reservation.cancel(k);
+            return responder.error(e);
+        }
+    };
+    let reply = reservation.start(responder);
+    let timeout = started.timeout;
+    runner.run(
+        k,
+        Launch {
+            child: started.child,
+            timeout,
+            max_output: k.config.exec_max_output_bytes,
+            ticket: started.ticket,
+            done: Box::new(move |k: &Kernel, f: Finished| {
+                k.exec_finished(f.pid);
+                reply.deliver(k, &to_bytes(&f.reply(timeout)));
+            }),
+        },
+    );
 }
 
-/// Checks the request and launches the command; on failure the reply comes back with the
-/// error for the caller.
-fn start(k: &Kernel, call: &Call, payload: &[u8], reply: ReplyTo) -> Result<(), (ReplyTo, String)> {
-    let checked = match check(k, call, payload) {
-        Ok(c) => c,
-        Err(e) => return Err((reply, e)),
-    };
+/// A command that has started and holds its place in the runner.
+struct Started {
+    child: std::process::Child,
+    timeout: Duration,
+    ticket: Ticket,
+}
+
+/// Checks the request, takes a place in the runner and starts the command.
+fn start<'k>(
+    k: &'k Kernel,
+    call: &Call,
+    payload: &[u8],
+) -> Result<(&'k CommandRunner, Started), String> {
+    let checked = check(k, call, payload)?;
     let Some(runner) = k.commands.get() else {
-        return Err((reply, "the command runner is not running".into()));
+        return Err("the command runner is not running".into());
     };
-    let ticket = match runner.admit(call.caller) {
-        Ok(t) => t,
-        Err(e) => return Err((reply, e)),
-    };
+    let ticket = runner.admit(call.caller)?;
     let owner = ExecOwner {
         caller: call.caller,
         kind: k
@@ -72,24 +97,16 @@ fn start(k: &Kernel, call: &Call, payload: &[u8], reply: ReplyTo) -> Result<(), 
             .unwrap_or(CallerKind::Client),
         perms: checked.perms,
     };
-    let child = match spawn(k, &checked.command, &checked.cwd) {
-        Ok(c) => c,
-        Err(e) => return Err((reply, e)),
-    };
+    let child = spawn(k, &checked.command, &checked.cwd)?;
     k.exec_started(child.id() as i32, owner);
-    let timeout = checked.timeout;
-    let launch = Launch {
-        child,
-        timeout,
-        max_output: k.config.exec_max_output_bytes,
-        ticket,
-        done: Box::new(move |k: &Kernel, f: Finished| {
-            k.exec_finished(f.pid);
-            reply.deliver(k, &to_bytes(&f.reply(timeout)));
-        }),
-    };
-    runner.run(k, launch);
-    Ok(())
+    Ok((
+        runner,
+        Started {
+            child,
+            timeout: checked.timeout,
+            ticket,
+        },
+    ))
 }
 
 /// A checked EXEC request.
