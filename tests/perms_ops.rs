@@ -459,3 +459,28 @@ fn zero_and_absurd_rule_lengths_are_refused_at_start() {
         );
     }
 }
+
+#[test]
+fn commands_are_refused_by_the_program_they_resolve_to() {
+    // `standard` blocks dd. Writing it another way, or running it through a symlink with an
+    // innocent name, does not get past the rule; the same link name to an allowed program does.
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.ok(op::SET_PERMS, json!({"level": "standard"}));
+    let dir = d.path("bin");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/dd", dir.join("copytool")).unwrap();
+    std::os::unix::fs::symlink("/bin/echo", dir.join("say")).unwrap();
+    for cmd in [
+        "./copytool --version",
+        "sub/../copytool --version",
+        "echo start; ./copytool --version",
+        "/usr/bin/../bin/dd --version",
+    ] {
+        let e = c.err(op::EXEC, json!({"command": cmd, "cwd": dir}));
+        assert!(e.contains("permission denied"), "{cmd}: {e}");
+        assert!(e.contains("dd"), "{cmd}: {e}");
+    }
+    let r = c.ok(op::EXEC, json!({"command": "./say hello", "cwd": dir}));
+    assert_eq!(r["stdout"], "hello\n");
+}

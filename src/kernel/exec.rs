@@ -126,9 +126,10 @@ fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
         return Err("invalid request: field `command` contains a NUL byte".into());
     }
     let perms = k.perms(call.caller);
-    if let Err(e) = perms.may_exec(&req.command) {
-        super::access::blocked(k, call, &e);
-        return Err(e);
+    if !perms.can_exec {
+        let e = "permission denied: this caller may not run commands (can_exec is false)";
+        super::access::blocked(k, call, e);
+        return Err(e.into());
     }
     let cfg = &k.config;
     let mut cap = cfg.exec_max_timeout;
@@ -167,6 +168,11 @@ fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("/")),
     };
+    // Programs are resolved from the directory the command will run in.
+    if let Err(e) = perms.may_exec(&req.command, &cwd) {
+        super::access::blocked(k, call, &e);
+        return Err(e);
+    }
     Ok(Checked {
         command: req.command,
         cwd,

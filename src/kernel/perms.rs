@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The named presets, from most to least capable.
 pub const LEVELS: [&str; 5] = [
@@ -491,10 +491,16 @@ impl Permissions {
         }
     }
 
-    /// May EXEC run `command`? The check splits the shell text into simple commands and looks
-    /// at each program name; it is a guard against accidents, not a sandbox (the shell language
-    /// is too rich for a text check to be a security boundary: use the agent sandbox for that).
-    pub fn may_exec(&self, command: &str) -> Result<(), String> {
+    /// May this caller run `command` (shell text, run in `cwd`)? The check splits the text
+    /// into simple commands and looks at each program; it is a guard against accidents, not a
+    /// sandbox (the shell language is too rich for a text check to be a security boundary:
+    /// use the agent sandbox for that). Every program the text names
+    /// is checked by the name it is written with **and** by the file it resolves to (a path is
+    /// taken from `cwd` with `..` and symlinks resolved; a bare name is looked up in `PATH`,
+    /// as the shell will), so neither `/usr/bin/../bin/sudo` nor a symlink `./x -> sudo` gets
+    /// past a rule. Rules with a `/` match the resolved path, the others file names. A program
+    /// the text only creates while it runs cannot be resolved beforehand: see README.
+    pub fn may_exec(&self, command: &str, cwd: &Path) -> Result<(), String> {
         if !self.can_exec {
             return Err(
                 "permission denied: this caller may not run commands (can_exec is false)".into(),
@@ -515,27 +521,37 @@ impl Permissions {
             .filter(|r| !r.contains(' '))
             .map(|r| (r, Glob::new(r)))
             .collect();
+        let allow_all = self.exec.iter().any(|r| r == "*");
         let allowed: Vec<Glob> = self.exec.iter().map(|r| Glob::new(r)).collect();
+        let rule_matches =
+            |rules: &[Glob], names: &Names| rules.iter().any(|g| names.matched_by(g));
         let programs = program_names(command);
         let mut seen = HashSet::new();
         for program in &programs {
-            let base = program.rsplit('/').next().unwrap_or(program);
-            if !seen.insert(base) {
+            if !seen.insert(program.as_str()) {
                 continue;
             }
-            if let Some((rule, _)) = blocked.iter().find(|(_, g)| g.matches(base)) {
+            let names = Names::of(program, cwd);
+            if let Some((rule, _)) = blocked.iter().find(|(_, g)| names.matched_by(g)) {
                 return Err(format!(
-                    "permission denied: program {base:?} is blocked by rule {rule:?}"
+                    "permission denied: program {program:?}{} is blocked by rule {rule:?}",
+                    names.resolved_note()
                 ));
             }
-            if !self
-                .exec
-                .iter()
-                .zip(&allowed)
-                .any(|(r, g)| r == "*" || g.matches(base))
-            {
+            if allow_all {
+                continue;
+            }
+            // Allowed by the file it resolves to, or by the name it is written with when that
+            // name finds the same file in PATH (`python3` -> python3.11 is python3; a symlink
+            // `./python3` -> sudo is not).
+            let by_file =
+                names.resolved.is_some() && rule_matches(&allowed, &names.resolved_only());
+            let by_name = rule_matches(&allowed, &names.written_only())
+                && names.written_name_finds_same_file(cwd);
+            if !by_file && !by_name {
                 return Err(format!(
-                    "permission denied: program {base:?} is not in the allowed list {:?}",
+                    "permission denied: program {program:?}{} is not in the allowed list {:?}",
+                    names.resolved_note(),
                     self.exec
                 ));
             }
@@ -687,6 +703,8 @@ pub struct Glob {
     /// States in which the whole text matched: the end, and the end of each pattern left by
     /// removing a trailing `/**` (so `/dir/**` also matches `/dir`).
     accept: Vec<u64>,
+    /// The pattern contains a `/` (a command rule naming a path rather than a file name).
+    slash: bool,
 }
 
 /// State sets this small live on the stack.
@@ -709,6 +727,7 @@ impl Glob {
                 any_star: Vec::new(),
                 either_star: Vec::new(),
                 accept: Vec::new(),
+                slash: p.contains(&b'/'),
             };
         }
         let mut tokens = Vec::with_capacity(p.len());
@@ -793,7 +812,13 @@ impl Glob {
             any_star,
             either_star,
             accept,
+            slash: p.contains(&b'/'),
         }
+    }
+
+    /// True when the pattern contains a `/`.
+    pub fn has_slash(&self) -> bool {
+        self.slash
     }
 
     /// Does the whole of `text` match?
@@ -891,6 +916,113 @@ fn contains_phrase(haystack: &str, phrase: &str) -> bool {
         let after_ok = end == haystack.len() || !haystack.as_bytes()[end].is_ascii_alphanumeric();
         before_ok && after_ok
     })
+}
+
+/// The names a program of a command is checked by: as written, and as resolved.
+struct Names {
+    /// The path as written (`./x`, `/usr/bin/sudo`) or the bare name.
+    written: String,
+    /// Its file name.
+    written_base: String,
+    /// The file it resolves to (canonical), when it can be found.
+    resolved: Option<PathBuf>,
+}
+
+impl Names {
+    fn of(program: &str, cwd: &Path) -> Names {
+        let written_base = program.rsplit('/').next().unwrap_or(program).to_string();
+        Names {
+            written: program.to_string(),
+            written_base,
+            resolved: resolve_program(program, cwd),
+        }
+    }
+
+    fn resolved_base(&self) -> Option<&str> {
+        self.resolved.as_deref()?.file_name()?.to_str()
+    }
+
+    /// Does `g` match this program? Rules with a `/` look at paths (as written, when
+    /// absolute, and as resolved), the others at file names.
+    fn matched_by(&self, g: &Glob) -> bool {
+        let resolved_path = self.resolved.as_deref().and_then(Path::to_str);
+        if g.has_slash() {
+            (self.written.starts_with('/') && g.matches(&self.written))
+                || resolved_path.is_some_and(|p| g.matches(p))
+        } else {
+            g.matches(&self.written_base) || self.resolved_base().is_some_and(|b| g.matches(b))
+        }
+    }
+
+    fn written_only(&self) -> Names {
+        Names {
+            written: self.written.clone(),
+            written_base: self.written_base.clone(),
+            resolved: None,
+        }
+    }
+
+    fn resolved_only(&self) -> Names {
+        let r = self.resolved.clone();
+        let path = r
+            .as_deref()
+            .and_then(Path::to_str)
+            .unwrap_or_default()
+            .to_string();
+        Names {
+            written_base: self.resolved_base().unwrap_or_default().to_string(),
+            written: path,
+            resolved: r,
+        }
+    }
+
+    /// True when the name as written, looked up as a bare name, is the file this program
+    /// resolves to (or when neither can be found: a shell builtin or function).
+    fn written_name_finds_same_file(&self, cwd: &Path) -> bool {
+        match &self.resolved {
+            None => true,
+            Some(r) => resolve_program(&self.written_base, cwd).as_deref() == Some(r.as_path()),
+        }
+    }
+
+    /// ` (resolves to /usr/bin/sudo)` when the resolved file has another name.
+    fn resolved_note(&self) -> String {
+        match &self.resolved {
+            Some(r) if self.resolved_base() != Some(self.written_base.as_str()) => {
+                format!(" (resolves to {})", r.display())
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// The file a program name refers to: a name with a `/` is taken from `cwd`; a bare name is
+/// looked up in the daemon's `PATH` (which commands inherit). Symlinks and `..` are resolved.
+/// `None` when nothing is found (a builtin, a function, a name made by expansion).
+pub fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.len() > 4096 {
+        return None;
+    }
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return std::fs::canonicalize(&p).ok().filter(|c| is_exec(c));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                cwd.join(dir)
+            }
+        })
+        .map(|dir| dir.join(program))
+        .find(|p| is_exec(p))
+        .and_then(|p| std::fs::canonicalize(p).ok())
 }
 
 /// The program names of the simple commands in a shell text: the first word of each segment
@@ -1242,23 +1374,88 @@ mod tests {
         assert!(level("minimal").may_read(Path::new("/tmp/x")).is_err());
     }
 
+    impl Permissions {
+        fn may_exec_here(&self, command: &str) -> Result<(), String> {
+            self.may_exec(command, Path::new("/"))
+        }
+    }
+
     #[test]
     fn commands() {
         let std = level("standard");
-        assert!(std.may_exec("ls -la /tmp | wc -l").is_ok());
-        assert!(std.may_exec("echo hi; sudo ls").is_err());
-        assert!(std.may_exec("FOO=1 /usr/bin/sudo ls").is_err());
-        assert!(std.may_exec("echo $(dd if=/dev/zero)").is_err());
-        assert!(std.may_exec("rm  -rf   /").is_err());
-        assert!(std.may_exec("rm -rf /tmp/x").is_ok());
-        assert!(std.may_exec("mkfs.ext4 /dev/sda").is_err());
+        assert!(std.may_exec_here("ls -la /tmp | wc -l").is_ok());
+        assert!(std.may_exec_here("echo hi; sudo ls").is_err());
+        assert!(std.may_exec_here("FOO=1 /usr/bin/sudo ls").is_err());
+        assert!(std.may_exec_here("echo $(dd if=/dev/zero)").is_err());
+        assert!(std.may_exec_here("rm  -rf   /").is_err());
+        assert!(std.may_exec_here("rm -rf /tmp/x").is_ok());
+        assert!(std.may_exec_here("mkfs.ext4 /dev/sda").is_err());
         let only_echo = std.patched(&PermsPatch {
             exec: Some(vec!["echo".into()]),
             ..Default::default()
         });
-        assert!(only_echo.may_exec("echo hi").is_ok());
-        assert!(only_echo.may_exec("echo hi && cat /etc/passwd").is_err());
-        assert!(level("readonly").may_exec("echo hi").is_err());
+        assert!(only_echo.may_exec_here("echo hi").is_ok());
+        assert!(
+            only_echo
+                .may_exec_here("echo hi && cat /etc/passwd")
+                .is_err()
+        );
+        assert!(level("readonly").may_exec_here("echo hi").is_err());
+    }
+
+    #[test]
+    fn commands_are_checked_by_the_file_they_resolve_to() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = std::env::temp_dir().join(format!("clove-perms-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let real = dir.join("realtool");
+        std::fs::write(&real, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+        symlink(&real, dir.join("alias")).unwrap();
+        let base = level("unrestricted");
+        let blocked = base.patched(&PermsPatch {
+            blocked_commands: Some(vec!["realtool".into()]),
+            ..Default::default()
+        });
+        for cmd in ["./alias -x", "sub/../alias", "true; ./alias", "realtool"] {
+            let e = blocked.may_exec(cmd, &dir).unwrap_err();
+            assert!(e.contains("realtool"), "{cmd}: {e}");
+        }
+        assert!(
+            blocked.may_exec("./sub", &dir).is_ok(),
+            "a directory is not a program"
+        );
+        // A rule with a slash names a path.
+        let by_path = base.patched(&PermsPatch {
+            blocked_commands: Some(vec![format!("{}/*", dir.display())]),
+            ..Default::default()
+        });
+        assert!(by_path.may_exec("./alias", &dir).is_err());
+        assert!(by_path.may_exec("echo hi", &dir).is_ok());
+        // The allow-list: a name is allowed when it finds the same file as the bare name
+        // would, or when the file it resolves to is allowed.
+        let only_alias = base.patched(&PermsPatch {
+            exec: Some(vec!["alias".into()]),
+            ..Default::default()
+        });
+        let e = only_alias.may_exec("./alias", &dir).unwrap_err();
+        assert!(e.contains("resolves to"), "{e}");
+        let only_real = base.patched(&PermsPatch {
+            exec: Some(vec!["realtool".into()]),
+            ..Default::default()
+        });
+        assert!(only_real.may_exec("./alias", &dir).is_ok());
+        let sh = base.patched(&PermsPatch {
+            exec: Some(vec!["sh".into()]),
+            ..Default::default()
+        });
+        assert!(
+            sh.may_exec("sh -c true", &dir).is_ok(),
+            "sh may resolve to dash"
+        );
+        assert!(sh.may_exec("/bin/sh -c true", &dir).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
