@@ -372,8 +372,7 @@ impl Config {
             1 << 20,
             1 << 30,
         );
-        let exec_max_running =
-            positive("exec.max_running", raw.exec.max_running, 64, 4096);
+        let exec_max_running = positive("exec.max_running", raw.exec.max_running, 64, 4096);
         let exec_max_running_per_caller = positive(
             "exec.max_running_per_caller",
             raw.exec.max_running_per_caller,

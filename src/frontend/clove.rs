@@ -5,7 +5,7 @@
 //! the connection waits (later frames stay buffered) until the reply comes back, so replies
 //! are always in request order. A malformed stream (bad magic, oversized length) gets one error
 //! reply and is closed, since no later frame boundary can be trusted. An inline handler that
-//! panics does not take the event loop down with it: see [`run_inline`].
+//! panics does not take the event loop down with it: see `run_inline`.
 
 use super::{Env, Stop};
 use crate::kernel::ops::{self, Route};
