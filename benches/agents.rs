@@ -5,7 +5,10 @@
 //!    the daemon from reaping the crashed process to the new interpreter running
 //!    (`respawn_ms` in AGENT_SPAWNED), plus the client-side cycle time;
 //! 2. spawn throughput: agents per second until every SPAWN has answered "running";
-//! 3. NOOP latency of another client while 50 agents crash-loop, against its idle value.
+//! 3. NOOP latency of another client while 50 agents crash-loop, against its idle value, and
+//!    the same for the limit probe (`../shared/tools/limit-echo.c`, a bare epoll echo server:
+//!    the floor for this protocol on the machine), measured in the same windows, so that what
+//!    the machine's load does to any server is told apart from what clove adds.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it only checks its own setup.
 //! Environment: `BENCH_RESTARTS` (200), `BENCH_SPAWNS` (100), `BENCH_LOOPERS` (50),
@@ -192,22 +195,97 @@ fn spawn_throughput(d: &Daemon, n: usize) {
     );
 }
 
-fn noop_latency(c: &mut Client, n: usize) -> (f64, f64) {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
+/// NOOP round trips on `c`, and on the probe's connection `p` when there is one, taken in
+/// turns (one on each, then again) so that both see the same moments of the load.
+fn noop_latency(c: &mut Client, mut p: Option<&mut Client>, n: usize) -> [(f64, f64); 2] {
+    let mut v = [Vec::with_capacity(n), Vec::with_capacity(n)];
+    let one = |c: &mut Client| {
         let t = Instant::now();
         let r = c.call(ops::NOOP, b"x").unwrap();
         assert_eq!(r.payload, b"x");
-        v.push(t.elapsed().as_secs_f64() * 1e6);
+        t.elapsed().as_secs_f64() * 1e6
+    };
+    for _ in 0..n {
+        v[0].push(one(c));
+        if let Some(p) = p.as_deref_mut() {
+            v[1].push(one(p));
+        }
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    (pct(&v, 0.5), pct(&v, 0.99))
+    v.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (pct(&v, 0.5), pct(&v, 0.99))
+        }
+    })
+}
+
+/// The limit probe, compiled and started on a socket of its own (`LIMIT_ECHO_SRC` or
+/// `../shared/tools/limit-echo.c`); `None` when there is no source or no C compiler.
+struct Probe {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Probe {
+    fn start() -> Option<Probe> {
+        let src = std::env::var("LIMIT_ECHO_SRC")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/limit-echo.c")
+            });
+        if !src.exists() {
+            println!("(no limit probe: {} not found)", src.display());
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("clove-probe")
+            .tempdir_in("/tmp")
+            .ok()?;
+        let bin = dir.path().join("limit-echo");
+        let built = Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built {
+            println!("(no limit probe: cc failed on {})", src.display());
+            return None;
+        }
+        let socket = dir.path().join("probe.sock");
+        let child = Command::new(&bin).arg(&socket).spawn().ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Probe {
+            child,
+            socket,
+            _dir: dir,
+        })
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn noop_under_crash_loops(d: &Daemon, loopers: usize, after: f64, noops: usize) {
     let mut c = d.client();
-    noop_latency(&mut c, noops / 10);
-    let (idle50, idle99) = noop_latency(&mut c, noops);
+    let probe = Probe::start();
+    let mut p = probe.as_ref().map(Probe::client);
+    noop_latency(&mut c, p.as_mut(), noops / 10);
+    let [(idle50, idle99), probe_idle] = noop_latency(&mut c, p.as_mut(), noops);
     let mut m = d.client();
     for i in 0..loopers {
         call(
@@ -220,7 +298,7 @@ fn noop_under_crash_loops(d: &Daemon, loopers: usize, after: f64, noops: usize) 
     }
     let before: u64 = restarts(&mut m);
     let t0 = Instant::now();
-    let (busy50, busy99) = noop_latency(&mut c, noops);
+    let [(busy50, busy99), probe_busy] = noop_latency(&mut c, p.as_mut(), noops);
     let rate = (restarts(&mut m) - before) as f64 / t0.elapsed().as_secs_f64();
     println!("NOOP latency, idle: p50 {idle50:.1} us  p99 {idle99:.1} us");
     println!(
@@ -228,6 +306,19 @@ fn noop_under_crash_loops(d: &Daemon, loopers: usize, after: f64, noops: usize) 
         busy50 / idle50,
         busy99 / idle99
     );
+    if probe.is_some() {
+        let ((i50, i99), (b50, b99)) = (probe_idle, probe_busy);
+        println!(
+            "limit probe, same load: idle p50 {i50:.1} us  p99 {i99:.1} us; crash-looping p50 {b50:.1} us  p99 {b99:.1} us  (vs idle: p50 {:.2}x, p99 {:.2}x)",
+            b50 / i50,
+            b99 / i99
+        );
+        println!(
+            "clove vs the probe under load: p50 {:.2}x  p99 {:.2}x",
+            busy50 / b50,
+            busy99 / b99
+        );
+    }
     for i in 0..loopers {
         let _ = m.call_json(ops::KILL, &json!({"name": format!("loop{i}")}));
     }
