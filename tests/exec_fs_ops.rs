@@ -431,19 +431,8 @@ fn exec_limits_are_checked_at_start() {
             "exec.max_running_per_caller",
         ),
     ] {
-        let dir = tempfile::Builder::new()
-            .prefix("clove-exec-limits")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let path = dir.path().join("clove.toml");
-        std::fs::write(&path, toml).unwrap();
-        let out = std::process::Command::new(crate::harness::BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{toml}");
-        let text = String::from_utf8_lossy(&out.stderr);
+        let (ok, text) = crate::harness::check_config(toml);
+        assert!(!ok, "{toml}");
         assert!(text.contains(key), "{toml}: {text}");
     }
 }

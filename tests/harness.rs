@@ -66,6 +66,30 @@ pub fn read_frame(s: &mut impl Read) -> std::io::Result<Frame> {
     })
 }
 
+/// `clove check-config --config FILE`: whether the file passed, and what it printed on stderr.
+pub fn check_config_file(path: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .expect("cannot run clove check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`check_config_file`] on `toml` written to a temporary file.
+pub fn check_config(toml: &str) -> (bool, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("clove-config")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = dir.path().join("clove.toml");
+    std::fs::write(&path, toml).unwrap();
+    check_config_file(&path)
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -6,7 +6,7 @@
 //! With the defaults, every refusal checked here would have been a success.
 
 use crate::agent_support::{list, script};
-use crate::harness::{BIN, Client, Daemon, frame, op, read_frame, wait_for};
+use crate::harness::{Client, Daemon, frame, op, read_frame, wait_for};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::sync::{Arc, Barrier};
@@ -332,26 +332,13 @@ fn event_queues_are_bounded_in_bytes_by_limits_event_queue_bytes() {
 
 #[test]
 fn zero_and_absurd_limits_are_refused_all_at_once_naming_each_key() {
-    let dir = tempfile::Builder::new()
-        .prefix("clove-limits")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let path = dir.path().join("clove.toml");
-    std::fs::write(
-        &path,
+    let (ok, text) = crate::harness::check_config(
         "[server]\ncompletion_queue = 0\n\
          [limits]\nmax_subscriptions = 0\nmax_event_type_bytes = 1000000\nmax_name_bytes = 300\n\
          max_permission_rules = 5000\nevent_queue_bytes = 0\n\
          [agents]\ncommand_queue = 0\nmax_args = 0\nmax_args_bytes = 100000000\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    );
+    assert!(!ok);
     for key in [
         "server.completion_queue",
         "limits.max_subscriptions",

@@ -2,7 +2,7 @@
 //! one-way, managing others needs the manage right, paths are checked after resolution.
 
 use crate::agent_support::{list, script};
-use crate::harness::{BIN, Daemon, frame, op, read_frame};
+use crate::harness::{Daemon, frame, op, read_frame};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -435,24 +435,11 @@ fn over_long_permission_rules_are_refused_naming_the_key() {
 
 #[test]
 fn zero_and_absurd_rule_lengths_are_refused_at_start() {
-    let dir = tempfile::Builder::new()
-        .prefix("clove-perms")
-        .tempdir_in("/tmp")
-        .unwrap();
     for value in ["0", "1000000"] {
-        let path = dir.path().join("clove.toml");
-        std::fs::write(
-            &path,
-            format!("[limits]\nmax_permission_rule_bytes = {value}\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{value} accepted");
-        let text = String::from_utf8_lossy(&out.stderr);
+        let (ok, text) = crate::harness::check_config(&format!(
+            "[limits]\nmax_permission_rule_bytes = {value}\n"
+        ));
+        assert!(!ok, "{value} accepted");
         assert!(
             text.contains("limits.max_permission_rule_bytes"),
             "{value}: {text}"

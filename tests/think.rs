@@ -640,13 +640,8 @@ fn config_errors_name_the_problem() {
         "[llm]\ndefault = \"x\"\n[llm.models.a]\nprovider = \"claude\"\napi_key_env = \"PLAIN\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = crate::harness::check_config_file(&bad);
+    assert!(!ok);
     assert!(
         err.contains("llm.models.a.provider") && err.contains("llm.models.a.api_key_env"),
         "{err}"
@@ -669,13 +664,9 @@ fn api_key_file_is_read_and_must_be_private() {
     );
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(&cfg_path, &config).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&cfg_path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    let (ok, err) = crate::harness::check_config_file(&cfg_path);
+    assert!(!ok);
+    assert!(err.contains("chmod 600"), "{err}");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = Daemon::with_config(&config);
     let mut c = d.client();
