@@ -944,6 +944,87 @@ fn pids_limit_contains_a_fork_bomb_on_cgroup_v1() {
     c.ok(op::KILL, json!({"name": "bomb"}));
 }
 
+/// True when this machine has a writable cgroup v1 hierarchy with `controller`.
+fn writable_v1(controller: &str) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|line| {
+        let Some((left, right)) = line.split_once(" - ") else {
+            return false;
+        };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        l.len() >= 6
+            && r.len() >= 3
+            && r[0] == "cgroup"
+            && l[5].split(',').any(|o| o == "rw")
+            && r[2].split(',').any(|o| o == controller)
+    })
+}
+
+#[test]
+fn cpu_quota_and_shares_throttle_a_busy_agent_on_cgroup_v1() {
+    if !writable_v1("cpu") {
+        eprintln!("skipping: this machine has no writable cgroup v1 cpu hierarchy");
+        return;
+    }
+    let d = Daemon::with_config(FAST);
+    let mut c = d.client();
+    let spin = d.path("spin.sh");
+    std::fs::write(&spin, "while :; do :; done\n").unwrap();
+    let r = c.ok(
+        op::SPAWN,
+        json!({"name": "spinner", "script": spin, "python": "/bin/sh",
+            "limits": {"cpu_quota": 20000, "cpu_period": 100000, "cpu_shares": 256}}),
+    );
+    let limits = &r["isolation"]["limits"];
+    for l in ["cpu_quota", "cpu_shares"] {
+        assert_eq!(limits[l]["via"], "cgroup", "{}", r["isolation"]);
+    }
+    let paths: Vec<PathBuf> = r["isolation"]["cgroup"]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .collect();
+    let dir = |controller: &str| -> PathBuf {
+        paths
+            .iter()
+            .find(|p| p.components().any(|c| c.as_os_str() == controller))
+            .unwrap_or_else(|| panic!("no {controller} cgroup in {paths:?}"))
+            .clone()
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap().trim().to_string();
+    let cpu = dir("cpu");
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "20000");
+    assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read(cpu.join("cpu.shares")), "256");
+    // The spinner wants a whole CPU; over a second it gets about a fifth of one.
+    let usage = |c: &mut Client| -> u64 {
+        let m = c.ok(op::METRICS_AGENT, json!({"agent_id": r["agent_id"]}));
+        m["metrics"]["cgroup"]["cpu_usage_usec"].as_u64().unwrap()
+    };
+    wait_for("the spinner to use CPU", T, || {
+        (usage(&mut c) > 0).then_some(())
+    });
+    let (u0, t0) = (usage(&mut c), Instant::now());
+    std::thread::sleep(Duration::from_millis(1500));
+    let (u1, dt) = (usage(&mut c), t0.elapsed());
+    let share = (u1 - u0) as f64 / dt.as_micros() as f64;
+    assert!(
+        share < 0.35,
+        "a 20% quota let it use {:.0}% of a CPU",
+        share * 100.0
+    );
+    let stat = read(cpu.join("cpu.stat"));
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(throttled > 0, "{stat}");
+    c.ok(op::KILL, json!({"name": "spinner"}));
+}
+
 #[test]
 fn network_false_has_no_access_to_host_loopback() {
     let d = Daemon::with_config(FAST);
