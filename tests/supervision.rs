@@ -835,25 +835,9 @@ time.sleep(3600)
 /// Why this machine has no writable cgroup v1 `memory` and `pids` hierarchies (read from
 /// /proc/self/mountinfo, not from the daemon), or None when it has both.
 fn no_cgroup_v1_here() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut writable = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if l.len() < 6 || r.len() < 3 || r[0] != "cgroup" {
-            continue;
-        }
-        if !l[5].split(',').any(|o| o == "rw") {
-            continue;
-        }
-        writable.extend(r[2].split(',').map(str::to_string));
-    }
     let missing: Vec<&str> = ["memory", "pids"]
         .into_iter()
-        .filter(|c| !writable.iter().any(|w| w == c))
+        .filter(|c| !writable_v1(c))
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
