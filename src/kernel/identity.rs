@@ -55,6 +55,9 @@ pub fn classify(k: &Kernel, pid: i32) -> Origin {
         // No pid: the peer is in a pid namespace we cannot see into, i.e. not ours to trust.
         return Origin::Unattributed;
     }
+    // Every descendant of the daemon started after it: an ancestor that started earlier (the
+    // user's shell, usually the first or second step up) ends the walk.
+    let my_start = stat_of(me).map(|s| s.start).unwrap_or(0);
     let mut p = pid;
     for _ in 0..MAX_DEPTH {
         if p == me {
@@ -72,6 +75,7 @@ pub fn classify(k: &Kernel, pid: i32) -> Origin {
             return origin;
         }
         match stat_of(p) {
+            Some(s) if s.start < my_start => return Origin::Outside,
             Some(s) => p = s.ppid,
             None => return Origin::Unattributed,
         }
@@ -96,6 +100,8 @@ fn owner(k: &Kernel, pid: i32) -> Option<Origin> {
 struct Stat {
     ppid: i32,
     pgrp: i32,
+    /// Start time in clock ticks since boot.
+    start: u64,
 }
 
 fn stat_of(pid: i32) -> Option<Stat> {
@@ -106,10 +112,12 @@ fn stat_of(pid: i32) -> Option<Stat> {
     if state == "Z" || state == "X" {
         return None;
     }
-    Some(Stat {
-        ppid: fields.next()?.parse().ok()?,
-        pgrp: fields.next()?.parse().ok()?,
-    })
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    // After pgrp: session, tty_nr, tpgid, flags, 4 fault counts, 4 times, priority, nice,
+    // num_threads, itrealvalue, then starttime.
+    let start = fields.nth(16)?.parse().ok()?;
+    Some(Stat { ppid, pgrp, start })
 }
 
 #[cfg(test)]
@@ -122,6 +130,9 @@ mod tests {
         let s = stat_of(me).expect("own stat");
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
         assert_eq!(s.pgrp, nix::unistd::getpgrp().as_raw());
+        let parent = stat_of(s.ppid).expect("parent's stat");
+        assert!(parent.start <= s.start, "{} > {}", parent.start, s.start);
+        assert!(s.start > 0);
         assert!(stat_of(i32::MAX).is_none());
     }
 }
