@@ -39,45 +39,51 @@ fn assert_restricted(r: &Value) {
     assert!(e.contains("permission denied"), "{r}");
 }
 
+/// Spawns a probe agent that leaves an orphan behind (in a new session with `setsid`) and
+/// returns the agent's id and the orphan's report, checking that the daemon inherited it.
+fn orphan(d: &Daemon, c: &mut Client, name: &str, extra: &[&str]) -> (u64, Value) {
+    let out = d.path(&format!("{name}.json"));
+    let id = spawn_probe(c, name, "orphan", &out, extra);
+    let r = report(&out);
+    // The grandchild's parent exited: as a subreaper the daemon inherited it.
+    assert_eq!(r["ppid"], json!(d.pid()), "{r}");
+    (id, r)
+}
+
+/// Stops the probe agent and its orphan (which a KILL of a new session does not reach).
+fn stop_orphan(c: &mut Client, id: u64, r: &Value) {
+    c.ok(op::KILL, json!({"id": id}));
+    let pid = r["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the probe's own process; ESRCH if it is gone already.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
 #[test]
 fn an_orphan_of_an_agent_speaks_as_the_agent() {
     let d = Daemon::start();
     let mut c = d.client();
-    let out = d.path("orphan.json");
-    let id = spawn_probe(&mut c, "parent", "orphan", &out, &[]);
-    let r = report(&out);
-    // The grandchild's parent exited: as a subreaper the daemon inherited it.
-    assert_eq!(r["ppid"], json!(d.pid()), "{r}");
+    let (id, r) = orphan(&d, &mut c, "parent", &[]);
     assert_eq!(
         r["agent_id"],
         json!(id),
         "the orphan keeps its agent's identity: {r}"
     );
     assert_restricted(&r);
-    let pid = r["pid"].as_i64().unwrap() as i32;
-    c.ok(op::KILL, json!({"id": id}));
-    // SAFETY: kill(2) on the probe's own process; ESRCH if it is gone already.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    stop_orphan(&mut c, id, &r);
 }
 
 #[test]
 fn an_orphan_in_a_new_session_is_restricted_not_the_users_own() {
     let d = Daemon::start();
     let mut c = d.client();
-    let out = d.path("escaped.json");
-    let id = spawn_probe(&mut c, "escaper", "orphan", &out, &["setsid"]);
-    let r = report(&out);
-    assert_eq!(r["ppid"], json!(d.pid()), "{r}");
+    let (id, r) = orphan(&d, &mut c, "escaper", &["setsid"]);
     assert_eq!(r["pgid"], r["pid"], "the probe left its process group: {r}");
     // Nothing ties it to its agent any more, but it was started under the daemon: it gets
     // the agent level, under an id of its own.
     assert_ne!(r["agent_id"], json!(id), "{r}");
     assert_ne!(r["agent_id"], json!(c.my_id()), "{r}");
     assert_restricted(&r);
-    let pid = r["pid"].as_i64().unwrap() as i32;
-    c.ok(op::KILL, json!({"id": id}));
-    // SAFETY: kill(2) on the probe's own process (it is in no group the KILL reached).
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    stop_orphan(&mut c, id, &r);
 }
 
 #[test]
