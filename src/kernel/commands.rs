@@ -364,10 +364,8 @@ impl Runner {
             _ticket: ticket,
             done,
         });
-        // Output or an exit that came before registration is picked up here: epoll reports
-        // readiness that exists at registration, but read once anyway in case.
-        self.read(slot, 0);
-        self.read(slot, 1);
+        // Output or an exit that came before registration needs no read here: epoll reports
+        // readiness that already exists when a descriptor is added.
     }
 
     /// Reads one pipe until it would block; output beyond the cap is discarded.
