@@ -93,6 +93,35 @@ fn half_close_still_answers_everything_sent() {
 }
 
 #[test]
+fn half_close_in_the_same_edge_as_the_data_still_ends_the_connection() {
+    // The daemon is stopped while the client writes its requests and shuts down its side, so
+    // epoll reports the data and the shutdown in one edge. The replies must come and then the
+    // daemon must close: a short read of that data does not mean the end-of-file was read.
+    let d = Daemon::start();
+    let mut s = d.raw();
+    s.write_all(&frame(0, op::NOOP, b"hi")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().payload, b"hi");
+    d.signal(libc::SIGSTOP);
+    let mut batch = Vec::new();
+    for i in 0..3u8 {
+        batch.extend(frame(0, op::NOOP, &[i; 2]));
+    }
+    s.write_all(&batch).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    d.signal(libc::SIGCONT);
+    for i in 0..3u8 {
+        assert_eq!(read_frame(&mut s).unwrap().payload, vec![i; 2]);
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest)
+            .expect("the daemon closes once everything is answered"),
+        0
+    );
+}
+
+#[test]
 fn bad_magic_gets_an_error_then_close() {
     let d = Daemon::start();
     let mut s = d.raw();

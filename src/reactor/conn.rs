@@ -119,6 +119,9 @@ pub struct Conn {
     pub readable: bool,
     /// The peer shut down its writing side.
     pub read_closed: bool,
+    /// epoll reported the peer's shutdown (`EPOLLRDHUP`): a short read then does not mean the
+    /// socket is drained, the end-of-file is still to be read (it comes with no edge of its own).
+    pub hup_seen: bool,
     /// The socket may accept more writes.
     pub writable: bool,
     /// WRITABLE interest is registered. It is only while replies are waiting: a socket that is

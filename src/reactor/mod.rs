@@ -276,6 +276,9 @@ impl Reactor {
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                                 c.readable = true;
                             }
+                            if ev.is_read_closed() {
+                                c.hup_seen = true;
+                            }
                             if ev.is_writable() || ev.is_error() {
                                 c.writable = true;
                             }
@@ -470,6 +473,7 @@ impl Reactor {
             inbuf: Vec::new(),
             readable: true,
             read_closed: false,
+            hup_seen: false,
             writable: true,
             want_write: false,
             queued: false,
@@ -588,8 +592,10 @@ impl Reactor {
             match read_once(&mut conn.stream, &mut self.scratch) {
                 Io::Progress(n) => {
                     // A short read means the socket is drained (epoll(7)); skip the extra
-                    // read that would only return EAGAIN.
-                    if n < self.scratch.len() {
+                    // read that would only return EAGAIN. Not after a shutdown was reported:
+                    // the data and the end-of-file may have come in one edge, and the
+                    // end-of-file must still be read.
+                    if n < self.scratch.len() && !conn.hup_seen {
                         conn.readable = false;
                     }
                     if conn.inbuf.is_empty() {
