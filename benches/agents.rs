@@ -17,7 +17,7 @@
 //! namespace per start is what makes the tail long).
 
 use clove::client::Client;
-use clove::kernel::ops;
+use clove::proto::op as ops;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -177,7 +177,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         let c = &mut control;
         for i in 0..keys {
             let r = c.call(
-                crate::kernel::ops::STORE,
+                crate::proto::op::STORE,
                 format!("{{\"key\":\"bench:{i}\",\"value\":\"{value}\"}}").as_bytes(),
             )?;
             if !r.payload.starts_with(b"{\"success\":true") {
@@ -188,13 +188,13 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
             }
         }
     }
-    let noop_frame = clove::encode(0, crate::kernel::ops::NOOP, value.as_bytes());
+    let noop_frame = clove::encode(0, crate::proto::op::NOOP, value.as_bytes());
     let make = |i: u64, out: &mut Vec<u8>| match spec.op {
         BenchOp::Noop => out.extend_from_slice(&noop_frame),
         BenchOp::Store => clove::encode_into(
             out,
             0,
-            crate::kernel::ops::STORE,
+            crate::proto::op::STORE,
             format!(
                 "{{\"key\":\"bench:{}\",\"value\":\"{value}\"}}",
                 i % keys as u64
@@ -204,7 +204,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         BenchOp::Fetch => clove::encode_into(
             out,
             0,
-            crate::kernel::ops::FETCH,
+            crate::proto::op::FETCH,
             format!("{{\"key\":\"bench:{}\"}}", i % keys as u64).as_bytes(),
         ),
     };
@@ -350,7 +350,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
 
 /// The `store` object of the server's HELLO reply (absent on servers without one).
 fn store_stats(c: &mut crate::client::Client) -> Option<serde_json::Value> {
-    let v = c.call(crate::kernel::ops::HELLO, b"{}").ok()?.json().ok()?;
+    let v = c.call(crate::proto::op::HELLO, b"{}").ok()?.json().ok()?;
     v.get("store").filter(|s| s["durable"] == true).cloned()
 }
 
@@ -429,7 +429,7 @@ impl Background {
                         );
                         s.write_all(&clove::encode(
                             0,
-                            crate::kernel::ops::STORE,
+                            crate::proto::op::STORE,
                             payload.as_bytes(),
                         ))?;
                     }

@@ -8,8 +8,11 @@
 
 use crate::config::Config;
 use crate::kernel::Kernel;
-use crate::reactor::pool::WorkerPool;
+use crate::ops::Ops;
+use crate::pool::WorkerPool;
+use crate::reactor::config::ServerConfig;
 use crate::reactor::{Reactor, Sink, WAKER};
+use crate::supervisor::Agents;
 use mio::{Poll, Waker};
 use std::fs::File;
 use std::io::Write;
@@ -59,38 +62,35 @@ impl BoundSocket {
 pub fn serve(config: Config) -> Result<(), DaemonError> {
     ignore_sigpipe();
     raise_fd_limit();
-    let config = Arc::new(config);
     prepare_state_dir(&config.state_dir)?;
     // The store first: a damaged, newer or locked state file stops the start before the socket
     // is touched.
-    let store =
-        crate::store::StateStore::open(&config).map_err(|e| DaemonError::Refused(e.to_string()))?;
-    let (listener, bound) = bind_socket(&config)?;
+    let store = crate::store::StateStore::open(
+        &config.store,
+        config.store_limits,
+        config.kernel.audit.max_entries,
+    )
+    .map_err(|e| DaemonError::Refused(e.to_string()))?;
+    let (listener, bound) = bind_socket(&config.server)?;
 
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
     let waker =
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("cannot create waker"))?);
     // Worker results waiting for the reactor (`server.completion_queue`); see `Sink`.
-    let (tx, rx) = crossbeam_channel::bounded(config.completion_queue);
+    let (tx, rx) = crossbeam_channel::bounded(config.server.completion_queue);
     let sink = Sink::new(tx, waker.clone());
-    let kernel = Arc::new(Kernel::with_store(config.clone(), sink.clone(), store));
-    let llm = crate::llm::LlmService::start(&kernel).map_err(io_err("cannot start LLM threads"))?;
-    let _ = kernel.llm.set(llm);
-    let http =
-        crate::http::HttpService::start(&kernel).map_err(io_err("cannot start HTTP threads"))?;
-    let _ = kernel.http.set(http);
-    let commands = crate::kernel::commands::CommandRunner::start(&kernel)
-        .map_err(io_err("cannot start the command runner thread"))?;
-    let _ = kernel.commands.set(commands);
-    let pool = WorkerPool::start(config.workers, config.job_queue)
+    let kernel = Arc::new(Kernel::with_store(config.kernel.clone(), store));
+    let agents = Arc::new(Agents::new(config.agents.clone(), config.sandbox.clone()));
+    let ops = Arc::new(start_ops(&config, &kernel, &agents, &sink)?);
+    let pool = WorkerPool::start(config.server.workers, config.server.job_queue)
         .map_err(io_err("cannot start worker threads"))?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut reactor = Reactor::new(
         poll,
-        config.clone(),
-        kernel.clone(),
+        config.server.clone(),
+        ops,
         pool,
-        rx,
+        (sink.clone(), rx),
         shutdown.clone(),
     );
     reactor
@@ -106,28 +106,33 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
             std::io::Error::last_os_error()
         );
     }
-    let supervisor = crate::supervisor::start(kernel.clone())
+    let paths = crate::supervisor::Paths {
+        state_dir: config.state_dir.clone(),
+        socket: config.server.socket.clone(),
+    };
+    let supervisor = crate::supervisor::start(kernel.clone(), agents.clone(), paths)
         .map_err(io_err("cannot start the supervisor thread"))?;
     // Before the reactor accepts anyone: names of agents re-attached, stale copies stopped,
     // persistent agents started again.
-    crate::supervisor::persist::restore(&kernel);
+    crate::supervisor::persist::restore(&kernel, &agents);
     let (sampler_stop, sampler_rx) = crossbeam_channel::bounded::<()>(0);
-    let sampler = crate::metrics::start_sampler(kernel.clone(), sampler_rx)
-        .map_err(io_err("cannot start the metrics sampler thread"))?;
+    let sampler =
+        crate::supervisor::metrics::start_sampler(kernel.clone(), agents.clone(), sampler_rx)
+            .map_err(io_err("cannot start the metrics sampler thread"))?;
 
     log::info!(
         "listening on {} (mode {:o}), state in {}, {} workers",
-        config.socket.display(),
-        config.socket_mode,
+        config.server.socket.display(),
+        config.server.socket_mode,
         config.state_dir.display(),
-        config.workers
+        config.server.workers
     );
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
             "clove: ready socket={} pid={} version={}",
-            config.socket.display(),
+            config.server.socket.display(),
             std::process::id(),
             env!("CARGO_PKG_VERSION")
         );
@@ -137,7 +142,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     log::info!("shutting down");
     kernel.shutdown();
     let stop = config.agents.on_shutdown == crate::supervisor::config::OnShutdown::Stop;
-    crate::supervisor::shutdown(&kernel, supervisor, stop);
+    crate::supervisor::shutdown(&agents, supervisor, stop);
     drop(sampler_stop);
     let _ = sampler.join();
     // Without the reactor (and its completion queue) replies to late commits are dropped
@@ -146,6 +151,32 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     kernel.store.close();
     bound.remove();
     result.map_err(io_err("event loop failed"))
+}
+
+/// Starts the services the Clove ops use (THINK, HTTP, EXEC's runner) and hands them, with
+/// the kernel and the agents, to the op service.
+fn start_ops(
+    config: &Config,
+    kernel: &Arc<Kernel>,
+    agents: &Arc<Agents>,
+    sink: &Sink,
+) -> Result<Ops, DaemonError> {
+    let llm = crate::llm::LlmService::start(kernel, config.llm.clone())
+        .map_err(io_err("cannot start LLM threads"))?;
+    let http = crate::http::HttpService::start(kernel, config.http.clone())
+        .map_err(io_err("cannot start HTTP threads"))?;
+    let commands = crate::ops::commands::CommandRunner::start(kernel, &config.ops.exec)
+        .map_err(io_err("cannot start the command runner thread"))?;
+    let probe = sink.clone();
+    Ok(Ops {
+        kernel: kernel.clone(),
+        config: config.ops.clone(),
+        agents: agents.clone(),
+        llm,
+        http,
+        commands,
+        completion_queue: Box::new(move || (probe.queued(), probe.capacity())),
+    })
 }
 
 fn ignore_sigpipe() {
@@ -193,7 +224,9 @@ fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
 }
 
 /// Takes the lock beside the socket, checks what is at the socket path, and binds.
-fn bind_socket(config: &Config) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
+fn bind_socket(
+    config: &ServerConfig,
+) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
     let path = &config.socket;
     let my_uid = nix::unistd::geteuid().as_raw();
     let lock = crate::lockfile::take(path).map_err(|e| match e {

@@ -11,12 +11,11 @@
 use crate::kernel::asyncq::ReplyTo;
 use crate::kernel::perms::Permissions;
 use crate::kernel::request::{Outcome, error, parse, to_bytes};
-use crate::kernel::{Call, Kernel, access};
+use crate::kernel::{Call, CallRecord, Kernel, access};
 use base64::Engine;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::io::Read;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use ureq::http;
@@ -366,7 +365,7 @@ fn prepare(cfg: &HttpConfig, payload: &[u8]) -> Result<Prepared, String> {
 
 /// Where a finished request goes.
 struct HttpJob {
-    call: Call,
+    call: CallRecord,
     req: Prepared,
     perms: Arc<Permissions>,
     reply: ReplyTo,
@@ -375,12 +374,12 @@ struct HttpJob {
 /// The HTTP service: a bounded queue and a fixed set of threads.
 pub struct HttpService {
     tx: Sender<HttpJob>,
+    cfg: HttpConfig,
 }
 
 impl HttpService {
     /// Starts the HTTP threads. They hold only a weak reference to the kernel.
-    pub fn start(kernel: &Arc<Kernel>) -> std::io::Result<HttpService> {
-        let cfg = kernel.config.http.clone();
+    pub fn start(kernel: &Arc<Kernel>, cfg: HttpConfig) -> std::io::Result<HttpService> {
         let (tx, rx) = bounded::<HttpJob>(cfg.queue);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -407,7 +406,15 @@ impl HttpService {
                 .stack_size(1 << 20)
                 .spawn(move || serve(&rx, &k, &agent, &cfg))?;
         }
-        Ok(HttpService { tx })
+        Ok(HttpService { tx, cfg })
+    }
+
+    /// HTTP (inline): check the request and the allow-list, then hand it to an HTTP thread.
+    pub fn http_op(&self, k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+        match submit(self, k, call, payload) {
+            Ok(o) => o,
+            Err(e) => Outcome::Reply(error(e)),
+        }
     }
 }
 
@@ -416,7 +423,14 @@ fn serve(rx: &Receiver<HttpJob>, kernel: &Weak<Kernel>, agent: &ureq::Agent, cfg
         let Some(k) = kernel.upgrade() else {
             return;
         };
-        let reply = bytes_of(execute(&k, &job.call, &job.perms, agent, cfg, job.req));
+        let reply = bytes_of(execute(
+            &k,
+            &job.call.call(),
+            &job.perms,
+            agent,
+            cfg,
+            job.req,
+        ));
         job.reply.deliver(&k, &reply);
     }
 }
@@ -428,16 +442,8 @@ fn bytes_of(r: Result<Value, String>) -> Vec<u8> {
     }
 }
 
-/// HTTP (inline): check the request and the allow-list, then hand it to an HTTP thread.
-pub fn http_op(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    match submit(k, call, payload) {
-        Ok(o) => o,
-        Err(e) => Outcome::Reply(error(e)),
-    }
-}
-
-fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
-    let mut req = prepare(&k.config.http, payload)?;
+fn submit(svc: &HttpService, k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
+    let mut req = prepare(&svc.cfg, payload)?;
     let perms = k.perms(call.caller);
     let target = parse_target(&req.url)?;
     if let Err(e) = perms.may_http(&target.host, req.method.as_str()) {
@@ -450,9 +456,6 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
         "http",
         call.caller,
     )?;
-    let Some(svc) = k.http.get() else {
-        return Err("the HTTP service is not running".into());
-    };
     // The reactor is the only sender, so room seen here is still there at `try_send`.
     if svc.tx.capacity().is_some_and(|cap| svc.tx.len() >= cap) {
         return Err(format!(
@@ -462,7 +465,7 @@ fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
     }
     let (reply, outcome) = ReplyTo::for_inline(k, call, request_id)?;
     let job = HttpJob {
-        call: *call,
+        call: CallRecord::of(call),
         req,
         perms,
         reply,
@@ -588,7 +591,7 @@ fn execute(
         let (bytes, truncated) = if method == http::Method::HEAD {
             (Vec::new(), false)
         } else {
-            read_capped(resp.body_mut(), cfg.max_response_bytes).map_err(|e| {
+            crate::tls::read_capped(resp.body_mut(), cfg.max_response_bytes).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     timed_out(req.timeout)
                 } else {
@@ -658,7 +661,7 @@ fn body_text(mut bytes: Vec<u8>, truncated: bool) -> Result<String, String> {
 }
 
 fn timed_out(t: Duration) -> String {
-    format!("timed out after {}", crate::llm::transport::fmt_secs(t))
+    format!("timed out after {}", crate::clock::secs_text(t))
 }
 
 fn send_error(e: ureq::Error, host: &str, timeout: Duration) -> String {
@@ -677,18 +680,6 @@ fn send_error(e: ureq::Error, host: &str, timeout: Duration) -> String {
         ureq::Error::Io(io) => format!("cannot reach {host}: {io}"),
         other => format!("request to {host} failed: {other}"),
     }
-}
-
-/// Reads a response body up to `cap` bytes; `true` when there was more.
-pub fn read_capped(body: &mut ureq::Body, cap: u64) -> std::io::Result<(Vec<u8>, bool)> {
-    let reader = body.with_config().limit(u64::MAX).reader();
-    let mut buf = Vec::new();
-    reader.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
-    let truncated = buf.len() as u64 > cap;
-    if truncated {
-        buf.truncate(cap as usize);
-    }
-    Ok((buf, truncated))
 }
 
 #[cfg(test)]

@@ -11,19 +11,25 @@
 //!                        metrics sampler thread: CPU percentages, memory warnings
 //! ```
 //!
-//! * [`reactor`] owns every client socket, flow control and the worker pool.
-//! * [`frontend`] turns bytes on a connection into kernel requests, one module per protocol.
-//! * [`proto`] holds the pure codecs (fuzzed).
-//! * [`kernel`] is the shared state and the op handlers; [`store`] keeps state-store data.
-//! * [`llm`] runs THINK on model backends behind a fair per-agent queue, on its own threads;
-//!   [`mod@http`] runs the HTTP op (outbound requests, allow-listed) on its own threads.
-//! * [`supervisor`] owns agent processes (spawn, sandbox, cgroups, restarts); [`metrics`]
-//!   reads /proc and cgroup figures.
-//! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`mod@bench`] are the
-//!   client side used by the CLI.
+//! The modules form layers; each uses only the layers below it (`scripts/check-layers.sh`
+//! checks it):
+//!
+//! 6. `main.rs`: the CLI.
+//! 5. [`daemon`] assembles the pieces for `clove serve`; [`config`] reads the file into each
+//!    module's own section.
+//! 4. [`reactor`] owns every client socket, flow control and the listeners.
+//! 3. [`frontend`] turns bytes on a connection into calls, one module per protocol.
+//! 2. Services: [`ops`] (the Clove op table and handlers), [`supervisor`] (agent processes,
+//!    sandbox, cgroups, restarts, metrics), [`llm`] (THINK), [`mod@http`] (the HTTP op).
+//! 1. [`kernel`]: the shared state (callers and identity, permissions, state store facade,
+//!    mailboxes, events, audit, async results).
+//! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
+//!    [`settings`], [`secrets`], [`lockfile`], [`tls`], and the client side used by the CLI:
+//!    [`client`], [`mod@bench`].
 
 pub mod bench;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod frontend;
@@ -31,9 +37,12 @@ pub mod http;
 pub mod kernel;
 pub mod llm;
 pub mod lockfile;
-pub mod metrics;
+pub mod ops;
+pub mod pool;
 pub mod proto;
 pub mod reactor;
+pub mod secrets;
+pub mod settings;
 pub mod store;
 pub mod supervisor;
 pub mod tls;

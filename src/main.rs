@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use clove::bench::{BenchOp, BenchSpec};
 use clove::client::Client;
 use clove::config::{self, Config, Overrides};
-use clove::kernel::ops;
+use clove::proto::op as ops;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -449,9 +449,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let code = ops::parse(&op).ok_or_else(|| {
                 format!(
                     "unknown op {op:?}; known ops: {}",
-                    ops::OPS
+                    ops::NAMES
                         .iter()
-                        .map(|o| o.name.to_lowercase())
+                        .map(|(_, name)| name.to_lowercase())
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
@@ -656,7 +656,7 @@ fn agent_call(
 
 /// `clove state ...`.
 fn state_command(cfg: &Config, action: StateAction) -> Result<ExitCode, String> {
-    use clove::store::{StoreLimits, dump};
+    use clove::store::dump;
     match action {
         StateAction::Check => {
             let report = dump::check(&cfg.store).map_err(|e| e.to_string())?;
@@ -692,7 +692,7 @@ fn state_command(cfg: &Config, action: StateAction) -> Result<ExitCode, String> 
         StateAction::Import { file, replace } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let d = dump::parse(&text, &StoreLimits::from_config(cfg))?;
+            let d = dump::parse(&text, &cfg.store_limits)?;
             let c = dump::import(&cfg.store, &d, replace)?;
             say!(
                 "imported into {}: {} keys, {} agent names, {} persistent agents, {} audit entries",

@@ -1,11 +1,13 @@
-//! Trust roots for outbound HTTPS (the HTTP op and THINK): the bundled public roots, plus the
-//! certificates of a site CA bundle (`ca_file`) when one is configured.
+//! What every outbound HTTP client (the HTTP op and THINK) shares: trust roots for HTTPS (the
+//! bundled public roots, plus the certificates of a site CA bundle (`ca_file`) when one is
+//! configured) and capped reads of response bodies.
 //!
 //! A `ca_file` **adds** to the public roots rather than replacing them: a site-internal CA
 //! (an LLM gateway, a proxy) is trusted and public sites keep working. The file is read and
 //! checked once at start-up; an unreadable file, one without certificates, bad PEM or a
 //! certificate that cannot serve as a trust root stops the daemon with the key and file named.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
@@ -131,6 +133,18 @@ pub fn certificate_problem(e: &ureq::Error) -> Option<String> {
         rustls::Error::InvalidCertificate(c) => Some(c.to_string()),
         _ => None,
     }
+}
+
+/// Reads a response body up to `cap` bytes; `true` when there was more.
+pub fn read_capped(body: &mut ureq::Body, cap: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    let reader = body.with_config().limit(u64::MAX).reader();
+    let mut buf = Vec::new();
+    reader.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
+    let truncated = buf.len() as u64 > cap;
+    if truncated {
+        buf.truncate(cap as usize);
+    }
+    Ok((buf, truncated))
 }
 
 #[cfg(test)]

@@ -4,17 +4,22 @@
 #![no_main]
 
 use clove::config::{Config, Overrides, RawConfig};
-use clove::kernel::ops::{self, Route};
-use clove::kernel::{Call, Kernel, Peer};
-use clove::reactor::{ConnId, Sink};
+use clove::kernel::{Call, CallerId, Deliver, Kernel, Peer, ReplyPath};
+use clove::ops::{self, Ops, Route};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 
 struct World {
-    kernel: Arc<Kernel>,
-    rx: crossbeam_channel::Receiver<clove::reactor::Completion>,
+    ops: Arc<Ops>,
+    back: ReplyPath,
     caller: u32,
-    _poll: mio::Poll,
+}
+
+/// Replies go nowhere: the fuzzer only checks that handlers answer without panicking.
+struct Discard;
+
+impl Deliver for Discard {
+    fn deliver(&self, _: CallerId, _: u8, _: &[u8]) {}
 }
 
 fn world() -> &'static World {
@@ -33,12 +38,22 @@ fn world() -> &'static World {
             },
         )
         .expect("valid fuzz config");
-        let poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let (tx, rx) = crossbeam_channel::bounded(1 << 16);
-        let kernel = Arc::new(Kernel::new(Arc::new(config), Sink::new(tx, waker)));
+        let kernel = Arc::new(Kernel::new(config.kernel.clone(), config.store_limits));
         let caller = kernel.connect(Peer { pid: 0, uid: 0, gid: 0 });
-        World { kernel, rx, caller, _poll: poll }
+        let ops = Ops {
+            llm: clove::llm::LlmService::start(&kernel, config.llm.clone()).expect("llm"),
+            http: clove::http::HttpService::start(&kernel, config.http.clone()).expect("http"),
+            commands: ops::commands::CommandRunner::start(&kernel, &config.ops.exec)
+                .expect("command runner"),
+            agents: Arc::new(clove::supervisor::Agents::new(
+                config.agents.clone(),
+                config.sandbox.clone(),
+            )),
+            config: config.ops.clone(),
+            completion_queue: Box::new(|| (0, 1)),
+            kernel,
+        };
+        World { ops: Arc::new(ops), back: Arc::new(Discard), caller }
     })
 }
 
@@ -51,21 +66,17 @@ fuzz_target!(|data: &[u8]| {
     let payload = &data[1..];
     let call = Call {
         caller: w.caller,
-        conn: ConnId { slot: 0, generation: 0 },
         op,
         peer: Peer { pid: 0, uid: 0, gid: 0 },
+        back: &w.back,
     };
-    if let Some(info) = ops::info(op) {
-        match info.route {
-            Route::Inline(handler) => {
-                let _ = handler(&w.kernel, &call, payload);
-            }
-            Route::Worker(handler) => {
-                handler(&w.kernel, &call, payload.to_vec(), w.kernel.responder(&call));
-            }
-            Route::Unavailable => {}
+    match ops::route(op) {
+        Some(Route::Inline(handler)) => {
+            let _ = handler(&w.ops, &call, payload);
         }
+        Some(Route::Worker(handler)) => {
+            handler(&w.ops, &call, payload.to_vec(), w.ops.kernel.responder(&call));
+        }
+        Some(Route::Unavailable) | None => {}
     }
-    // Keep the completion queue from filling up.
-    while w.rx.try_recv().is_ok() {}
 });

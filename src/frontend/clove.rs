@@ -7,25 +7,37 @@
 //! reply and is closed, since no later frame boundary can be trusted. An inline handler that
 //! panics does not take the event loop down with it: see `run_inline`.
 
-use super::{Env, Stop};
-use crate::kernel::ops::{self, Route};
+use super::{ConnIo, Env, Outbox, Stop};
 use crate::kernel::request::{Outcome, error};
-use crate::kernel::{Call, Kernel};
+use crate::kernel::{Call, CallRecord, CallerId, Deliver, ReplyPath};
+use crate::ops::{self, Ops, Route};
 use crate::proto::clove;
-use crate::reactor::conn::ConnIo;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 /// Per-connection protocol state. Clove frames carry no session state beyond the connection's
-/// identity, which lives in [`ConnIo`].
-#[derive(Default)]
+/// identity, which lives in [`ConnIo`], and the way back for replies made on other threads.
 pub struct CloveProto {
     pub max_payload: u64,
+    back: ReplyPath,
+}
+
+/// Replies made off the reactor thread (or later): framed here, handed to the connection's
+/// outbox.
+struct CloveBack(Box<dyn Outbox>);
+
+impl Deliver for CloveBack {
+    fn deliver(&self, caller: CallerId, op: u8, payload: &[u8]) {
+        self.0.reply(clove::encode(caller, op, payload));
+    }
 }
 
 impl CloveProto {
-    pub fn new(max_payload: u64) -> CloveProto {
-        CloveProto { max_payload }
+    pub fn new(max_payload: u64, outbox: Box<dyn Outbox>) -> CloveProto {
+        CloveProto {
+            max_payload,
+            back: Arc::new(CloveBack(outbox)),
+        }
     }
 
     pub fn process(
@@ -50,7 +62,7 @@ impl CloveProto {
                 Ok(Some(f)) => f,
                 Ok(None) => return (off, Stop::NeedInput),
                 Err(e) => {
-                    log::warn!("conn={} caller={}: {e}", io.id, io.caller);
+                    log::warn!("conn={} caller={}: {e}", io.label, io.caller);
                     clove::encode_into(&mut io.out, io.caller, e.op(), &error(e.to_string()));
                     io.close_after_flush = true;
                     // Nothing after a broken frame can be trusted: drop it all.
@@ -59,9 +71,9 @@ impl CloveProto {
             };
             let call = Call {
                 caller: io.caller,
-                conn: io.id,
                 op: frame.header.op,
                 peer: io.peer,
+                back: &self.back,
             };
             match dispatch(env, &call, frame.payload) {
                 Dispatched::Reply(bytes, close) => {
@@ -75,7 +87,7 @@ impl CloveProto {
             }
             log::trace!(
                 "conn={} caller={} op={} len={}",
-                io.id,
+                io.label,
                 io.caller,
                 ops::name(call.op),
                 frame.payload.len()
@@ -96,14 +108,17 @@ enum Dispatched {
 }
 
 fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
-    let Some(info) = ops::info(call.op) else {
+    let (Some(name), Some(route)) = (ops::known(call.op), ops::route(call.op)) else {
         return Dispatched::Reply(error(format!("unknown op 0x{:02X}", call.op)), false);
     };
-    match info.route {
+    match route {
         Route::Inline(handler) => {
-            match run_inline(info.name, call, || handler(env.kernel, call, payload)) {
+            match run_inline(name, call, || handler(env.ops, call, payload)) {
                 Outcome::Reply(bytes) => {
-                    env.kernel.audit.record_call(call.caller, call.op, &bytes);
+                    env.ops
+                        .kernel
+                        .audit
+                        .record_call(call.caller, call.op, &bytes);
                     Dispatched::Reply(bytes, false)
                 }
                 Outcome::ReplyClose(bytes) => Dispatched::Reply(bytes, true),
@@ -111,14 +126,15 @@ fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
             }
         }
         Route::Worker(handler) => {
-            let kernel: Arc<Kernel> = env.kernel.clone();
-            let call = *call;
+            let ops: Arc<Ops> = env.ops.clone();
+            let record = CallRecord::of(call);
             let payload = payload.to_vec();
             let job = Box::new(move || {
+                let call = record.call();
                 // The responder is made on the worker: a job handed back by a full queue is
                 // dropped without sending anything, and the frame is retried later.
-                let responder = kernel.responder(&call);
-                handler(&kernel, &call, payload, responder);
+                let responder = ops.kernel.responder(&call);
+                handler(&ops, &call, payload, responder);
             });
             match env.pool.try_submit(job) {
                 Ok(()) => Dispatched::Pending,
@@ -128,7 +144,7 @@ fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
         Route::Unavailable => Dispatched::Reply(
             error(format!(
                 "op 0x{:02X} {} is not available in this version of clove",
-                call.op, info.name
+                call.op, name
             )),
             false,
         ),
@@ -151,8 +167,7 @@ fn run_inline(op_name: &str, call: &Call, f: impl FnOnce() -> Outcome) -> Outcom
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_string());
             log::error!(
-                "conn={} caller={}: internal error in {op_name}: {what}; closing the connection",
-                call.conn,
+                "caller={}: internal error in {op_name}: {what}; closing the connection",
                 call.caller
             );
             Outcome::ReplyClose(error(format!(
@@ -167,21 +182,23 @@ fn run_inline(op_name: &str, call: &Call, f: impl FnOnce() -> Outcome) -> Outcom
 mod tests {
     use super::*;
     use crate::kernel::Peer;
-    use crate::reactor::ConnId;
 
-    fn call() -> Call {
+    struct Nowhere;
+
+    impl Deliver for Nowhere {
+        fn deliver(&self, _: CallerId, _: u8, _: &[u8]) {}
+    }
+
+    fn call(back: &ReplyPath) -> Call<'_> {
         Call {
             caller: 7,
-            conn: ConnId {
-                slot: 3,
-                generation: 1,
-            },
             op: ops::STORE,
             peer: Peer {
                 pid: 1,
                 uid: 0,
                 gid: 0,
             },
+            back,
         }
     }
 
@@ -198,16 +215,17 @@ mod tests {
 
     #[test]
     fn a_panicking_handler_becomes_an_error_reply_that_closes_the_connection() {
-        let e = error_text(run_inline("STORE", &call(), || panic!("boom")));
+        let back: ReplyPath = Arc::new(Nowhere);
+        let e = error_text(run_inline("STORE", &call(&back), || panic!("boom")));
         assert!(e.starts_with("internal error in STORE"), "{e}");
         assert!(e.contains("closed"), "{e}");
         // Formatted messages and payloads that are not text are caught too.
         let n = 5;
-        let e = error_text(run_inline("KEYS", &call(), || {
+        let e = error_text(run_inline("KEYS", &call(&back), || {
             panic!("index {n} out of range")
         }));
         assert!(e.starts_with("internal error in KEYS"), "{e}");
-        let e = error_text(run_inline("FETCH", &call(), || {
+        let e = error_text(run_inline("FETCH", &call(&back), || {
             std::panic::panic_any(42u32)
         }));
         assert!(e.starts_with("internal error in FETCH"), "{e}");
@@ -215,15 +233,18 @@ mod tests {
 
     #[test]
     fn outcomes_of_handlers_that_return_pass_through_unchanged() {
-        match run_inline("NOOP", &call(), || Outcome::Reply(b"echo".to_vec())) {
+        let back: ReplyPath = Arc::new(Nowhere);
+        match run_inline("NOOP", &call(&back), || Outcome::Reply(b"echo".to_vec())) {
             Outcome::Reply(b) => assert_eq!(b, b"echo"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            run_inline("STORE", &call(), || Outcome::Deferred),
+            run_inline("STORE", &call(&back), || Outcome::Deferred),
             Outcome::Deferred
         ));
-        match run_inline("EXIT", &call(), || Outcome::ReplyClose(b"goodbye".to_vec())) {
+        match run_inline("EXIT", &call(&back), || {
+            Outcome::ReplyClose(b"goodbye".to_vec())
+        }) {
             Outcome::ReplyClose(b) => assert_eq!(b, b"goodbye"),
             other => panic!("{other:?}"),
         }

@@ -5,7 +5,7 @@
 //! ASYNC_POLL takes it. A caller can have at most `limits.async_max_outstanding` requests
 //! accepted but not yet polled; more are refused with a clear error.
 
-use super::request::{Outcome, error, parse, to_bytes};
+use super::request::{Outcome, parse, to_bytes};
 use super::{Call, CallerId, Kernel, Responder};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -148,7 +148,7 @@ impl Reservation {
     /// Reads `async` and `request_id` and reserves a result slot when async.
     pub fn new(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Reservation, String> {
         let flags: AsyncFlags = parse(payload).unwrap_or_default();
-        let prefix = super::ops::name(call.op).to_ascii_lowercase();
+        let prefix = crate::proto::op::name(call.op).to_ascii_lowercase();
         let request_id = async_id(flags.is_async, flags.request_id, &prefix, call.caller)?;
         if request_id.is_some() {
             k.asyncq.lock().reserve(call.caller)?;
@@ -243,36 +243,6 @@ impl ReplyTo {
             ),
         }
     }
-}
-
-/// ASYNC_POLL `{max?=10}`.
-pub fn poll(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    #[derive(Deserialize, Default)]
-    struct Req {
-        max: Option<usize>,
-    }
-    let req: Req = match parse(payload) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Reply(error(e)),
-    };
-    let max = req.max.unwrap_or(10).clamp(1, 1000);
-    let results = k.asyncq.lock().take(call.caller, max);
-    let list: Vec<Value> = results
-        .into_iter()
-        .map(|r| {
-            json!({
-                "request_id": r.request_id,
-                "opcode": r.opcode,
-                "opcode_name": super::ops::name(r.opcode),
-                "payload": r.payload,
-            })
-        })
-        .collect();
-    Outcome::Reply(to_bytes(&json!({
-        "success": true,
-        "count": list.len(),
-        "results": list,
-    })))
 }
 
 #[cfg(test)]

@@ -6,10 +6,8 @@
 //! never polls costs a fixed amount of memory and one POLL_EVENTS reply stays bounded. Kernel event types are reserved: clients may emit `CUSTOM` or their
 //! own type names (delivered as `CUSTOM` with `data.custom_type`), never a kernel event.
 
-use super::request::{Outcome, error, parse, to_bytes};
-use super::{Call, CallerId, Kernel};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use super::CallerId;
+use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -221,27 +219,9 @@ impl EventBus {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct SubReq {
-    event_types: Option<Vec<String>>,
-    events: Option<Vec<String>>,
-    event: Option<String>,
-    #[serde(default)]
-    all: bool,
-}
-
-impl SubReq {
-    fn types(self) -> Vec<String> {
-        let mut v = self.event_types.unwrap_or_default();
-        v.extend(self.events.unwrap_or_default());
-        v.extend(self.event);
-        v
-    }
-}
-
 /// An event type name: 1 to `max` bytes (`limits.max_event_type_bytes`), no control
 /// characters.
-fn check_type(t: &str, max: usize) -> Result<(), String> {
+pub fn check_type(t: &str, max: usize) -> Result<(), String> {
     if t.len() > max {
         // The name itself is not echoed: it may be as large as a whole frame.
         return Err(format!(
@@ -257,140 +237,10 @@ fn check_type(t: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-pub fn subscribe(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let types = match parse::<SubReq>(payload) {
-        Ok(r) => r.types(),
-        Err(e) => return Outcome::Reply(error(e)),
-    };
-    if types.is_empty() {
-        return Outcome::Reply(error(
-            "no event types given: send {\"event_types\": [\"AGENT_EXITED\", ...]}",
-        ));
-    }
-    let max = k.config.max_event_type_bytes;
-    if let Some(e) = types.iter().find_map(|t| check_type(t, max).err()) {
-        return Outcome::Reply(error(e));
-    }
-    match k.events.lock().subscribe(call.caller, &types) {
-        Ok(all) => Outcome::Reply(to_bytes(&json!({"success": true, "subscribed": all}))),
-        Err(e) => Outcome::Reply(error(e)),
-    }
-}
-
-pub fn unsubscribe(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let req = match parse::<SubReq>(payload) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Reply(error(e)),
-    };
-    let all = req.all;
-    let types = req.types();
-    if !all && types.is_empty() {
-        return Outcome::Reply(error(
-            "nothing to unsubscribe: give event_types or \"all\": true",
-        ));
-    }
-    let removed = k
-        .events
-        .lock()
-        .unsubscribe(call.caller, if all { None } else { Some(&types) });
-    Outcome::Reply(to_bytes(&json!({"success": true, "unsubscribed": removed})))
-}
-
-#[derive(Deserialize, Default)]
-struct PollReq {
-    max: Option<usize>,
-}
-
-pub fn poll(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let req = match parse::<PollReq>(payload) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Reply(error(e)),
-    };
-    let max = req.max.unwrap_or(100).clamp(1, 1000);
-    let (events, dropped) = k.events.lock().take(call.caller, max);
-    let now = Instant::now();
-    let list: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            json!({
-                "type": e.kind,
-                "data": e.data,
-                "source_agent_id": e.source,
-                "age_ms": now.duration_since(e.at).as_millis() as u64,
-                "timestamp": super::iso8601(e.wall),
-            })
-        })
-        .collect();
-    Outcome::Reply(to_bytes(&json!({
-        "success": true,
-        "count": list.len(),
-        "events": list,
-        "dropped": dropped,
-    })))
-}
-
-#[derive(Deserialize)]
-struct EmitReq {
-    event_type: Option<String>,
-    event: Option<String>,
-    #[serde(default)]
-    data: Value,
-}
-
-pub fn emit(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let req = match parse::<EmitReq>(payload) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Reply(error(e)),
-    };
-    let Some(name) = req.event_type.or(req.event) else {
-        return Outcome::Reply(error(
-            "missing event type: send {\"event_type\": \"CUSTOM\", \"data\": {...}}",
-        ));
-    };
-    if let Err(e) = check_type(&name, k.config.max_event_type_bytes) {
-        return Outcome::Reply(error(e));
-    }
-    if KERNEL_EVENTS.contains(&name.as_str()) {
-        return Outcome::Reply(error(format!(
-            "event type {name} is reserved for the kernel; emit CUSTOM or a name of your own"
-        )));
-    }
-    let mut data = req.data;
-    let alias = if name == CUSTOM {
-        None
-    } else {
-        match &mut data {
-            Value::Object(m) => {
-                m.insert("custom_type".into(), Value::String(name.clone()));
-            }
-            other => {
-                let value = other.take();
-                data = json!({"custom_type": name, "value": value});
-            }
-        }
-        Some(name.as_str())
-    };
-    let size = json_len(&data);
-    if size > k.config.event_queue_bytes {
-        return Outcome::Reply(error(format!(
-            "event data is {size} bytes; a subscriber's queue holds at most {} (limits.event_queue_bytes)",
-            k.config.event_queue_bytes
-        )));
-    }
-    let delivered = k
-        .events
-        .lock()
-        .publish_as(CUSTOM, alias, data, call.caller, None);
-    Outcome::Reply(to_bytes(&json!({
-        "success": true,
-        "event": name,
-        "delivered_to": delivered,
-    })))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn bounded_queue_drops_oldest() {

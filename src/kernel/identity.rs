@@ -86,7 +86,7 @@ pub fn classify(k: &Kernel, pid: i32) -> Origin {
 /// The agent or command that `pid` belongs to, if it is a supervised agent's process or the
 /// leader of a running EXEC command's process group.
 fn owner(k: &Kernel, pid: i32) -> Option<Origin> {
-    if let Some(agent) = k.agents.agent_with_pid(pid) {
+    if let Some(agent) = k.agent_with_pid(pid) {
         return Some(Origin::Agent(agent));
     }
     let exec = k.exec_owner(pid)?;

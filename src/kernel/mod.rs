@@ -1,30 +1,24 @@
-//! The kernel: the shared state behind every front-end, and the Clove op handlers.
+//! The kernel: the shared state behind every front-end and service.
 //!
-//! [`Kernel`] owns the caller registry (who is connected, with which permissions), the state
-//! store, mailboxes, the event bus and async results, each behind its own short-held lock. The
-//! op table in [`ops`] routes each request to an inline handler (run on the reactor thread) or a
-//! worker handler (run on the pool, answering through a [`Responder`]).
+//! [`Kernel`] owns the caller registry (who is connected, with which permissions, and who a
+//! connecting process is), the state store facade, mailboxes, the event bus, the audit log and
+//! async results, each behind its own short-held lock. It names no service, front-end or
+//! reactor type: a call carries a [`Deliver`] handed in by its front-end, and anything that
+//! answers later does so through a [`Responder`] built on it.
 
 pub mod access;
-pub mod agents;
 pub mod asyncq;
 pub mod audit;
-pub mod commands;
-pub mod core;
+pub mod config;
 pub mod events;
-pub mod exec;
-pub mod fs;
 pub mod identity;
 pub mod ipc;
-pub mod ops;
 pub mod perms;
 pub mod request;
 pub mod state;
 
-use crate::config::Config;
-use crate::proto::clove;
-use crate::reactor::{Completion, ConnId, Sink};
 use crate::store::StateStore;
+use config::KernelConfig;
 use parking_lot::Mutex;
 use perms::Permissions;
 use std::collections::HashMap;
@@ -67,19 +61,59 @@ pub struct Caller {
     pub peer: Peer,
 }
 
-/// One request in flight: who sent it, on which connection, for which op.
-#[derive(Debug, Clone, Copy)]
-pub struct Call {
+/// The way back to a caller's connection, supplied by its front-end with every call: the
+/// front-end encodes the reply for its wire and hands it to whatever owns the connection.
+/// Callable from any thread.
+pub trait Deliver: Send + Sync {
+    /// Sends the reply payload to `op`, made for `caller`.
+    fn deliver(&self, caller: CallerId, op: u8, payload: &[u8]);
+}
+
+/// A shared way back to one connection.
+pub type ReplyPath = Arc<dyn Deliver>;
+
+/// One request in flight: who sent it, for which op, and the way back to its connection.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
     pub caller: CallerId,
-    pub conn: ConnId,
     pub op: u8,
     pub peer: Peer,
+    pub back: &'a ReplyPath,
+}
+
+/// An owned copy of a call, for work that outlives its handler (a job on another thread).
+#[derive(Clone)]
+pub struct CallRecord {
+    pub caller: CallerId,
+    pub op: u8,
+    pub peer: Peer,
+    pub back: ReplyPath,
+}
+
+impl CallRecord {
+    pub fn of(call: &Call) -> CallRecord {
+        CallRecord {
+            caller: call.caller,
+            op: call.op,
+            peer: call.peer,
+            back: call.back.clone(),
+        }
+    }
+
+    /// The call again, borrowing this record's way back.
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            caller: self.caller,
+            op: self.op,
+            peer: self.peer,
+            back: &self.back,
+        }
+    }
 }
 
 /// The shared state of the daemon.
 pub struct Kernel {
-    pub config: Arc<Config>,
-    sink: Sink,
+    pub config: KernelConfig,
     /// Shared with the state store, which records its high-water mark with every commit.
     next_id: Arc<AtomicU32>,
     callers: Mutex<HashMap<CallerId, Caller>>,
@@ -93,31 +127,23 @@ pub struct Kernel {
     /// Process groups of running EXEC commands and who started them: killed at shutdown, and
     /// the identity of processes that connect from inside them.
     exec_groups: Mutex<HashMap<i32, identity::ExecOwner>>,
-    /// The thread that runs EXEC commands (set once the daemon starts it).
-    pub commands: std::sync::OnceLock<commands::CommandRunner>,
-    /// THINK's model backends (set once the daemon starts them).
-    pub llm: std::sync::OnceLock<crate::llm::LlmService>,
-    /// The HTTP op's threads (set once the daemon starts them).
-    pub http: std::sync::OnceLock<crate::http::HttpService>,
+    /// The supervised processes of agents (their launcher, or their main process inside a
+    /// sandbox), kept by the supervisor: a connecting process below one speaks as the agent.
+    agent_pids: Mutex<HashMap<i32, CallerId>>,
     pub started: Instant,
-    /// Supervised agents: the table and the way to the supervisor thread.
-    pub agents: crate::supervisor::Agents,
     pub audit: Arc<audit::Audit>,
-    /// CPU samples taken by the metrics sampler thread.
-    pub metrics: crate::metrics::Samples,
 }
 
 impl Kernel {
     /// A kernel whose state store lives in memory only.
-    pub fn new(config: Arc<Config>, sink: Sink) -> Kernel {
-        let store = StateStore::new(&config);
-        Kernel::with_store(config, sink, store)
+    pub fn new(config: KernelConfig, limits: crate::store::StoreLimits) -> Kernel {
+        Kernel::with_store(config, StateStore::with_limits(limits))
     }
 
     /// A kernel around an opened (durable) state store; ids continue from the store's counter,
     /// and the audit log is mirrored to the store (its newest entries are loaded back here,
     /// which waits for the store's writer: call this before the reactor runs).
-    pub fn with_store(config: Arc<Config>, sink: Sink, store: StateStore) -> Kernel {
+    pub fn with_store(config: KernelConfig, store: StateStore) -> Kernel {
         let audit = Arc::new(audit::Audit::with_sink(
             config.audit.clone(),
             store.audit_sink(),
@@ -145,16 +171,11 @@ impl Kernel {
             ))),
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
             config,
-            sink,
             callers: Mutex::new(HashMap::new()),
             exec_groups: Mutex::new(HashMap::new()),
-            commands: std::sync::OnceLock::new(),
-            llm: std::sync::OnceLock::new(),
-            http: std::sync::OnceLock::new(),
+            agent_pids: Mutex::new(HashMap::new()),
             started: Instant::now(),
-            agents: crate::supervisor::Agents::default(),
             audit,
-            metrics: crate::metrics::Samples::default(),
         }
     }
 
@@ -194,7 +215,9 @@ impl Kernel {
             }
             identity::Origin::ExecOf(perms) => perms,
             identity::Origin::Unattributed => self.unattributed_perms(peer.pid),
-            identity::Origin::Outside => Arc::new(self.level_or_minimal(&self.config.client_level)),
+            identity::Origin::Outside => {
+                Arc::new(self.config.level_or_minimal(&self.config.client_level))
+            }
         };
         let id = self.allocate_id();
         self.callers.lock().insert(
@@ -219,14 +242,7 @@ impl Kernel {
              it gets permissions.agent_level ({})",
             self.config.agent_level
         );
-        Arc::new(self.level_or_minimal(&self.config.agent_level))
-    }
-
-    fn level_or_minimal(&self, level: &str) -> Permissions {
-        self.config
-            .level(level)
-            .cloned()
-            .unwrap_or_else(|| Config::defaults().levels["minimal"].clone())
+        Arc::new(self.config.level_or_minimal(&self.config.agent_level))
     }
 
     /// A connection closed. Plain clients go away with their connection: their name is
@@ -308,7 +324,7 @@ impl Kernel {
             .lock()
             .get(&id)
             .map(|c| c.perms.clone())
-            .unwrap_or_else(|| Arc::new(self.config.levels["minimal"].clone()))
+            .unwrap_or_else(|| Arc::new(self.config.level_or_minimal("minimal")))
     }
 
     /// Runs `f` on a caller's record under the registry lock.
@@ -329,8 +345,7 @@ impl Kernel {
     /// A responder for `call`, for handlers that answer later or from another thread.
     pub fn responder(&self, call: &Call) -> Responder {
         Responder {
-            sink: self.sink.clone(),
-            conn: call.conn,
+            back: call.back.clone(),
             op: call.op,
             caller: call.caller,
             sent: false,
@@ -341,18 +356,28 @@ impl Kernel {
         }
     }
 
-    /// Completions waiting for the reactor, and the queue's capacity
-    /// (`server.completion_queue`).
-    pub fn completion_queue(&self) -> (usize, usize) {
-        (self.sink.queued(), self.sink.capacity())
-    }
-
     /// Removes expired state and returns when to call again.
     pub fn tick(&self, now_ms: u64) -> Option<u64> {
         for expired in self.store.expire(now_ms) {
             state::announce_expiry(self, &expired);
         }
         self.store.next_expiry()
+    }
+
+    /// Records the supervised process `pid` of agent `id`.
+    pub fn agent_pid_started(&self, pid: i32, id: CallerId) {
+        self.agent_pids.lock().insert(pid, id);
+    }
+
+    /// Forgets every supervised process of agent `id`.
+    pub fn agent_pids_gone(&self, id: CallerId) {
+        self.agent_pids.lock().retain(|_, a| *a != id);
+    }
+
+    /// The agent whose supervised process is exactly `pid` (its launcher, or its main process
+    /// inside a sandbox). Ancestry is walked by [`identity`].
+    pub fn agent_with_pid(&self, pid: i32) -> Option<CallerId> {
+        self.agent_pids.lock().get(&pid).copied()
     }
 
     /// Records a running EXEC command's process group and who started it.
@@ -385,8 +410,7 @@ impl Kernel {
 /// Sends one reply for one request from any thread. If dropped without replying (a panic in
 /// the handler, say), it sends an error reply, so a client never waits forever.
 pub struct Responder {
-    sink: Sink,
-    conn: ConnId,
+    back: ReplyPath,
     op: u8,
     caller: CallerId,
     sent: bool,
@@ -410,10 +434,7 @@ impl Responder {
         if let Some(a) = &self.audit {
             a.record_call(self.caller, self.op, payload);
         }
-        self.sink.send(Completion::reply(
-            self.conn,
-            clove::encode(self.caller, self.op, payload),
-        ));
+        self.back.deliver(self.caller, self.op, payload);
     }
 }
 
@@ -422,22 +443,9 @@ impl Drop for Responder {
         if !self.sent {
             let msg = request::error(format!(
                 "internal error: op {} failed without a reply",
-                ops::name(self.op)
+                crate::proto::op::name(self.op)
             ));
             self.send(&msg);
         }
     }
-}
-
-/// Current wall-clock time in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// ISO-8601 UTC timestamp with milliseconds.
-pub fn iso8601(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }

@@ -208,6 +208,35 @@ const DANGEROUS_COMMANDS: [&str; 12] = [
     "chmod -R 777 /",
 ];
 
+/// The `minimal` preset: nothing allowed but what every caller has (NOOP, HELLO, its own state).
+pub fn minimal(state_dir: &str) -> Permissions {
+    Permissions {
+        level: "minimal".into(),
+        can_exec: false,
+        can_read: false,
+        can_write: false,
+        can_think: false,
+        can_spawn: false,
+        can_http: false,
+        can_manage: false,
+        filesystem: FsRules {
+            read: vec![],
+            write: vec![],
+            blocked: system_blocked(state_dir),
+        },
+        exec: vec![],
+        blocked_commands: strings(&DANGEROUS_COMMANDS),
+        network: vec![],
+        http_methods: vec![],
+        llm: LlmQuota {
+            max_tokens: 1,
+            max_calls: 1,
+            ..Default::default()
+        },
+        max_exec_time_ms: 10_000,
+    }
+}
+
 /// The built-in preset for `level`, before config overrides. `state_dir` is blocked for every
 /// level below `unrestricted`, because it holds the daemon's own state and secrets.
 pub fn builtin_level(level: &str, state_dir: &str) -> Option<Permissions> {
@@ -308,31 +337,7 @@ pub fn builtin_level(level: &str, state_dir: &str) -> Option<Permissions> {
             },
             max_exec_time_ms: 60_000,
         },
-        "minimal" => Permissions {
-            level: level.into(),
-            can_exec: false,
-            can_read: false,
-            can_write: false,
-            can_think: false,
-            can_spawn: false,
-            can_http: false,
-            can_manage: false,
-            filesystem: FsRules {
-                read: vec![],
-                write: vec![],
-                blocked: system_blocked(state_dir),
-            },
-            exec: vec![],
-            blocked_commands: strings(&DANGEROUS_COMMANDS),
-            network: vec![],
-            http_methods: vec![],
-            llm: LlmQuota {
-                max_tokens: 1,
-                max_calls: 1,
-                ..Default::default()
-            },
-            max_exec_time_ms: 10_000,
-        },
+        "minimal" => minimal(state_dir),
         _ => return None,
     };
     Some(p)

@@ -487,7 +487,7 @@ fn model_from_raw(
             None
         }
         (Some(var), None) => {
-            if !crate::kernel::exec::is_secret_env(var) {
+            if !crate::secrets::is_secret_env(var) {
                 errors.push(format!(
                     "{key}.api_key_env: {var:?} would be passed on to commands agents run; \
                      use a variable whose name contains API_KEY, TOKEN or SECRET"

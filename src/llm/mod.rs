@@ -355,8 +355,7 @@ pub struct LlmService {
 
 impl LlmService {
     /// Starts every backend's threads. They hold only a weak reference to the kernel.
-    pub fn start(kernel: &Arc<Kernel>) -> std::io::Result<LlmService> {
-        let config = kernel.config.llm.clone();
+    pub fn start(kernel: &Arc<Kernel>, config: LlmConfig) -> std::io::Result<LlmService> {
         let mut backends = Vec::new();
         for m in &config.models {
             let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -418,61 +417,60 @@ impl LlmService {
             .find(|b| b.cfg.name == name)
             .map(|b| b.queue.lock().len())
     }
-}
 
-/// THINK (inline): check, queue, and answer later.
-pub fn think(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    match submit(k, call, payload) {
-        Ok(outcome) => outcome,
-        Err(e) => Outcome::Reply(error(e)),
+    /// THINK (inline): check, queue, and answer later.
+    pub fn think(&self, k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+        match self.submit(k, call, payload) {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Reply(error(e)),
+        }
     }
-}
 
-fn submit(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
-    let ParsedThink {
-        request: req,
-        model,
-        is_async,
-        request_id,
-    } = parse_think(payload)?;
-    let request_id = crate::kernel::asyncq::async_id(is_async, request_id, "think", call.caller)?;
-    let Some(svc) = k.llm.get() else {
-        return Err(config::NO_BACKEND.into());
-    };
-    let idx = svc.config.select(model.as_deref())?;
-    let perms = k.perms(call.caller);
-    if !perms.can_think {
-        let e = "permission denied: this caller may not use THINK (can_think is false)";
-        access::blocked(k, call, e);
-        return Err(e.into());
+    fn submit(&self, k: &Kernel, call: &Call, payload: &[u8]) -> Result<Outcome, String> {
+        let ParsedThink {
+            request: req,
+            model,
+            is_async,
+            request_id,
+        } = parse_think(payload)?;
+        let request_id =
+            crate::kernel::asyncq::async_id(is_async, request_id, "think", call.caller)?;
+        let svc = self;
+        let idx = svc.config.select(model.as_deref())?;
+        let perms = k.perms(call.caller);
+        if !perms.can_think {
+            let e = "permission denied: this caller may not use THINK (can_think is false)";
+            access::blocked(k, call, e);
+            return Err(e.into());
+        }
+        if let Err(e) = access::check_quota(k, call.caller) {
+            access::blocked(k, call, &e);
+            return Err(e);
+        }
+        let backend = &svc.backends[idx];
+        let mut q = backend.queue.lock();
+        if let Err(r) = q.check(call.caller) {
+            return Err(refused(r, &q, &backend.cfg.name));
+        }
+        let (reply, outcome) = ReplyTo::for_inline(k, call, request_id)?;
+        let job = Job {
+            req,
+            reply,
+            queued_at: Instant::now(),
+        };
+        if q.push(call.caller, job).is_err() {
+            // `check` above said there was room and the lock is held: cannot happen.
+            return Err("internal error: THINK queue refused a request it had room for".into());
+        }
+        drop(q);
+        backend.ready.notify_one();
+        log::debug!(
+            "think: caller={} queued for model {:?}",
+            call.caller,
+            backend.cfg.name
+        );
+        Ok(outcome)
     }
-    if let Err(e) = access::check_quota(k, call.caller) {
-        access::blocked(k, call, &e);
-        return Err(e);
-    }
-    let backend = &svc.backends[idx];
-    let mut q = backend.queue.lock();
-    if let Err(r) = q.check(call.caller) {
-        return Err(refused(r, &q, &backend.cfg.name));
-    }
-    let (reply, outcome) = ReplyTo::for_inline(k, call, request_id)?;
-    let job = Job {
-        req,
-        reply,
-        queued_at: Instant::now(),
-    };
-    if q.push(call.caller, job).is_err() {
-        // `check` above said there was room and the lock is held: cannot happen.
-        return Err("internal error: THINK queue refused a request it had room for".into());
-    }
-    drop(q);
-    backend.ready.notify_one();
-    log::debug!(
-        "think: caller={} queued for model {:?}",
-        call.caller,
-        backend.cfg.name
-    );
-    Ok(outcome)
 }
 
 fn refused(r: Refused, q: &FairQueue<Job>, model: &str) -> String {

@@ -105,7 +105,7 @@ pub fn post_json(
                          would pass the {} time limit, llm.timeout_secs)",
                         if attempt == 1 { "" } else { "s" },
                         wait.as_secs_f64(),
-                        fmt_secs(budget)
+                        crate::clock::secs_text(budget)
                     ));
                 }
                 log::info!(
@@ -124,19 +124,9 @@ fn timed_out(budget: Duration, attempts: u32) -> String {
     format!(
         "the backend did not answer within the {} time limit (llm.timeout_secs; {attempts} \
          attempt{})",
-        fmt_secs(budget),
+        crate::clock::secs_text(budget),
         if attempts == 1 { "" } else { "s" }
     )
-}
-
-/// `12s`, `1.5s`.
-pub fn fmt_secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{}s", s as u64)
-    } else {
-        format!("{s:.1}s")
-    }
 }
 
 fn once(p: &Post, remaining: Duration) -> Attempt {
@@ -163,7 +153,7 @@ fn once(p: &Post, remaining: Duration) -> Attempt {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let body = match crate::http::read_capped(resp.body_mut(), p.max_response_bytes) {
+    let body = match crate::tls::read_capped(resp.body_mut(), p.max_response_bytes) {
         Ok((b, false)) => b,
         Ok((_, true)) => {
             return Attempt::Fail(format!(

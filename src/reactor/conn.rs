@@ -6,9 +6,7 @@
 //! request of its own is at a worker, while its unsent replies exceed the configured limit, or
 //! while it is closing.
 
-use super::ConnId;
-use crate::frontend::Proto;
-use crate::kernel::{CallerId, Peer};
+use crate::frontend::{ConnIo, Proto};
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
@@ -84,27 +82,6 @@ impl Write for Stream {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// The part of a connection's state that protocol front-ends read and write.
-pub struct ConnIo {
-    pub id: ConnId,
-    pub caller: CallerId,
-    pub peer: Peer,
-    /// Unsent reply bytes start at `out_pos`.
-    pub out: Vec<u8>,
-    pub out_pos: usize,
-    /// A request of this connection is being handled elsewhere; later frames wait.
-    pub busy: bool,
-    /// Close once everything queued has been written (EXIT, fatal protocol error).
-    pub close_after_flush: bool,
-}
-
-impl ConnIo {
-    /// Reply bytes not yet written to the socket.
-    pub fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
     }
 }
 

@@ -15,18 +15,19 @@
 //! [`mio::Waker`] wake-up. Completions carry a [`ConnId`] whose generation must match, so a late
 //! reply for a closed connection is dropped, never delivered to a reused slot.
 
+pub mod config;
 pub mod conn;
-pub mod pool;
 
-use crate::config::Config;
-use crate::frontend::{Env, Proto, Stop};
+use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Proto, Stop};
 use crate::kernel::{Kernel, Peer};
+use crate::ops::Ops;
+use crate::pool::WorkerPool;
 use crate::proto::clove;
-use conn::{Conn, ConnIo, Io, Stream, read_once, write_once};
+use config::ServerConfig;
+use conn::{Conn, Io, Stream, read_once, write_once};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use pool::WorkerPool;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -68,6 +69,15 @@ impl fmt::Display for ConnId {
     }
 }
 
+impl ConnId {
+    fn label(self) -> ConnLabel {
+        ConnLabel {
+            slot: self.slot,
+            generation: self.generation,
+        }
+    }
+}
+
 /// What a completion means for the connection's flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompletionKind {
@@ -92,6 +102,26 @@ impl Completion {
             bytes,
             kind: CompletionKind::Reply,
         }
+    }
+}
+
+/// One connection's [`Outbox`]: completions addressed to it, through the sink.
+struct ConnOutbox {
+    sink: Sink,
+    conn: ConnId,
+}
+
+impl Outbox for ConnOutbox {
+    fn reply(&self, bytes: Vec<u8>) {
+        self.sink.send(Completion::reply(self.conn, bytes));
+    }
+
+    fn push(&self, bytes: Vec<u8>) {
+        self.sink.send(Completion {
+            conn: self.conn,
+            bytes,
+            kind: CompletionKind::Push,
+        });
     }
 }
 
@@ -177,8 +207,10 @@ pub struct Stats {
 /// The event loop.
 pub struct Reactor {
     poll: Poll,
-    config: Arc<Config>,
+    config: ServerConfig,
     kernel: Arc<Kernel>,
+    ops: Arc<Ops>,
+    sink: Sink,
     pool: WorkerPool,
     completions: Receiver<Completion>,
     unix_listener: Option<UnixListener>,
@@ -200,16 +232,19 @@ impl Reactor {
     /// Builds a reactor around an existing poll (whose waker the kernel's sink uses).
     pub fn new(
         poll: Poll,
-        config: Arc<Config>,
-        kernel: Arc<Kernel>,
+        config: ServerConfig,
+        ops: Arc<Ops>,
         pool: WorkerPool,
-        completions: Receiver<Completion>,
+        completions: (Sink, Receiver<Completion>),
         shutdown: Arc<AtomicBool>,
     ) -> Reactor {
+        let (sink, completions) = completions;
         Reactor {
             poll,
             config,
-            kernel,
+            kernel: ops.kernel.clone(),
+            ops,
+            sink,
             pool,
             completions,
             unix_listener: None,
@@ -314,7 +349,7 @@ impl Reactor {
             consider(t);
         }
         if let Some(at_ms) = self.kernel.store.next_expiry() {
-            let now_ms = crate::kernel::now_ms();
+            let now_ms = crate::clock::now_ms();
             consider(now + Duration::from_millis(at_ms.saturating_sub(now_ms)));
         }
         deadline.map(|d| d.saturating_duration_since(now))
@@ -323,9 +358,9 @@ impl Reactor {
     fn run_timers(&mut self) {
         let now = Instant::now();
         if let Some(at) = self.kernel.store.next_expiry()
-            && at <= crate::kernel::now_ms()
+            && at <= crate::clock::now_ms()
         {
-            self.kernel.tick(crate::kernel::now_ms());
+            self.kernel.tick(crate::clock::now_ms());
         }
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
@@ -456,10 +491,14 @@ impl Reactor {
             peer.pid,
             peer.uid
         );
+        let outbox = Box::new(ConnOutbox {
+            sink: self.sink.clone(),
+            conn: id,
+        });
         self.slots[slot as usize].conn = Some(Conn {
             stream,
             io: ConnIo {
-                id,
+                label: id.label(),
                 caller,
                 peer,
                 out: Vec::new(),
@@ -469,6 +508,7 @@ impl Reactor {
             },
             proto: Proto::Clove(crate::frontend::clove::CloveProto::new(
                 self.config.max_frame_bytes,
+                outbox,
             )),
             inbuf: Vec::new(),
             readable: true,
@@ -556,7 +596,7 @@ impl Reactor {
             return;
         };
         let env = Env {
-            kernel: &self.kernel,
+            ops: &self.ops,
             pool: &self.pool,
             max_pending_out,
         };

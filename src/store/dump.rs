@@ -93,7 +93,7 @@ impl std::fmt::Display for CheckReport {
 /// Verifies the store: SQLite's full integrity check plus every value being JSON.
 pub fn check(cfg: &StoreConfig) -> Result<CheckReport, OpenError> {
     let db = Database::open(&cfg.path, cfg.sync, false)?;
-    let now = crate::kernel::now_ms();
+    let now = crate::clock::now_ms();
     let mut problems = db.integrity_problems()?;
     let mut expired = 0u64;
     if problems.is_empty() {
@@ -121,7 +121,7 @@ pub fn check(cfg: &StoreConfig) -> Result<CheckReport, OpenError> {
 /// Reads the whole durable state (keys already expired are left out).
 pub fn export(cfg: &StoreConfig) -> Result<Dump, OpenError> {
     let db = Database::open(&cfg.path, cfg.sync, false)?;
-    let now = crate::kernel::now_ms();
+    let now = crate::clock::now_ms();
     let mut keys = Vec::new();
     db.for_each_key(|ns, key, value, expires_ms| {
         if expires_ms.is_some_and(|e| e <= now) {
@@ -146,7 +146,7 @@ pub fn export(cfg: &StoreConfig) -> Result<Dump, OpenError> {
     Ok(Dump {
         format: FORMAT.into(),
         schema_version: SCHEMA_VERSION,
-        exported_at: Some(crate::kernel::iso8601(std::time::SystemTime::now())),
+        exported_at: Some(crate::clock::iso8601(std::time::SystemTime::now())),
         keys,
         agent_names: db.agent_names()?,
         agent_specs: db.agent_specs()?,

@@ -35,7 +35,6 @@ pub use config::{RawStore, StoreConfig, SyncMode};
 pub use db::OpenError;
 pub use records::{AgentName, AgentSpecRecord, AuditQuery, AuditRecord, Recovered};
 
-use crate::config::Config;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use std::cmp::Reverse;
@@ -511,15 +510,6 @@ pub struct StoreLimits {
 }
 
 impl StoreLimits {
-    pub fn from_config(config: &Config) -> StoreLimits {
-        StoreLimits {
-            max_keys: config.state_max_keys,
-            max_key_bytes: config.state_max_key_bytes,
-            max_value_bytes: config.state_max_value_bytes,
-            max_total_bytes: config.state_max_total_bytes,
-        }
-    }
-
     /// The checks that need no state: key and value sizes.
     pub fn check(&self, key: &str, value: &RawValue) -> Result<(), StoreError> {
         if key.is_empty() {
@@ -626,11 +616,6 @@ impl AuditSink {
 }
 
 impl StateStore {
-    /// A memory-only store with the configured limits (nothing is durable).
-    pub fn new(config: &Config) -> StateStore {
-        StateStore::with_limits(StoreLimits::from_config(config))
-    }
-
     /// A memory-only store.
     pub fn with_limits(limits: StoreLimits) -> StateStore {
         StateStore {
@@ -645,18 +630,23 @@ impl StateStore {
         }
     }
 
-    /// Opens (or creates) the durable store of `config`, loads it into memory and starts the
-    /// writer thread. Refuses, leaving the file untouched, when it is locked, damaged or newer.
-    pub fn open(config: &Config) -> Result<StateStore, OpenError> {
-        let s = Self::open_at(&config.store, StoreLimits::from_config(config))?;
-        s.set_audit_max(config.audit.max_entries);
+    /// Opens (or creates) the durable store of `cfg`, loads it into memory and starts the
+    /// writer thread; keeps the newest `audit_max` audit entries. Refuses, leaving the file
+    /// untouched, when it is locked, damaged or newer.
+    pub fn open(
+        cfg: &StoreConfig,
+        limits: StoreLimits,
+        audit_max: usize,
+    ) -> Result<StateStore, OpenError> {
+        let s = Self::open_at(cfg, limits)?;
+        s.set_audit_max(audit_max);
         Ok(s)
     }
 
     /// [`StateStore::open`] with explicit settings.
     pub fn open_at(cfg: &StoreConfig, limits: StoreLimits) -> Result<StateStore, OpenError> {
         let db = db::Database::open(&cfg.path, cfg.sync, true)?;
-        let now = crate::kernel::now_ms();
+        let now = crate::clock::now_ms();
         let expired_at_start = db
             .purge_expired(now)
             .map_err(|e| db::classify(&cfg.path, e))?;
@@ -762,7 +752,7 @@ impl StateStore {
     /// blocks: with no room in the queue, `done` gets [`StoreError::Busy`] at once.
     pub(crate) fn submit(&self, op: Op, done: Done) {
         let Some(w) = &self.writer else {
-            let now = crate::kernel::now_ms();
+            let now = crate::clock::now_ms();
             let mut inner = self.inner.lock();
             let mut view = inner.view();
             let result = match inner.plan(&op, &mut view, &self.limits, now) {
@@ -1261,7 +1251,7 @@ mod tests {
         let cfg = StoreConfig::at(&d.path().join("s.db"));
         let s = StateStore::open_at(&cfg, big_limits()).unwrap();
         assert!(s.is_durable());
-        let now = crate::kernel::now_ms();
+        let now = crate::clock::now_ms();
         let sh = Namespace::Shared;
         put(&s, sh, "g", r#"{"a": 1}"#, Scope::Global, None).unwrap();
         put(&s, sh, "sess", "1", Scope::Session, None).unwrap();
@@ -1301,11 +1291,11 @@ mod tests {
         );
         drop(s);
         // Wait (without sleeping blindly) until "soon" has expired on the wall clock.
-        while crate::kernel::now_ms() <= now + 1 {
+        while crate::clock::now_ms() <= now + 1 {
             std::thread::yield_now();
         }
         let s = StateStore::open_at(&cfg, big_limits()).unwrap();
-        let t = crate::kernel::now_ms();
+        let t = crate::clock::now_ms();
         assert_eq!(s.get(sh, "g", t).unwrap().value.get(), r#"{"a": 1}"#);
         assert_eq!(s.get(sh, "g", t).unwrap().scope, Scope::Global);
         assert!(s.get(sh, "sess", t).is_none());

@@ -277,7 +277,7 @@ impl Writer {
                     Err(_) => break,
                 }
             } else if let Some(at) = self.purge_at() {
-                let now = crate::kernel::now_ms();
+                let now = crate::clock::now_ms();
                 if now >= at {
                     self.commit(Vec::new());
                     // A purge that failed is retried no sooner than the next purge would be.
@@ -319,7 +319,7 @@ impl Writer {
         // the exact next audit id (a clean stop continues the audit ids without a jump).
         if self.broken.is_none() {
             self.closing = true;
-            self.commit_records(&[], &[], crate::kernel::now_ms(), false)
+            self.commit_records(&[], &[], crate::clock::now_ms(), false)
                 .map(|_| ())
                 .unwrap_or_else(|_| log::warn!("cannot record the id counters at exit"));
         }
@@ -336,7 +336,7 @@ impl Writer {
 
     /// Plans, writes, applies and acknowledges one batch (an empty batch only purges).
     fn commit(&mut self, batch: Vec<Request>) {
-        let now = crate::kernel::now_ms();
+        let now = crate::clock::now_ms();
         let plans: Vec<Result<Planned, StoreError>> = {
             let inner = self.inner.lock();
             let mut view = inner.view();

@@ -2,7 +2,7 @@
 //! `clove spawn`, `clove kill` and `clove logs [-f]`.
 
 use crate::client::Client;
-use crate::kernel::ops;
+use crate::proto::op as ops;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;

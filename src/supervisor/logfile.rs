@@ -98,7 +98,7 @@ impl LogFile {
     pub fn note(&mut self, text: &str) {
         let line = format!(
             "--- clove {}: {text}\n",
-            crate::kernel::iso8601(std::time::SystemTime::now())
+            crate::clock::iso8601(std::time::SystemTime::now())
         );
         self.write(line.as_bytes());
     }

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod launch;
 pub mod logfile;
+pub mod metrics;
 pub mod persist;
 pub mod policy;
 pub mod spawn;
@@ -150,7 +151,6 @@ impl AgentInfo {
 #[derive(Default)]
 pub struct Table {
     pub agents: BTreeMap<CallerId, AgentInfo>,
-    by_pid: HashMap<i32, CallerId>,
 }
 
 impl Table {
@@ -256,32 +256,54 @@ impl Handle {
     }
 }
 
-/// The kernel's view of agents: the table and the way to the supervisor.
-#[derive(Default)]
+/// Supervised agents as the rest of the daemon sees them: the table, the way to the
+/// supervisor thread, the cgroup facts, the latest metrics samples and the supervisor's
+/// settings. Built by the assembly and shared with the services that need agents.
 pub struct Agents {
     pub table: Mutex<Table>,
     handle: OnceLock<Handle>,
     /// Facts about cgroups, fixed at start.
     pub cgroups: OnceLock<Cgroups>,
+    /// CPU samples taken by the metrics sampler thread.
+    pub samples: metrics::Samples,
+    pub config: config::AgentsConfig,
+    pub sandbox: config::SandboxConfig,
 }
 
 impl Agents {
+    pub fn new(config: config::AgentsConfig, sandbox: config::SandboxConfig) -> Agents {
+        Agents {
+            table: Mutex::new(Table::default()),
+            handle: OnceLock::new(),
+            cgroups: OnceLock::new(),
+            samples: metrics::Samples::default(),
+            config,
+            sandbox,
+        }
+    }
+
     pub fn handle(&self) -> Option<&Handle> {
         self.handle.get()
     }
+}
 
-    /// The agent whose supervised process is exactly `pid` (its launcher, or its main process
-    /// inside a sandbox). Ancestry is walked by [`crate::kernel::identity`].
-    pub fn agent_with_pid(&self, pid: i32) -> Option<CallerId> {
-        self.table.lock().by_pid.get(&pid).copied()
-    }
+/// Where the supervisor keeps logs and what it tells agents.
+pub struct Paths {
+    /// The daemon's state directory (agent logs go to `agents/` inside it).
+    pub state_dir: PathBuf,
+    /// The Clove socket agents are given.
+    pub socket: PathBuf,
 }
 
 /// Starts the supervisor thread.
-pub fn start(kernel: Arc<Kernel>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn start(
+    kernel: Arc<Kernel>,
+    agents: Arc<Agents>,
+    paths: Paths,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = crossbeam_channel::bounded(kernel.config.agents.command_queue);
+    let (tx, rx) = crossbeam_channel::bounded(agents.config.command_queue);
     let (sig_r, sig_w) = std::os::unix::net::UnixStream::pair()?;
     sig_r.set_nonblocking(true)?;
     sig_w.set_nonblocking(true)?;
@@ -289,36 +311,22 @@ pub fn start(kernel: Arc<Kernel>) -> std::io::Result<std::thread::JoinHandle<()>
     let mut sig_r = mio::net::UnixStream::from_std(sig_r);
     poll.registry()
         .register(&mut sig_r, SIGCHLD, Interest::READABLE)?;
-    let cfg = &kernel.config;
-    let cgroups = Cgroups::detect(cfg.sandbox.cgroups, cfg.sandbox.cgroup_v2_root.as_deref());
-    match &cgroups.backend {
-        cgroup::Backend::Off(reason) => log::warn!("agent limits will use rlimits: {reason}"),
-        b => log::info!(
-            "agent cgroups: {} ({})",
-            cgroups.version().unwrap_or("?"),
-            match b {
-                cgroup::Backend::V1(d) => d
-                    .iter()
-                    .map(|(c, p)| format!("{c}={}", p.display()))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                cgroup::Backend::V2 { dir, .. } => dir.display().to_string(),
-                cgroup::Backend::Off(_) => String::new(),
-            }
-        ),
-    }
-    let _ = kernel.agents.cgroups.set(cgroups.clone());
-    let _ = kernel.agents.handle.set(Handle {
+    let sandbox = &agents.sandbox;
+    let cgroups = Cgroups::detect(sandbox.cgroups, sandbox.cgroup_v2_root.as_deref());
+    log_cgroups(&cgroups);
+    let _ = agents.cgroups.set(cgroups.clone());
+    let _ = agents.handle.set(Handle {
         tx,
         waker: waker.clone(),
     });
-    let log_dir = cfg.state_dir.join("agents");
+    let log_dir = paths.state_dir.join("agents");
     if let Err(e) = std::fs::create_dir_all(&log_dir) {
         log::warn!("cannot create {}: {e}", log_dir.display());
     }
-    let socket = std::fs::canonicalize(&cfg.socket).unwrap_or_else(|_| cfg.socket.clone());
+    let socket = std::fs::canonicalize(&paths.socket).unwrap_or(paths.socket);
     let mut sup = Supervisor {
         kernel,
+        agents,
         poll,
         rx,
         sig_r,
@@ -338,6 +346,25 @@ pub fn start(kernel: Arc<Kernel>) -> std::io::Result<std::thread::JoinHandle<()>
     std::thread::Builder::new()
         .name("clove-supervisor".into())
         .spawn(move || sup.run())
+}
+
+fn log_cgroups(cgroups: &Cgroups) {
+    match &cgroups.backend {
+        cgroup::Backend::Off(reason) => log::warn!("agent limits will use rlimits: {reason}"),
+        b => log::info!(
+            "agent cgroups: {} ({})",
+            cgroups.version().unwrap_or("?"),
+            match b {
+                cgroup::Backend::V1(d) => d
+                    .iter()
+                    .map(|(c, p)| format!("{c}={}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cgroup::Backend::V2 { dir, .. } => dir.display().to_string(),
+                cgroup::Backend::Off(_) => String::new(),
+            }
+        ),
+    }
 }
 
 /// Which pipe a token belongs to.
@@ -401,6 +428,7 @@ struct Runtime {
 
 struct Supervisor {
     kernel: Arc<Kernel>,
+    agents: Arc<Agents>,
     poll: Poll,
     rx: Receiver<Command>,
     sig_r: mio::net::UnixStream,
@@ -709,7 +737,7 @@ impl Supervisor {
     // ---- spawning ---------------------------------------------------------------------
 
     fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
-        match spawn::resolve(req, &self.kernel.config) {
+        match spawn::resolve(req, &self.agents.config, self.kernel.config.max_name_bytes) {
             Ok(spec) => self.start_spec(spec, id, Some(responder), false),
             Err(e) => responder.error(e),
         }
@@ -726,13 +754,14 @@ impl Supervisor {
         restored: bool,
     ) {
         let k = self.kernel.clone();
+        let agents = self.agents.clone();
         let log_path = self.log_dir.join(format!("{}.log", spec.name));
         let fail = |responder: Option<Responder>, msg: String| match responder {
             Some(r) => r.error(msg),
             None => {
                 log::error!("cannot start agent {} (id {id}): {msg}", spec.name);
                 if restored {
-                    keep_unstartable(&k, id, &spec, &log_path);
+                    keep_unstartable(&k, &agents, id, &spec, &log_path);
                 }
             }
         };
@@ -740,7 +769,7 @@ impl Supervisor {
             return fail(responder, "the daemon is shutting down".into());
         }
         {
-            let t = k.agents.table.lock();
+            let t = agents.table.lock();
             if let Some(a) = t.find_name(&spec.name)
                 && !a.status.is_final()
             {
@@ -753,18 +782,18 @@ impl Supervisor {
                 drop(t);
                 return fail(responder, msg);
             }
-            if t.live_count() >= k.config.agents.max_agents {
+            if t.live_count() >= agents.config.max_agents {
                 drop(t);
                 return fail(
                     responder,
                     format!(
                         "too many agents: the daemon runs at most {} (agents.max_agents)",
-                        k.config.agents.max_agents
+                        agents.config.max_agents
                     ),
                 );
             }
             // Persistent agents stay known while stopped; bound them like live ones.
-            let max = k.config.agents.max_agents;
+            let max = agents.config.max_agents;
             if spec.persist && !restored && t.agents.values().filter(|a| a.persisted).count() >= max
             {
                 drop(t);
@@ -776,7 +805,7 @@ impl Supervisor {
                 );
             }
         }
-        let require = k.config.sandbox.require;
+        let require = agents.sandbox.require;
         // Cgroup first: its outcome decides what rlimits must cover.
         let limits = spec.limits;
         let mut degraded = Vec::new();
@@ -887,7 +916,7 @@ impl Supervisor {
         }
         k.add_agent(id, spec.permissions.clone());
         let spec = Arc::new(spec);
-        let cfg = &k.config.agents;
+        let cfg = &agents.config;
         let restart = RestartConfig {
             policy: spec.restart_policy,
             max_restarts: spec.max_restarts,
@@ -896,7 +925,7 @@ impl Supervisor {
             backoff_cap_ms: cfg.backoff_cap.as_millis() as u64,
         };
         {
-            let mut t = k.agents.table.lock();
+            let mut t = agents.table.lock();
             // A stopped agent of the same name is replaced (and forgotten, if persistent).
             let old: Vec<CallerId> = t
                 .agents
@@ -957,8 +986,8 @@ impl Supervisor {
 
     /// Starts (or restarts) an agent's process. The reply to SPAWN waits for the launcher.
     fn start_incarnation(&mut self, id: CallerId, responder: Option<Responder>) {
-        let require = self.kernel.config.sandbox.require;
-        let timeout = self.kernel.config.agents.spawn_timeout;
+        let require = self.agents.sandbox.require;
+        let timeout = self.agents.config.spawn_timeout;
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -972,7 +1001,7 @@ impl Supervisor {
             require,
             rlimit_as: rt.rlimit_as,
             rlimit_nproc: rt.rlimit_nproc,
-            die_with_daemon: self.kernel.config.agents.on_shutdown == config::OnShutdown::Stop,
+            die_with_daemon: self.agents.config.on_shutdown == config::OnShutdown::Stop,
         });
         match started {
             Ok(s) => {
@@ -991,8 +1020,8 @@ impl Supervisor {
                     error: None,
                 });
                 {
-                    let mut t = self.kernel.agents.table.lock();
-                    t.by_pid.insert(pid, id);
+                    let mut t = self.agents.table.lock();
+                    self.kernel.agent_pid_started(pid, id);
                     if let Some(a) = t.agents.get_mut(&id) {
                         set_status(a, Status::Starting);
                         a.pid = Some(pid);
@@ -1095,7 +1124,7 @@ impl Supervisor {
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
         let restored = rt.restored && restarts == 0;
         {
-            let mut t = self.kernel.agents.table.lock();
+            let mut t = self.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
                 a.main_pid = main_pid;
                 a.isolation = isolation.clone();
@@ -1106,7 +1135,7 @@ impl Supervisor {
                 }
             }
             if let Some(mp) = main_pid {
-                t.by_pid.insert(mp, id);
+                self.kernel.agent_pid_started(mp, id);
             }
         }
         let shown_pid = main_pid.unwrap_or(pid);
@@ -1253,12 +1282,7 @@ impl Supervisor {
             "pid {pid} exited: {reason}, exit code {exit_code}{}",
             signal.map(|s| format!(", signal {s}")).unwrap_or_default()
         ));
-        self.kernel
-            .agents
-            .table
-            .lock()
-            .by_pid
-            .retain(|_, a| *a != id);
+        self.kernel.agent_pids_gone(id);
         // A first start that failed answers SPAWN with the launcher's error and is forgotten.
         if let Some(st) = starting
             && let Some(r) = st.responder
@@ -1343,7 +1367,7 @@ impl Supervisor {
             } => {
                 rt.restart_at = Some(Instant::now() + Duration::from_millis(delay_ms));
                 {
-                    let mut t = self.kernel.agents.table.lock();
+                    let mut t = self.agents.table.lock();
                     if let Some(a) = t.agents.get_mut(&id) {
                         set_status(a, Status::Restarting);
                         a.last_exit = Some(info);
@@ -1393,9 +1417,9 @@ impl Supervisor {
             self.close_pipe(t);
         }
         self.kernel.remove_agent(id);
-        let keep = self.kernel.config.agents.keep_exited;
-        let mut t = self.kernel.agents.table.lock();
-        t.by_pid.retain(|_, a| *a != id);
+        let keep = self.agents.config.keep_exited;
+        let mut t = self.agents.table.lock();
+        self.kernel.agent_pids_gone(id);
         if let Some(a) = t.agents.get_mut(&id) {
             set_status(a, status);
             a.pid = None;
@@ -1453,7 +1477,7 @@ impl Supervisor {
             {
                 s.error = Some(format!(
                     "the agent did not start within {:?} (agents.spawn_timeout_ms)",
-                    self.kernel.config.agents.spawn_timeout
+                    self.agents.config.spawn_timeout
                 ));
                 s.deadline = now + Duration::from_secs(3600);
                 if let Some(c) = &r.child {
@@ -1466,7 +1490,7 @@ impl Supervisor {
     // ---- kill, pause, resume ----------------------------------------------------------
 
     fn kill(&mut self, id: CallerId, by: CallerId, responder: Responder) {
-        let status = self.kernel.agents.table.lock().get(id).map(|a| a.status);
+        let status = self.agents.table.lock().get(id).map(|a| a.status);
         // KILL forgets a persistent agent. Its record goes first, so that it does not come
         // back even if the daemon dies before the agent has exited; the reply waits for that.
         let forgotten = (status.is_some() && self.is_persisted(id)).then(|| {
@@ -1535,8 +1559,7 @@ impl Supervisor {
     // ---- persistence ------------------------------------------------------------------
 
     fn is_persisted(&self, id: CallerId) -> bool {
-        self.kernel
-            .agents
+        self.agents
             .table
             .lock()
             .get(id)
@@ -1544,7 +1567,7 @@ impl Supervisor {
     }
 
     fn set_persisted(&self, id: CallerId, persisted: bool) {
-        if let Some(a) = self.kernel.agents.table.lock().agents.get_mut(&id) {
+        if let Some(a) = self.agents.table.lock().agents.get_mut(&id) {
             a.persisted = persisted;
         }
     }
@@ -1674,7 +1697,7 @@ impl Supervisor {
 
     /// SIGTERM to the agent's process group (thawing it if paused); SIGKILL after the grace.
     fn stop_agent(&mut self, id: CallerId, by: Option<CallerId>, shutdown: bool) {
-        let grace = self.kernel.config.agents.kill_grace;
+        let grace = self.agents.config.kill_grace;
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -1707,14 +1730,14 @@ impl Supervisor {
             responders: Vec::new(),
             forgotten: None,
         });
-        let mut t = self.kernel.agents.table.lock();
+        let mut t = self.agents.table.lock();
         if let Some(a) = t.agents.get_mut(&id) {
             set_status(a, Status::Stopping);
         }
     }
 
     fn pause(&mut self, id: CallerId, pause: bool, responder: Responder) {
-        let status = self.kernel.agents.table.lock().get(id).map(|a| a.status);
+        let status = self.agents.table.lock().get(id).map(|a| a.status);
         let word = if pause { "paused" } else { "resumed" };
         let ok = |r: Responder| {
             r.reply(&request::to_bytes(
@@ -1764,7 +1787,7 @@ impl Supervisor {
         }
         let name = rt.spec.name.clone();
         {
-            let mut t = self.kernel.agents.table.lock();
+            let mut t = self.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
                 set_status(
                     a,
@@ -1842,8 +1865,8 @@ impl Supervisor {
             return;
         };
         let (max, keep) = (
-            self.kernel.config.agents.log_max_bytes,
-            self.kernel.config.agents.log_files,
+            self.agents.config.log_max_bytes,
+            self.agents.config.log_files,
         );
         let tokens: Vec<Token> = self
             .pipes
@@ -1897,9 +1920,15 @@ impl Supervisor {
 
 /// A restored persistent agent that cannot be started stays in LIST as FAILED, so that it is
 /// seen and KILL can forget it.
-fn keep_unstartable(k: &Kernel, id: CallerId, spec: &AgentSpec, log_path: &std::path::Path) {
+fn keep_unstartable(
+    k: &Kernel,
+    agents: &Agents,
+    id: CallerId,
+    spec: &AgentSpec,
+    log_path: &std::path::Path,
+) {
     k.ipc.lock().release_name(id);
-    k.agents.table.lock().agents.insert(
+    agents.table.lock().agents.insert(
         id,
         AgentInfo {
             id,
@@ -1985,8 +2014,8 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 /// Asks the supervisor to stop (or leave) every agent and waits until it has.
-pub fn shutdown(kernel: &Kernel, thread: std::thread::JoinHandle<()>, stop: bool) {
-    let Some(h) = kernel.agents.handle() else {
+pub fn shutdown(agents: &Agents, thread: std::thread::JoinHandle<()>, stop: bool) {
+    let Some(h) = agents.handle() else {
         return;
     };
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);

@@ -170,7 +170,7 @@ impl SavedAgent {
                 agent_id: id,
                 name: Some(self.spec.name.clone()),
                 spec,
-                saved_ms: crate::kernel::now_ms(),
+                saved_ms: crate::clock::now_ms(),
             }),
             Err(e) => {
                 log::error!("agent={id}: cannot encode its spec: {e}");
@@ -213,7 +213,7 @@ pub fn logged(what: String) -> Done {
 /// Brings back what the previous run left: called once at start, after the supervisor thread
 /// started and before the reactor accepts connections (so no client can take a name first,
 /// and no stale copy of an agent is still running when its new incarnation connects).
-pub fn restore(kernel: &Kernel) {
+pub fn restore(kernel: &Kernel, agents: &super::Agents) {
     let recovered = kernel.store.take_recovered();
     let mut back: BTreeMap<CallerId, (AgentSpec, Option<AgentCgroup>)> = BTreeMap::new();
     // Ids whose records cannot be read: left untouched on disk, not started.
@@ -268,7 +268,7 @@ pub fn restore(kernel: &Kernel) {
             forget.len()
         );
     }
-    let Some(h) = kernel.agents.handle() else {
+    let Some(h) = agents.handle() else {
         return;
     };
     if !back.is_empty() {
@@ -341,7 +341,8 @@ mod tests {
             "max_restarts":5,"restart_window_ms":300000,"persist":true,
             "permissions":PERMS,"parent_id":3}"#;
         let perms =
-            serde_json::to_string(&crate::config::Config::defaults().levels["standard"]).unwrap();
+            serde_json::to_string(&crate::kernel::perms::builtin_level("standard", "/s").unwrap())
+                .unwrap();
         let text = text.replace("PERMS", &perms);
         let saved: SavedAgent = serde_json::from_str(&text).unwrap();
         assert!(saved.process.is_none());

@@ -5,10 +5,9 @@ use super::AgentSpec;
 use super::cgroup::{AgentCgroup, Limits};
 use super::config::AgentsConfig;
 use super::launch::{self, LaunchSpec};
-use crate::config::Config;
-use crate::kernel::exec::is_secret_env;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, ipc};
+use crate::secrets::is_secret_env;
 use serde::Deserialize;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -82,9 +81,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Resolves paths and checks everything that needs the filesystem, and the configured limits
 /// on names and arguments.
-pub fn resolve(req: SpawnRequest, config: &Config) -> Result<AgentSpec, String> {
-    ipc::valid_name(&req.name, config.max_name_bytes)?;
-    check_args(&req.args, &config.agents)?;
+pub fn resolve(
+    req: SpawnRequest,
+    config: &AgentsConfig,
+    max_name_bytes: usize,
+) -> Result<AgentSpec, String> {
+    ipc::valid_name(&req.name, max_name_bytes)?;
+    check_args(&req.args, config)?;
     let caller_cwd = std::fs::read_link(format!("/proc/{}/cwd", req.caller_pid)).ok();
     let base = |p: &str| -> PathBuf {
         let path = Path::new(p);
@@ -109,7 +112,7 @@ pub fn resolve(req: SpawnRequest, config: &Config) -> Result<AgentSpec, String> 
     let name = req
         .interpreter
         .as_deref()
-        .unwrap_or(&config.agents.default_interpreter);
+        .unwrap_or(&config.default_interpreter);
     let interpreter = find_program(name)?;
     let cwd = match &req.cwd {
         Some(c) => {

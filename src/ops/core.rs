@@ -1,25 +1,25 @@
 //! NOOP, HELLO and EXIT: the ops that need no state.
 
-use super::ops::{self, Route};
-use super::request::{Outcome, to_bytes};
-use super::{Call, Kernel};
+use super::{NAMES, Ops, Route, route};
+use crate::kernel::Call;
+use crate::kernel::request::{Outcome, to_bytes};
 use serde_json::{Map, Value, json};
 
 /// Protocol version reported by HELLO.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// NOOP echoes the payload bytes unchanged.
-pub fn noop(_: &Kernel, _: &Call, payload: &[u8]) -> Outcome {
+pub fn noop(_: &Ops, _: &Call, payload: &[u8]) -> Outcome {
     Outcome::Reply(payload.to_vec())
 }
 
 /// HELLO: who the kernel is, what it offers, and the caller's id.
-pub fn hello(k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
+pub fn hello(o: &Ops, call: &Call, _: &[u8]) -> Outcome {
     let mut features = Map::new();
-    for info in ops::OPS {
+    for (code, name) in NAMES {
         features.insert(
-            info.name.to_ascii_lowercase(),
-            Value::Bool(!matches!(info.route, Route::Unavailable)),
+            name.to_ascii_lowercase(),
+            Value::Bool(!matches!(route(*code), None | Some(Route::Unavailable))),
         );
     }
     Outcome::Reply(to_bytes(&json!({
@@ -30,26 +30,24 @@ pub fn hello(k: &Kernel, call: &Call, _: &[u8]) -> Outcome {
         "features": features,
         "agent_id": call.caller,
         // Commit counters and batch sizes of the state store's writer.
-        "store": k.store.stats_json(),
-        "queues": queues(k),
+        "store": o.kernel.store.stats_json(),
+        "queues": queues(o),
     })))
 }
 
 /// The daemon's internal queues as they are now: what waits in each, and its configured
 /// capacity (so an operator can see a saturated daemon, and which key to raise).
-fn queues(k: &Kernel) -> Value {
-    let (queued, capacity) = k.completion_queue();
+fn queues(o: &Ops) -> Value {
+    let (queued, capacity) = (o.completion_queue)();
     let mut q = json!({
         "completion": {"queued": queued, "capacity": capacity, "key": "server.completion_queue"},
     });
-    if let Some(r) = k.commands.get() {
-        q["exec"] = json!({
-            "running": r.running(),
-            "capacity": k.config.exec_max_running,
-            "key": "exec.max_running",
-        });
-    }
-    if let Some(h) = k.agents.handle() {
+    q["exec"] = json!({
+        "running": o.commands.running(),
+        "capacity": o.config.exec.max_running,
+        "key": "exec.max_running",
+    });
+    if let Some(h) = o.agents.handle() {
         q["supervisor"] = json!({
             "queued": h.queued(),
             "capacity": h.capacity(),
@@ -60,6 +58,6 @@ fn queues(k: &Kernel) -> Value {
 }
 
 /// EXIT replies `goodbye` and closes the connection once the reply is flushed.
-pub fn exit(_: &Kernel, _: &Call, _: &[u8]) -> Outcome {
+pub fn exit(_: &Ops, _: &Call, _: &[u8]) -> Outcome {
     Outcome::ReplyClose(b"goodbye".to_vec())
 }

@@ -10,9 +10,9 @@
 //! against a cgroup limit, or, with the rlimit fallback, the main process's address space
 //! against its `RLIMIT_AS`.
 
+use super::{AgentInfo, Agents};
 use crate::kernel::audit::Category;
 use crate::kernel::{CallerId, Kernel};
-use crate::supervisor::AgentInfo;
 use parking_lot::Mutex;
 use procfs::{Current, CurrentSI};
 use serde_json::{Value, json};
@@ -155,11 +155,10 @@ fn statm(pid: i32) -> Option<(u64, u64)> {
 }
 
 /// Takes one sample: system CPU, per-agent CPU, memory warnings.
-pub fn sample(k: &Kernel) {
+pub fn sample(k: &Kernel, sup: &Agents) {
     let now = Instant::now();
     let stats = procfs::KernelStats::current().ok();
-    let agents: Vec<AgentInfo> = k
-        .agents
+    let agents: Vec<AgentInfo> = sup
         .table
         .lock()
         .agents
@@ -169,11 +168,11 @@ pub fn sample(k: &Kernel) {
         .collect();
     let usage: Vec<(CallerId, Option<u64>)> =
         agents.iter().map(|a| (a.id, agent_cpu_usec(a))).collect();
-    let warn_pct = k.config.agents.memory_warning_percent as u64;
+    let warn_pct = sup.config.memory_warning_percent as u64;
     let mem: Vec<(CallerId, String, MemUse)> = agents.iter().filter_map(memory_use).collect();
     let mut warnings = Vec::new();
     {
-        let mut d = k.metrics.inner.lock();
+        let mut d = sup.samples.inner.lock();
         if let Some(s) = &stats {
             let total = busy_total(&s.total);
             if let Some(prev) = d.last_total {
@@ -257,24 +256,25 @@ pub fn sample(k: &Kernel) {
 /// Starts the sampler thread; it ends when `stop` is dropped or signalled.
 pub fn start_sampler(
     k: Arc<Kernel>,
+    sup: Arc<Agents>,
     stop: crossbeam_channel::Receiver<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let interval = k.config.agents.metrics_interval;
+    let interval = sup.config.metrics_interval;
     std::thread::Builder::new()
         .name("clove-metrics".into())
         .spawn(move || {
-            sample(&k);
+            sample(&k, &sup);
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(interval)
             {
-                sample(&k);
+                sample(&k, &sup);
             }
         })
 }
 
 /// METRICS_SYSTEM's `metrics` object.
-pub fn system(k: &Kernel) -> Value {
-    let (cpu_percent, per_core) = k.metrics.system_cpu();
+pub fn system(samples: &Samples) -> Value {
+    let (cpu_percent, per_core) = samples.system_cpu();
     let count = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -374,7 +374,7 @@ pub fn agent_cgroup(a: &AgentInfo) -> Value {
 }
 
 /// METRICS_AGENT's `metrics` object.
-pub fn agent(k: &Kernel, a: &AgentInfo) -> Value {
+pub fn agent(samples: &Samples, a: &AgentInfo) -> Value {
     let uptime = match (a.status.has_process(), a.started_at) {
         (true, Some(t)) => t.elapsed().as_millis() as u64,
         _ => 0,
@@ -388,7 +388,7 @@ pub fn agent(k: &Kernel, a: &AgentInfo) -> Value {
         "restarts": a.restarts,
         "process": process(
             if a.status.has_process() { a.main_pid.or(a.pid) } else { None },
-            k.metrics.agent_cpu(a.id),
+            samples.agent_cpu(a.id),
         ),
         "cgroup": agent_cgroup(a),
     })

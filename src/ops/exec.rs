@@ -7,11 +7,14 @@
 //! request and starts the command; the [`super::commands`] thread then watches it to the end,
 //! so a long command holds no worker.
 
-use super::asyncq::Reservation;
+use super::Ops;
 use super::commands::{CommandRunner, Finished, Launch, Ticket};
-use super::identity::ExecOwner;
-use super::request::{parse, to_bytes};
-use super::{Call, CallerKind, Kernel, Responder};
+use super::config::ExecConfig;
+use crate::kernel::asyncq::Reservation;
+use crate::kernel::identity::ExecOwner;
+use crate::kernel::request::{parse, to_bytes};
+use crate::kernel::{Call, CallerKind, Kernel, Responder};
+use crate::secrets::is_secret_env;
 use serde::Deserialize;
 use serde_json::json;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -19,15 +22,6 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Environment variables never passed to commands: the daemon may hold API keys and tokens
-/// that the processes it runs for agents must not see.
-pub fn is_secret_env(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    ["API_KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"]
-        .iter()
-        .any(|w| upper.contains(w))
-}
 
 #[derive(Deserialize)]
 struct ExecReq {
@@ -42,12 +36,13 @@ struct ExecReq {
 /// command and hands it to the command runner, which answers when it ends. The worker is free
 /// again at once, however long the command runs. Everything that can refuse the request is
 /// checked before an async EXEC is accepted, so refusals come back as the EXEC's own reply.
-pub fn exec(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
+pub fn exec(o: &Ops, call: &Call, payload: Vec<u8>, responder: Responder) {
+    let k = &*o.kernel;
     let reservation = match Reservation::new(k, call, &payload) {
         Ok(r) => r,
         Err(e) => return responder.error(e),
     };
-    let (runner, started) = match start(k, call, &payload) {
+    let (runner, started) = match start(o, call, &payload) {
         Ok(s) => s,
         Err(e) => {
             reservation.cancel(k);
@@ -61,7 +56,7 @@ pub fn exec(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
         Launch {
             child: started.child,
             timeout,
-            max_output: k.config.exec_max_output_bytes,
+            max_output: o.config.exec.max_output_bytes,
             ticket: started.ticket,
             done: Box::new(move |k: &Kernel, f: Finished| {
                 k.exec_finished(f.pid);
@@ -79,15 +74,14 @@ struct Started {
 }
 
 /// Checks the request, takes a place in the runner and starts the command.
-fn start<'k>(
-    k: &'k Kernel,
+fn start<'o>(
+    o: &'o Ops,
     call: &Call,
     payload: &[u8],
-) -> Result<(&'k CommandRunner, Started), String> {
-    let checked = check(k, call, payload)?;
-    let Some(runner) = k.commands.get() else {
-        return Err("the command runner is not running".into());
-    };
+) -> Result<(&'o CommandRunner, Started), String> {
+    let k = &*o.kernel;
+    let checked = check(k, &o.config.exec, call, payload)?;
+    let runner = &o.commands;
     let ticket = runner.admit(call.caller)?;
     let owner = ExecOwner {
         caller: call.caller,
@@ -97,7 +91,7 @@ fn start<'k>(
             .unwrap_or(CallerKind::Client),
         perms: checked.perms,
     };
-    let child = spawn(k, &checked.command, &checked.cwd)?;
+    let child = spawn(&o.config.exec, &checked.command, &checked.cwd)?;
     k.exec_started(child.id() as i32, owner);
     Ok((
         runner,
@@ -114,10 +108,10 @@ struct Checked {
     command: String,
     cwd: PathBuf,
     timeout: Duration,
-    perms: std::sync::Arc<super::perms::Permissions>,
+    perms: std::sync::Arc<crate::kernel::perms::Permissions>,
 }
 
-fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
+fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Checked, String> {
     let req: ExecReq = parse(payload)?;
     if req.command.trim().is_empty() {
         return Err("invalid request: field `command` is empty".into());
@@ -128,16 +122,15 @@ fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
     let perms = k.perms(call.caller);
     if !perms.can_exec {
         let e = "permission denied: this caller may not run commands (can_exec is false)";
-        super::access::blocked(k, call, e);
+        crate::kernel::access::blocked(k, call, e);
         return Err(e.into());
     }
-    let cfg = &k.config;
-    let mut cap = cfg.exec_max_timeout;
+    let mut cap = cfg.max_timeout;
     if perms.max_exec_time_ms != 0 {
         cap = cap.min(Duration::from_millis(perms.max_exec_time_ms));
     }
     let timeout = match req.timeout {
-        None => cfg.exec_default_timeout.min(cap),
+        None => cfg.default_timeout.min(cap),
         Some(t) if t.is_finite() && t > 0.0 => {
             let t = Duration::from_secs_f64(t.min(1e9));
             if t > cap {
@@ -170,7 +163,7 @@ fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
     };
     // Programs are resolved from the directory the command will run in.
     if let Err(e) = perms.may_exec(&req.command, &cwd) {
-        super::access::blocked(k, call, &e);
+        crate::kernel::access::blocked(k, call, &e);
         return Err(e);
     }
     Ok(Checked {
@@ -182,9 +175,12 @@ fn check(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Checked, String> {
 }
 
 /// Starts `shell -c command` in its own process group, stdin from /dev/null, output piped.
-fn spawn(k: &Kernel, command: &str, cwd: &std::path::Path) -> Result<std::process::Child, String> {
-    let cfg = &k.config;
-    let mut cmd = Command::new(&cfg.exec_shell);
+fn spawn(
+    cfg: &ExecConfig,
+    command: &str,
+    cwd: &std::path::Path,
+) -> Result<std::process::Child, String> {
+    let mut cmd = Command::new(&cfg.shell);
     cmd.arg("-c")
         .arg(command)
         .current_dir(cwd)
@@ -198,7 +194,7 @@ fn spawn(k: &Kernel, command: &str, cwd: &std::path::Path) -> Result<std::proces
         }
     }
     cmd.spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cfg.exec_shell.display()))
+        .map_err(|e| format!("cannot start {}: {e}", cfg.shell.display()))
 }
 
 impl Finished {
@@ -256,17 +252,4 @@ pub fn kill_group(pgid: i32) {
         nix::unistd::Pid::from_raw(pgid),
         nix::sys::signal::Signal::SIGKILL,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_env_names() {
-        assert!(is_secret_env("OPENAI_API_KEY"));
-        assert!(is_secret_env("GITHUB_TOKEN"));
-        assert!(!is_secret_env("PATH"));
-        assert!(!is_secret_env("HOME"));
-    }
 }

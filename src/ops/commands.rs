@@ -14,8 +14,9 @@
 //! Only pids it was handed are reaped here (`waitpid` on that pid), never `waitpid(-1)`:
 //! the supervisor thread reaps the agents.
 
+use super::config::ExecConfig;
 use super::exec::{kill_group, pidfd_open};
-use super::{CallerId, Kernel};
+use crate::kernel::{CallerId, Kernel};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -100,12 +101,11 @@ pub struct CommandRunner {
 
 impl CommandRunner {
     /// Starts the runner thread. It holds only a weak reference to the kernel.
-    pub fn start(kernel: &Arc<Kernel>) -> std::io::Result<CommandRunner> {
-        let cfg = &kernel.config;
+    pub fn start(kernel: &Arc<Kernel>, cfg: &ExecConfig) -> std::io::Result<CommandRunner> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         // Every admitted command fits: admission is bounded by the same number.
-        let (tx, rx) = bounded(cfg.exec_max_running);
+        let (tx, rx) = bounded(cfg.max_running);
         let k = Arc::downgrade(kernel);
         std::thread::Builder::new()
             .name("clove-exec".into())
@@ -114,8 +114,8 @@ impl CommandRunner {
             tx,
             waker,
             counts: Arc::default(),
-            max_running: cfg.exec_max_running,
-            max_per_caller: cfg.exec_max_running_per_caller,
+            max_running: cfg.max_running,
+            max_per_caller: cfg.max_running_per_caller,
         })
     }
 

@@ -5,9 +5,10 @@
 //! the request's responder: the connection waits for its own reply, nobody else does. LIST
 //! reads the shared agent table. Metrics read /proc and cgroup files, so they run on workers.
 
-use super::perms::{Permissions, PermsPatch};
-use super::request::{Outcome, error, parse, to_bytes};
-use super::{Call, CallerId, Kernel, Responder};
+use super::Ops;
+use crate::kernel::perms::{Permissions, PermsPatch};
+use crate::kernel::request::{Outcome, error, parse, to_bytes};
+use crate::kernel::{Call, CallerId, Kernel, Responder};
 use crate::supervisor::cgroup::Limits;
 use crate::supervisor::policy::RestartPolicy;
 use crate::supervisor::spawn::{RestartFields, Size, SpawnRequest};
@@ -48,12 +49,12 @@ struct SpawnReq {
 
 /// Refuses a call for lack of a right: SYSCALL_BLOCKED, an audit entry, an error reply.
 fn deny(k: &Kernel, call: &Call, msg: String) -> Outcome {
-    super::access::blocked(k, call, &msg);
+    crate::kernel::access::blocked(k, call, &msg);
     Outcome::Reply(error(msg))
 }
 
-fn supervisor(k: &Kernel) -> Result<&Handle, Outcome> {
-    k.agents
+fn supervisor(o: &Ops) -> Result<&Handle, Outcome> {
+    o.agents
         .handle()
         .ok_or_else(|| Outcome::Reply(error("agent supervision is not running in this daemon")))
 }
@@ -100,7 +101,7 @@ fn agent_perms(
     let unknown = |name: &str| {
         format!(
             "unknown level {name:?} (known: {})",
-            super::perms::LEVELS.join(", ")
+            crate::kernel::perms::LEVELS.join(", ")
         )
     };
     let ceiling_name = &k.config.agent_level;
@@ -148,12 +149,13 @@ fn agent_perms(
 }
 
 /// SPAWN: starts a supervised agent.
-pub fn spawn(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
+pub fn spawn(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
+    let k = &*o.kernel;
     let req: SpawnReq = match parse(payload) {
         Ok(r) => r,
         Err(e) => return Outcome::Reply(error(e)),
     };
-    let h = match supervisor(k) {
+    let h = match supervisor(o) {
         Ok(h) => h,
         Err(o) => return o,
     };
@@ -165,10 +167,10 @@ pub fn spawn(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
             "permission denied: SPAWN needs the spawn and manage rights".into(),
         );
     }
-    if let Err(e) = super::ipc::valid_name(&req.name, k.config.max_name_bytes) {
+    if let Err(e) = crate::kernel::ipc::valid_name(&req.name, k.config.max_name_bytes) {
         return Outcome::Reply(error(e));
     }
-    if let Err(e) = crate::supervisor::spawn::check_args(&req.args, &k.config.agents) {
+    if let Err(e) = crate::supervisor::spawn::check_args(&req.args, &o.agents.config) {
         return Outcome::Reply(error(e));
     }
     let permissions = match agent_perms(k, &me, req.level.as_deref(), req.permissions) {
@@ -238,7 +240,7 @@ struct TargetReq {
 }
 
 /// The agent a `{id}` / `{agent_id}` / `{name}` request names.
-fn target(k: &Kernel, payload: &[u8]) -> Result<CallerId, String> {
+fn target(o: &Ops, payload: &[u8]) -> Result<CallerId, String> {
     let req: TargetReq = parse(payload)?;
     let id = req.id.or(req.agent_id);
     match (id, req.name) {
@@ -250,7 +252,7 @@ fn target(k: &Kernel, payload: &[u8]) -> Result<CallerId, String> {
             if let Ok(n) = s.parse::<u32>() {
                 return Ok(n);
             }
-            k.agents
+            o.agents
                 .table
                 .lock()
                 .find_name(&s)
@@ -267,7 +269,8 @@ fn target(k: &Kernel, payload: &[u8]) -> Result<CallerId, String> {
 /// The target of KILL, PAUSE or RESUME. The right is checked before the target is looked up,
 /// so a caller without it learns nothing about which agents exist: it gets the same denial
 /// for a real name, an unknown name or a malformed request.
-fn managed_op(k: &Kernel, call: &Call, payload: &[u8], what: &str) -> Result<CallerId, Outcome> {
+fn managed_op(o: &Ops, call: &Call, payload: &[u8], what: &str) -> Result<CallerId, Outcome> {
+    let k = &*o.kernel;
     if !k.perms(call.caller).can_manage {
         return Err(deny(
             k,
@@ -275,20 +278,21 @@ fn managed_op(k: &Kernel, call: &Call, payload: &[u8], what: &str) -> Result<Cal
             format!("permission denied: {what} needs the manage right"),
         ));
     }
-    let id = target(k, payload).map_err(|e| Outcome::Reply(error(e)))?;
-    if k.agents.table.lock().get(id).is_none() {
+    let id = target(o, payload).map_err(|e| Outcome::Reply(error(e)))?;
+    if o.agents.table.lock().get(id).is_none() {
         return Err(Outcome::Reply(error(format!("no agent has id {id}"))));
     }
     Ok(id)
 }
 
 /// KILL `{id}` or `{name}`: SIGTERM, SIGKILL after the grace; replies when the agent is gone.
-pub fn kill(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let h = match supervisor(k) {
+pub fn kill(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
+    let k = &*o.kernel;
+    let h = match supervisor(o) {
         Ok(h) => h,
         Err(o) => return o,
     };
-    match managed_op(k, call, payload, "KILL") {
+    match managed_op(o, call, payload, "KILL") {
         Ok(id) => submit(
             h,
             Command::Kill {
@@ -302,12 +306,13 @@ pub fn kill(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
 }
 
 /// PAUSE `{id}` or `{name}`.
-pub fn pause(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let h = match supervisor(k) {
+pub fn pause(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
+    let k = &*o.kernel;
+    let h = match supervisor(o) {
         Ok(h) => h,
         Err(o) => return o,
     };
-    match managed_op(k, call, payload, "PAUSE") {
+    match managed_op(o, call, payload, "PAUSE") {
         Ok(id) => submit(
             h,
             Command::Pause {
@@ -320,12 +325,13 @@ pub fn pause(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
 }
 
 /// RESUME `{id}` or `{name}`.
-pub fn resume(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
-    let h = match supervisor(k) {
+pub fn resume(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
+    let k = &*o.kernel;
+    let h = match supervisor(o) {
         Ok(h) => h,
         Err(o) => return o,
     };
-    match managed_op(k, call, payload, "RESUME") {
+    match managed_op(o, call, payload, "RESUME") {
         Ok(id) => submit(
             h,
             Command::Resume {
@@ -338,22 +344,25 @@ pub fn resume(k: &Kernel, call: &Call, payload: &[u8]) -> Outcome {
 }
 
 /// LIST: a bare JSON array of every agent the daemon knows.
-pub fn list(k: &Kernel, _call: &Call, _payload: &[u8]) -> Outcome {
-    let t = k.agents.table.lock();
+pub fn list(o: &Ops, _call: &Call, _payload: &[u8]) -> Outcome {
+    let _k = &*o.kernel;
+    let t = o.agents.table.lock();
     let v: Vec<Value> = t.agents.values().map(|a| a.list_entry()).collect();
     drop(t);
     Outcome::Reply(to_bytes(&v))
 }
 
 /// METRICS_SYSTEM.
-pub fn metrics_system(k: &Kernel, _call: &Call, _payload: Vec<u8>, r: Responder) {
+pub fn metrics_system(o: &Ops, _call: &Call, _payload: Vec<u8>, r: Responder) {
+    let _k = &*o.kernel;
     r.reply(&to_bytes(
-        &json!({"success": true, "metrics": crate::metrics::system(k)}),
+        &json!({"success": true, "metrics": crate::supervisor::metrics::system(&o.agents.samples)}),
     ));
 }
 
 /// METRICS_AGENT `{agent_id?}` (default: the caller itself).
-pub fn metrics_agent(k: &Kernel, call: &Call, payload: Vec<u8>, r: Responder) {
+pub fn metrics_agent(o: &Ops, call: &Call, payload: Vec<u8>, r: Responder) {
+    let _k = &*o.kernel;
     #[derive(Deserialize, Default)]
     struct Req {
         agent_id: Option<CallerId>,
@@ -365,7 +374,7 @@ pub fn metrics_agent(k: &Kernel, call: &Call, payload: Vec<u8>, r: Responder) {
         Err(e) => return r.error(e),
     };
     let agent = {
-        let t = k.agents.table.lock();
+        let t = o.agents.table.lock();
         match (req.agent_id.or(req.id), &req.name) {
             (Some(id), _) => t.get(id).cloned(),
             (None, Some(n)) => t.find_name(n).cloned(),
@@ -374,7 +383,7 @@ pub fn metrics_agent(k: &Kernel, call: &Call, payload: Vec<u8>, r: Responder) {
     };
     match agent {
         Some(a) => r.reply(&to_bytes(
-            &json!({"success": true, "metrics": crate::metrics::agent(k, &a)}),
+            &json!({"success": true, "metrics": crate::supervisor::metrics::agent(&o.agents.samples, &a)}),
         )),
         None => r.error(match (req.agent_id.or(req.id), req.name) {
             (Some(id), _) => format!("no agent has id {id}"),
@@ -385,9 +394,13 @@ pub fn metrics_agent(k: &Kernel, call: &Call, payload: Vec<u8>, r: Responder) {
 }
 
 /// METRICS_ALL_AGENTS.
-pub fn metrics_all_agents(k: &Kernel, _call: &Call, _payload: Vec<u8>, r: Responder) {
-    let agents: Vec<_> = k.agents.table.lock().agents.values().cloned().collect();
-    let list: Vec<Value> = agents.iter().map(|a| crate::metrics::agent(k, a)).collect();
+pub fn metrics_all_agents(o: &Ops, _call: &Call, _payload: Vec<u8>, r: Responder) {
+    let _k = &*o.kernel;
+    let agents: Vec<_> = o.agents.table.lock().agents.values().cloned().collect();
+    let list: Vec<Value> = agents
+        .iter()
+        .map(|a| crate::supervisor::metrics::agent(&o.agents.samples, a))
+        .collect();
     r.reply(&to_bytes(
         &json!({"success": true, "count": list.len(), "agents": list}),
     ));
@@ -395,7 +408,8 @@ pub fn metrics_all_agents(k: &Kernel, _call: &Call, _payload: Vec<u8>, r: Respon
 
 /// METRICS_CGROUP `{cgroup_path?, agent_id?, name?}`: the daemon's agent cgroup parent by
 /// default, an agent's cgroup, or a path below the daemon's cgroup directory.
-pub fn metrics_cgroup(k: &Kernel, _call: &Call, payload: Vec<u8>, r: Responder) {
+pub fn metrics_cgroup(o: &Ops, _call: &Call, payload: Vec<u8>, r: Responder) {
+    let _k = &*o.kernel;
     #[derive(Deserialize, Default)]
     struct Req {
         cgroup_path: Option<String>,
@@ -406,7 +420,7 @@ pub fn metrics_cgroup(k: &Kernel, _call: &Call, payload: Vec<u8>, r: Responder) 
         Ok(r) => r,
         Err(e) => return r.error(e),
     };
-    let parents = k
+    let parents = o
         .agents
         .cgroups
         .get()
@@ -416,7 +430,7 @@ pub fn metrics_cgroup(k: &Kernel, _call: &Call, payload: Vec<u8>, r: Responder) 
         // The table lock is released before any reply: a reply may wait for room in the
         // completion queue, and the reactor takes this lock.
         let found = {
-            let t = k.agents.table.lock();
+            let t = o.agents.table.lock();
             let a = match (req.agent_id, &req.name) {
                 (Some(id), _) => t.get(id),
                 (None, Some(n)) => t.find_name(n),
@@ -453,9 +467,9 @@ pub fn metrics_cgroup(k: &Kernel, _call: &Call, payload: Vec<u8>, r: Responder) 
     } else {
         parents
     };
-    let mut metrics = crate::metrics::cgroup_dir(&dirs);
+    let mut metrics = crate::supervisor::metrics::cgroup_dir(&dirs);
     if dirs.is_empty()
-        && let Some(c) = k.agents.cgroups.get()
+        && let Some(c) = o.agents.cgroups.get()
         && let crate::supervisor::cgroup::Backend::Off(reason) = &c.backend
     {
         metrics["reason"] = reason.clone().into();

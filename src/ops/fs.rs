@@ -12,9 +12,10 @@
 //! never becomes the daemon's), and the opened file is checked again in case the path was
 //! swapped in between.
 
-use super::Call;
-use super::request::{bytes, parse, to_bytes};
-use super::{Kernel, Responder};
+use super::Ops;
+use crate::kernel::Call;
+use crate::kernel::request::{bytes, parse, to_bytes};
+use crate::kernel::{Kernel, Responder};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
@@ -83,11 +84,17 @@ struct ReadReq {
 }
 
 /// READ `{path}` → `{success, content, size, encoding?}`.
-pub fn read(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
-    responder.reply(&bytes(do_read(k, call, &payload)));
+pub fn read(o: &Ops, call: &Call, payload: Vec<u8>, responder: Responder) {
+    let k = &*o.kernel;
+    responder.reply(&bytes(do_read(
+        k,
+        o.config.fs_max_read_bytes,
+        call,
+        &payload,
+    )));
 }
 
-fn do_read(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
+fn do_read(k: &Kernel, max: u64, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
     let req: ReadReq = parse(payload)?;
     let perms = k.perms(call.caller);
     perms.read_allowed().map_err(|e| deny(k, call, e))?;
@@ -102,7 +109,6 @@ fn do_read(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> {
         .open(&resolved)
         .map_err(|e| format!("cannot open {}: {e}", resolved.display()))?;
     let meta = opened_regular(&file, &resolved, "read")?;
-    let max = k.config.fs_max_read_bytes;
     if meta.len() > max {
         return Err(format!(
             "cannot read {}: file is {} bytes, more than the limit of {max} (fs.max_read_bytes)",
@@ -149,7 +155,8 @@ struct WriteReq {
 
 /// WRITE `{path, content, mode?: "write"|"append", encoding?: "utf8"|"base64"}` →
 /// `{success, bytes_written}`.
-pub fn write(k: &Kernel, call: &Call, payload: Vec<u8>, responder: Responder) {
+pub fn write(o: &Ops, call: &Call, payload: Vec<u8>, responder: Responder) {
+    let k = &*o.kernel;
     responder.reply(&bytes(do_write(k, call, &payload)));
 }
 
@@ -266,6 +273,6 @@ fn opened_regular(file: &File, path: &Path, what: &str) -> Result<Metadata, Stri
 
 /// Records a denial (SYSCALL_BLOCKED) and passes the message through.
 fn deny(k: &Kernel, call: &Call, msg: String) -> String {
-    super::access::blocked(k, call, &msg);
+    crate::kernel::access::blocked(k, call, &msg);
     msg
 }

@@ -1,0 +1,182 @@
+//! The `[server]` config section: the Unix socket, who may connect, and the reactor's limits
+//! (connections, frame size, pending replies, pipelining, slow clients, queues).
+
+use crate::settings::positive;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default Unix socket path, the one the Clove Python SDK uses.
+pub const DEFAULT_SOCKET: &str = "/tmp/clove.sock";
+
+/// `[server]` as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub socket: Option<PathBuf>,
+    /// Octal permission bits for the socket file, e.g. "0600" or "0660".
+    pub socket_mode: Option<String>,
+    /// Group (name or numeric gid) to give the socket file; with mode 0660 this shares the
+    /// daemon with a group.
+    pub socket_group: Option<String>,
+    /// Users besides the daemon's own that may connect (numeric uids).
+    pub allowed_uids: Option<Vec<u32>>,
+    /// The daemon's state directory (read by the assembly, not by the reactor).
+    pub state_dir: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub job_queue: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_frame_bytes: Option<u64>,
+    pub max_pending_reply_bytes: Option<usize>,
+    pub max_pipelined: Option<usize>,
+    pub slow_client_timeout_ms: Option<u64>,
+    /// Replies produced off the reactor thread waiting for it; a full queue makes the sender
+    /// wait (back-pressure), never fails a request.
+    pub completion_queue: Option<usize>,
+}
+
+/// The validated `[server]` section.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub socket_gid: Option<u32>,
+    pub allowed_uids: Vec<u32>,
+    pub workers: usize,
+    pub job_queue: usize,
+    pub max_connections: usize,
+    pub max_frame_bytes: u64,
+    pub max_pending_reply_bytes: usize,
+    pub max_pipelined: usize,
+    pub slow_client_timeout: Duration,
+    pub completion_queue: usize,
+}
+
+impl ServerConfig {
+    /// Validates `[server]`; `socket` is the path already chosen from flag, environment and
+    /// file.
+    pub fn from_raw(s: &RawServer, socket: PathBuf, errors: &mut Vec<String>) -> ServerConfig {
+        if socket.as_os_str().len() >= 108 {
+            errors.push(format!(
+                "server.socket: path {} is too long for a Unix socket (max 107 bytes)",
+                socket.display()
+            ));
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        ServerConfig {
+            socket,
+            socket_mode: socket_mode(s.socket_mode.as_deref(), errors),
+            socket_gid: socket_gid(s.socket_group.as_deref(), errors),
+            allowed_uids: s.allowed_uids.clone().unwrap_or_default(),
+            workers: positive(
+                errors,
+                "server.workers",
+                s.workers,
+                (cores * 2).max(4),
+                1024,
+            ),
+            job_queue: positive(errors, "server.job_queue", s.job_queue, 256, 1 << 20),
+            max_connections: positive(
+                errors,
+                "server.max_connections",
+                s.max_connections,
+                4096,
+                1 << 20,
+            ),
+            max_frame_bytes: max_frame_bytes(s.max_frame_bytes, errors),
+            max_pending_reply_bytes: positive(
+                errors,
+                "server.max_pending_reply_bytes",
+                s.max_pending_reply_bytes,
+                4 << 20,
+                1 << 32,
+            ),
+            max_pipelined: positive(
+                errors,
+                "server.max_pipelined",
+                s.max_pipelined,
+                128,
+                1 << 20,
+            ),
+            slow_client_timeout: slow_client_timeout(s.slow_client_timeout_ms, errors),
+            completion_queue: positive(
+                errors,
+                "server.completion_queue",
+                s.completion_queue,
+                4096,
+                1 << 20,
+            ),
+        }
+    }
+}
+
+fn socket_mode(text: Option<&str>, errors: &mut Vec<String>) -> u32 {
+    let Some(text) = text else { return 0o600 };
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => m,
+        Ok(m) if m <= 0o777 => {
+            errors.push(format!(
+                "server.socket_mode: {text:?} ({m:o}) must give the owner read and write (0600 or wider)"
+            ));
+            0o600
+        }
+        _ => {
+            errors.push(format!(
+                "server.socket_mode: {text:?} is not an octal mode like \"0600\""
+            ));
+            0o600
+        }
+    }
+}
+
+fn socket_gid(group: Option<&str>, errors: &mut Vec<String>) -> Option<u32> {
+    match group {
+        None | Some("") => None,
+        Some(g) => match lookup_group(g) {
+            Some(gid) => Some(gid),
+            None => {
+                errors.push(format!("server.socket_group: no group named {g:?}"));
+                None
+            }
+        },
+    }
+}
+
+fn max_frame_bytes(v: Option<u64>, errors: &mut Vec<String>) -> u64 {
+    match v {
+        None => crate::proto::clove::DEFAULT_MAX_PAYLOAD,
+        Some(n) if (64..=(1u64 << 30)).contains(&n) => n,
+        Some(n) => {
+            errors.push(format!(
+                "server.max_frame_bytes: {n} must be between 64 and 1073741824"
+            ));
+            crate::proto::clove::DEFAULT_MAX_PAYLOAD
+        }
+    }
+}
+
+fn slow_client_timeout(v: Option<u64>, errors: &mut Vec<String>) -> Duration {
+    Duration::from_millis(match v {
+        None => 10_000,
+        Some(n) if (10..=3_600_000).contains(&n) => n,
+        Some(n) => {
+            errors.push(format!(
+                "server.slow_client_timeout_ms: {n} must be between 10 and 3600000"
+            ));
+            10_000
+        }
+    })
+}
+
+/// Resolves a group name or numeric gid.
+fn lookup_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
