@@ -215,7 +215,7 @@ struct Running {
     deadline: Instant,
     exited_at: Option<Instant>,
     timed_out: bool,
-    _ticket: Ticket,
+    ticket: Ticket,
     done: Done,
 }
 
@@ -361,7 +361,7 @@ impl Runner {
             deadline: now + timeout,
             exited_at: None,
             timed_out: false,
-            _ticket: ticket,
+            ticket,
             done,
         });
         // Output or an exit that came before registration needs no read here: epoll reports
@@ -467,9 +467,13 @@ impl Runner {
             duration: r.started.elapsed(),
             error,
         };
+        // The command's place (its ticket) is given back before the reply goes out: a caller
+        // at its limit may send its next EXEC as soon as it has read this reply.
+        let Running { done, ticket, .. } = r;
+        drop(ticket);
         match self.kernel.upgrade() {
-            Some(k) => (r.done)(&k, finished),
-            None => log::debug!("command {} finished after the daemon stopped", r.pid),
+            Some(k) => done(&k, finished),
+            None => log::debug!("command {} finished after the daemon stopped", finished.pid),
         }
     }
 
