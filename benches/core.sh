@@ -4,6 +4,9 @@
 #
 #   benches/core.sh [path/to/limit-echo.c]
 #
+# CLOVE_BIN=path measures that binary instead of building this tree's (to compare two builds
+# in one session).
+#
 # Figures: NOOP p50 on 1 connection; NOOP throughput on 16 connections; pipelined NOOP
 # (window 64) throughput; FETCH throughput on 16 connections (vs the probe's NOOP); idle RSS
 # of a fresh daemon; 1,000 idle connections held during a NOOP run.
@@ -11,8 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 probe_src="${1:-${LIMIT_ECHO_SRC:-../shared/tools/limit-echo.c}}"
 rounds="${ROUNDS:-3}"
-cargo build --release --quiet
-bin=target/release/clove
+if [ -n "${CLOVE_BIN:-}" ]; then
+  bin=$CLOVE_BIN
+else
+  cargo build --release --quiet
+  bin=target/release/clove
+fi
 dir=$(mktemp -d /tmp/clove-bench.XXXXXX)
 cc -O2 -o "$dir/limit-echo" "$probe_src"
 "$dir/limit-echo" "$dir/limit.sock" & probe_pid=$!
