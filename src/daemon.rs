@@ -7,10 +7,13 @@
 //! closes the race between two daemons starting at once.
 
 use crate::config::Config;
+use crate::frontend::Proto;
+use crate::frontend::clove::CloveProto;
 use crate::kernel::Kernel;
 use crate::ops::Ops;
 use crate::pool::WorkerPool;
 use crate::reactor::config::ServerConfig;
+use crate::reactor::listen::{Admission, ListenSocket, Listener};
 use crate::reactor::{Reactor, Sink, WAKER};
 use crate::supervisor::Agents;
 use mio::{Poll, Waker};
@@ -94,7 +97,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
         shutdown.clone(),
     );
     reactor
-        .add_unix_listener(listener)
+        .add_listener(clove_listener(listener, &config.server))
         .map_err(io_err("cannot register the socket"))?;
     start_signal_thread(shutdown.clone(), sink)?;
     // Orphaned descendants of agents are re-parented to us (and reaped by the supervisor)
@@ -151,6 +154,21 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     kernel.store.close();
     bound.remove();
     result.map_err(io_err("event loop failed"))
+}
+
+/// The Clove socket: every connection a kernel caller, speaking Clove frames.
+fn clove_listener(socket: mio::net::UnixListener, server: &ServerConfig) -> Listener {
+    let max_frame = server.max_frame_bytes;
+    Listener {
+        name: "clove",
+        socket: ListenSocket::Unix(socket),
+        admission: Admission::Caller,
+        make: Box::new(move |outbox| Proto::Clove(CloveProto::new(max_frame, outbox))),
+        refuse: crate::reactor::clove_refusal,
+        // Clove connections are never sent anything they did not ask for.
+        max_pending_push: usize::MAX,
+        allow_remote: false,
+    }
 }
 
 /// Starts the services the Clove ops use (THINK, HTTP, EXEC's runner) and hands them, with

@@ -43,6 +43,7 @@ pub mod proto;
 pub mod reactor;
 pub mod secrets;
 pub mod settings;
+pub mod sockdiag;
 pub mod store;
 pub mod supervisor;
 pub mod tls;

@@ -6,6 +6,7 @@
 //! request of its own is at a worker, while its unsent replies exceed the configured limit, or
 //! while it is closing.
 
+use super::listen::Admission;
 use crate::frontend::{ConnIo, Proto};
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -90,6 +91,10 @@ pub struct Conn {
     pub stream: Stream,
     pub io: ConnIo,
     pub proto: Proto,
+    /// Whether the connection is a kernel caller (disconnected from the kernel at close).
+    pub admission: Admission,
+    /// Unsolicited output allowed to wait before the connection is dropped.
+    pub max_pending_push: usize,
     /// Bytes received but not yet consumed by the protocol (partial or waiting frames).
     pub inbuf: Vec<u8>,
     /// The socket may have more to read (no WouldBlock or short read seen since last event).

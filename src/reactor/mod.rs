@@ -17,8 +17,9 @@
 
 pub mod config;
 pub mod conn;
+pub mod listen;
 
-use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Proto, Stop};
+use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Stop};
 use crate::kernel::{Kernel, Peer};
 use crate::ops::Ops;
 use crate::pool::WorkerPool;
@@ -26,7 +27,7 @@ use crate::proto::clove;
 use config::ServerConfig;
 use conn::{Conn, Io, Stream, read_once, write_once};
 use crossbeam_channel::{Receiver, Sender};
-use mio::net::UnixListener;
+use listen::{Admission, ListenSocket, Listener, PeerOf};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -38,14 +39,12 @@ use std::time::{Duration, Instant};
 
 /// Wakes the reactor when completions are queued or shutdown is requested.
 pub const WAKER: Token = Token(0);
-/// The Clove Unix socket listener.
-pub const UNIX_LISTENER: Token = Token(1);
-/// Reserved for the router's TCP listener.
-pub const ROUTER_LISTENER: Token = Token(2);
-/// Reserved for the relay's WebSocket listener.
-pub const RELAY_LISTENER: Token = Token(3);
+/// Listener tokens: token = FIRST_LISTENER + index in the order listeners were added.
+const FIRST_LISTENER: usize = 1;
 /// Connection tokens start here: token = FIRST_CONN + slot.
 const FIRST_CONN: usize = 16;
+/// Most listeners one reactor serves.
+pub const MAX_LISTENERS: usize = FIRST_CONN - FIRST_LISTENER;
 
 /// Bytes read from a socket at a time.
 const SCRATCH: usize = 256 * 1024;
@@ -199,6 +198,8 @@ struct Slot {
 pub struct Stats {
     pub accepted: u64,
     pub refused_uid: u64,
+    pub refused_remote: u64,
+    pub dropped_push: u64,
     pub refused_full: u64,
     pub dropped_slow: u64,
     pub requests: u64,
@@ -213,7 +214,7 @@ pub struct Reactor {
     sink: Sink,
     pool: WorkerPool,
     completions: Receiver<Completion>,
-    unix_listener: Option<UnixListener>,
+    listeners: Vec<Listener>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -247,7 +248,7 @@ impl Reactor {
             sink,
             pool,
             completions,
-            unix_listener: None,
+            listeners: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -263,12 +264,20 @@ impl Reactor {
         }
     }
 
-    /// Starts listening on a bound Unix socket.
-    pub fn add_unix_listener(&mut self, mut listener: UnixListener) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut listener, UNIX_LISTENER, Interest::READABLE)?;
-        self.unix_listener = Some(listener);
+    /// Starts accepting on a bound listener.
+    pub fn add_listener(&mut self, mut listener: Listener) -> io::Result<()> {
+        if self.listeners.len() >= MAX_LISTENERS {
+            return Err(io::Error::other(format!(
+                "at most {MAX_LISTENERS} listeners"
+            )));
+        }
+        let token = Token(FIRST_LISTENER + self.listeners.len());
+        let registry = self.poll.registry();
+        match &mut listener.socket {
+            ListenSocket::Unix(l) => registry.register(l, token, Interest::READABLE)?,
+            ListenSocket::Tcp(l) => registry.register(l, token, Interest::READABLE)?,
+        }
+        self.listeners.push(listener);
         Ok(())
     }
 
@@ -297,7 +306,9 @@ impl Reactor {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
-                    UNIX_LISTENER => self.accept_unix(),
+                    Token(t) if (FIRST_LISTENER..FIRST_CONN).contains(&t) => {
+                        self.accept(t - FIRST_LISTENER)
+                    }
                     Token(t) if t >= FIRST_CONN => {
                         let slot = (t - FIRST_CONN) as u32;
                         let Some(s) = self.slots.get_mut(slot as usize) else {
@@ -364,7 +375,9 @@ impl Reactor {
         }
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
-            self.accept_unix();
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
         }
         if !self.pool_waiters.is_empty() {
             for id in std::mem::take(&mut self.pool_waiters) {
@@ -405,13 +418,29 @@ impl Reactor {
         self.next_slow_check = (self.paused > 0).then(|| now + SLOW_CHECK);
     }
 
-    fn accept_unix(&mut self) {
+    fn accept(&mut self, index: usize) {
         loop {
-            let Some(listener) = self.unix_listener.as_ref() else {
+            let Some(listener) = self.listeners.get(index) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+            let accepted = match &listener.socket {
+                ListenSocket::Unix(l) => l.accept().map(|(s, _)| {
+                    let peer = listen::unix_peer(&s).map(PeerOf::Known);
+                    (Stream::Unix(s), peer)
+                }),
+                ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
+                    let peer = listen::tcp_peer(&s);
+                    (Stream::Tcp(s), peer)
+                }),
+            };
+            match accepted {
+                Ok((stream, Ok(peer))) => self.admit(index, stream, peer),
+                Ok((_, Err(e))) => {
+                    log::warn!(
+                        "{}: cannot tell who connected ({e}); refusing the connection",
+                        self.listeners[index].name
+                    );
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -426,23 +455,39 @@ impl Reactor {
         }
     }
 
-    fn admit(&mut self, mut stream: mio::net::UnixStream) {
-        let peer = match peer_of(&stream) {
-            Ok(p) => p,
-            Err(e) => {
-                log::warn!("cannot read peer credentials: {e}; refusing connection");
+    /// Checks who connected and whether there is room, then makes the connection.
+    fn admit(&mut self, index: usize, mut stream: Stream, peer: PeerOf) {
+        let name = self.listeners[index].name;
+        let refuse = self.listeners[index].refuse;
+        let peer = match peer {
+            PeerOf::Known(p) => p,
+            PeerOf::Remote(_) if self.listeners[index].allow_remote => Peer {
+                pid: 0,
+                uid: u32::MAX,
+                gid: u32::MAX,
+            },
+            PeerOf::Remote(addr) => {
+                self.stats.refused_remote += 1;
+                log::warn!("{name}: refused connection from {addr}: not on this host");
+                send_refusal(
+                    &mut stream,
+                    refuse,
+                    "permission denied: connect from this host",
+                );
                 return;
             }
         };
-        if peer.uid != self.my_uid && !self.config.allowed_uids.contains(&peer.uid) {
+        let remote = peer.uid == u32::MAX;
+        if !remote && peer.uid != self.my_uid && !self.config.allowed_uids.contains(&peer.uid) {
             self.stats.refused_uid += 1;
             log::warn!(
-                "refused connection from uid {} (pid {}): not an allowed user",
+                "{name}: refused connection from uid {} (pid {}): not an allowed user",
                 peer.uid,
                 peer.pid
             );
-            refuse(
+            send_refusal(
                 &mut stream,
+                refuse,
                 "permission denied: your user may not use this daemon",
             );
             return;
@@ -450,12 +495,13 @@ impl Reactor {
         if self.live >= self.config.max_connections {
             self.stats.refused_full += 1;
             log::warn!(
-                "refused connection from pid {}: {} connections open (server.max_connections)",
+                "{name}: refused connection from pid {}: {} connections open (server.max_connections)",
                 peer.pid,
                 self.live
             );
-            refuse(
+            send_refusal(
                 &mut stream,
+                refuse,
                 &format!(
                     "too many connections: the daemon holds its maximum of {}",
                     self.config.max_connections
@@ -463,6 +509,11 @@ impl Reactor {
             );
             return;
         }
+        self.open(index, stream, peer);
+    }
+
+    /// Registers an admitted connection and gives it a slot.
+    fn open(&mut self, index: usize, mut stream: Stream, peer: Peer) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -475,7 +526,6 @@ impl Reactor {
         };
         let generation = self.slots[slot as usize].generation;
         let id = ConnId { slot, generation };
-        let mut stream = Stream::Unix(stream);
         if let Err(e) = self.poll.registry().register(
             stream.source(),
             Token(FIRST_CONN + slot as usize),
@@ -485,16 +535,23 @@ impl Reactor {
             self.free.push(slot);
             return;
         }
-        let caller = self.kernel.connect(peer);
+        let listener = &self.listeners[index];
+        let caller = match listener.admission {
+            Admission::Caller => self.kernel.connect(peer),
+            Admission::IdOnly => self.kernel.allocate_id(),
+        };
         log::debug!(
-            "conn={id} caller={caller} pid={} uid={} connected",
+            "conn={id} caller={caller} pid={} uid={} connected to {}",
             peer.pid,
-            peer.uid
+            peer.uid,
+            listener.name
         );
         let outbox = Box::new(ConnOutbox {
             sink: self.sink.clone(),
             conn: id,
         });
+        let proto = (listener.make)(outbox);
+        let (admission, max_pending_push) = (listener.admission, listener.max_pending_push);
         self.slots[slot as usize].conn = Some(Conn {
             stream,
             io: ConnIo {
@@ -506,10 +563,9 @@ impl Reactor {
                 busy: false,
                 close_after_flush: false,
             },
-            proto: Proto::Clove(crate::frontend::clove::CloveProto::new(
-                self.config.max_frame_bytes,
-                outbox,
-            )),
+            proto,
+            admission,
+            max_pending_push,
             inbuf: Vec::new(),
             readable: true,
             read_closed: false,
@@ -567,11 +623,26 @@ impl Reactor {
         }
     }
 
-    /// Appends a completion's bytes to its connection's output (if it is still open).
+    /// Appends a completion's bytes to its connection's output (if it is still open). Pushed
+    /// output beyond the connection's allowance drops the connection instead: whole messages
+    /// only, and a client that does not read costs nobody else.
     fn deliver(&mut self, c: Completion) {
         let Some(conn) = self.conn_mut(c.conn) else {
             return;
         };
+        if c.kind == CompletionKind::Push
+            && conn.io.pending_out() + c.bytes.len() > conn.max_pending_push
+        {
+            let limit = conn.max_pending_push;
+            log::warn!(
+                "conn={}: {} bytes of events waiting, over its allowance of {limit}; dropping it",
+                c.conn,
+                conn.io.pending_out() + c.bytes.len()
+            );
+            self.stats.dropped_push += 1;
+            self.close(c.conn);
+            return;
+        }
         if conn.io.pending_out() == 0 {
             conn.io.out.clear();
             conn.io.out_pos = 0;
@@ -744,7 +815,9 @@ impl Reactor {
             self.paused -= 1;
         }
         let _ = self.poll.registry().deregister(conn.stream.source());
-        self.kernel.disconnect(conn.io.caller);
+        if conn.admission == Admission::Caller {
+            self.kernel.disconnect(conn.io.caller);
+        }
         self.free.push(id.slot);
         self.live -= 1;
         log::debug!("conn={id} caller={} closed", conn.io.caller);
@@ -799,22 +872,13 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
     Ok(())
 }
 
-/// Peer credentials of a Unix socket connection.
-fn peer_of(stream: &mio::net::UnixStream) -> io::Result<Peer> {
-    use std::os::fd::AsFd;
-    let cred =
-        nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
-            .map_err(io::Error::from)?;
-    Ok(Peer {
-        pid: cred.pid(),
-        uid: cred.uid(),
-        gid: cred.gid(),
-    })
+/// Best-effort refusal to a connection we will not keep, in its listener's wire format.
+fn send_refusal(stream: &mut Stream, refuse: listen::Refusal, msg: &str) {
+    use std::io::Write;
+    let _ = stream.write(&refuse(msg));
 }
 
-/// Best-effort error frame to a connection we will not keep.
-fn refuse(stream: &mut mio::net::UnixStream, msg: &str) {
-    use std::io::Write;
-    let frame = clove::encode(0, 0, &crate::kernel::request::error(msg));
-    let _ = stream.write(&frame);
+/// A refusal on the Clove wire: one error frame.
+pub fn clove_refusal(msg: &str) -> Vec<u8> {
+    clove::encode(0, 0, &crate::kernel::request::error(msg))
 }
