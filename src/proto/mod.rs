@@ -1,3 +1,4 @@
 //! Pure wire codecs: no I/O, no allocation beyond what a decoded value needs, fuzzed.
 
 pub mod clove;
+pub mod jsonl;
