@@ -1,4 +1,5 @@
 //! Pure wire codecs: no I/O, no allocation beyond what a decoded value needs, fuzzed.
 
 pub mod clove;
+pub mod http;
 pub mod jsonl;
