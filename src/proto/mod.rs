@@ -4,3 +4,4 @@ pub mod clove;
 pub mod engineio;
 pub mod http;
 pub mod jsonl;
+pub mod socketio;
