@@ -48,10 +48,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(head.content_length <= limits.max_body);
                 assert!(head.path.starts_with('/'));
                 let _ = head.keep_alive();
-                if head.is_websocket_upgrade() {
-                    if let Ok(accept) = head.websocket_accept() {
-                        assert_eq!(accept.len(), 28);
-                    }
+                if head.is_websocket_upgrade()
+                    && let Ok(accept) = head.websocket_accept()
+                {
+                    assert_eq!(accept.len(), 28);
                 }
                 if let Ok(query) = Query::parse(&head.query) {
                     assert!(query.pairs().len() <= clove::proto::http::MAX_QUERY_PAIRS);
