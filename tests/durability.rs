@@ -969,7 +969,7 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     let before = snapshot(&db);
     let stderr = expect_refusal(&d);
     assert!(
-        stderr.contains("has schema version 99, but this clove only knows versions up to 1"),
+        stderr.contains("has schema version 99, but this clove only knows versions up to 2"),
         "{stderr}"
     );
     assert_eq!(snapshot(&db), before);

@@ -10,7 +10,7 @@
 //! real path is never one of ours and is reported as damaged instead of being reset.
 
 use super::config::SyncMode;
-use super::records::{AgentName, AgentSpecRecord, AuditQuery, AuditRecord};
+use super::records::{AgentName, AgentSpecRecord, AuditQuery, AuditRecord, DocRecord};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, params};
 use serde_json::value::RawValue;
 use std::fs::File;
@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes. Bump it with a new entry in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// `PRAGMA application_id` of a clove store ("Clov"), so another program's SQLite file is
 /// recognised as not ours.
 pub const APPLICATION_ID: i32 = 0x436c_6f76;
@@ -32,10 +32,16 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Version 0 is "no schema yet" (a file being created).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: SCHEMA_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: SCHEMA_V1,
+    },
+    Migration {
+        version: 2,
+        sql: SCHEMA_V2,
+    },
+];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE meta (
@@ -73,6 +79,18 @@ CREATE TABLE audit (
     success INTEGER NOT NULL,
     details TEXT NOT NULL
 );
+";
+
+/// Version 2: documents of the services (the router's swarms and offsets, the relay's tasks
+/// and tokens, ...), JSON text in named collections; the store does not interpret them.
+const SCHEMA_V2: &str = "
+CREATE TABLE docs (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
 ";
 
 /// Why the database could not be opened. Every variant leaves the file untouched.
@@ -282,6 +300,24 @@ impl Database {
                 Ok(AgentName {
                     name: r.get(0)?,
                     agent_id: r.get(1)?,
+                })
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Every document, by collection then id.
+    pub fn docs(&self) -> Result<Vec<DocRecord>, OpenError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT collection, id, body FROM docs ORDER BY collection, id")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DocRecord {
+                    collection: r.get(0)?,
+                    id: r.get(1)?,
+                    body: r.get(2)?,
                 })
             })
             .map_err(|e| self.fail(e))?;
@@ -746,18 +782,24 @@ mod tests {
     fn forward_migrations_and_newer_versions() {
         let d = dir();
         let p = d.path().join("s.db");
-        drop(Database::open(&p, SyncMode::Full, true).unwrap());
-        const V2: &[Migration] = &[
-            Migration {
-                version: 1,
-                sql: SCHEMA_V1,
-            },
-            Migration {
-                version: 2,
-                sql: "ALTER TABLE agent_specs ADD COLUMN note TEXT;",
-            },
-        ];
-        let db = Database::open_with(&p, SyncMode::Full, false, V2).unwrap();
+        // A file of the first schema is brought up to this build's.
+        drop(Database::open_with(&p, SyncMode::Full, true, &MIGRATIONS[..1]).unwrap());
+        let db = Database::open(&p, SyncMode::Full, false).unwrap();
+        assert!(db.docs().unwrap().is_empty(), "version 2 adds the docs table");
+        drop(db);
+        let next = SCHEMA_VERSION + 1;
+        let mut newer: Vec<Migration> = MIGRATIONS
+            .iter()
+            .map(|m| Migration {
+                version: m.version,
+                sql: m.sql,
+            })
+            .collect();
+        newer.push(Migration {
+            version: next,
+            sql: "ALTER TABLE agent_specs ADD COLUMN note TEXT;",
+        });
+        let db = Database::open_with(&p, SyncMode::Full, false, &newer).unwrap();
         let v: i64 = db
             .conn
             .query_row(
@@ -766,7 +808,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, next);
         db.conn
             .execute(
                 "INSERT INTO agent_specs (agent_id, spec, saved_ms, note) VALUES (1, '{}', 0, 'x')",
@@ -774,12 +816,12 @@ mod tests {
             )
             .unwrap();
         drop(db);
-        // This build (version 1) must refuse the file, and leave it as it was.
+        // This build must refuse the newer file, and leave it as it was.
         let before = std::fs::read(&p).unwrap();
         match Database::open(&p, SyncMode::Full, false) {
             Err(OpenError::TooNew {
                 found, supported, ..
-            }) => assert_eq!((found, supported), (2, 1)),
+            }) => assert_eq!((found, supported), (next, SCHEMA_VERSION)),
             Err(e) => panic!("expected TooNew, got {e}"),
             Ok(_) => panic!("expected TooNew, got a database"),
         }

@@ -33,7 +33,9 @@ mod writer;
 
 pub use config::{RawStore, StoreConfig, SyncMode};
 pub use db::OpenError;
-pub use records::{AgentName, AgentSpecRecord, AuditQuery, AuditRecord, Recovered};
+pub use records::{
+    AgentName, AgentSpecRecord, AuditQuery, AuditRecord, DocRecord, DocWrite, Recovered,
+};
 
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -211,6 +213,8 @@ pub(crate) enum Op {
     ReleaseName(String),
     Audit(AuditRecord),
     QueryAudit(AuditQuery),
+    /// Changes to services' documents, in one transaction.
+    Docs(Vec<DocWrite>),
 }
 
 /// What the limit check decided for one change, before it is written.
@@ -679,6 +683,7 @@ impl StateStore {
             agent_names: db.agent_names()?,
             agent_specs: db.agent_specs()?,
             expired_at_start,
+            docs: db.docs()?,
         };
         let first_id = db.first_free_id()?;
         let (audit_next, audit_rows) = db.audit_next()?;
@@ -870,6 +875,28 @@ impl StateStore {
     /// spec), in memory and on disk, in one transaction; does not wait.
     pub fn submit_forget_agent(&self, agent_id: u32, done: Done) {
         self.submit(Op::ForgetAgent(agent_id), done);
+    }
+
+    /// Saves and removes services' documents in one transaction without waiting; `done` runs
+    /// after the commit. (A memory-only store keeps nothing and answers at once.)
+    pub fn submit_docs(&self, writes: Vec<DocWrite>, done: Done) {
+        self.submit(Op::Docs(writes), done);
+    }
+
+    /// [`StateStore::submit_docs`], waiting for the commit (for threads that may block).
+    pub fn docs_wait(&self, writes: Vec<DocWrite>) -> Result<(), StoreError> {
+        self.wait(Op::Docs(writes)).map(|_| ())
+    }
+
+    /// The documents of `collection` that were on disk at start, as `(id, body)`, taken once
+    /// (a second call gets nothing).
+    pub fn take_docs(&self, collection: &str) -> Vec<(String, String)> {
+        let mut r = self.recovered.lock();
+        let (mine, rest): (Vec<DocRecord>, Vec<DocRecord>) = std::mem::take(&mut r.docs)
+            .into_iter()
+            .partition(|d| d.collection == collection);
+        r.docs = rest;
+        mine.into_iter().map(|d| (d.id, d.body)).collect()
     }
 
     /// Agents that own `agent`-scoped keys.
@@ -1544,5 +1571,50 @@ mod tests {
             s.stats_json()["busy_refusals"].as_u64(),
             Some(results.iter().filter(|r| r.is_err()).count() as u64)
         );
+    }
+
+    #[test]
+    fn documents_commit_in_batches_and_come_back_by_collection() {
+        let d = tmp();
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
+        let doc = |c: &str, id: &str, body: &str| {
+            DocWrite::Put(DocRecord {
+                collection: c.into(),
+                id: id.into(),
+                body: body.into(),
+            })
+        };
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        s.docs_wait(vec![
+            doc("router.swarms", "a", r#"{"n":1}"#),
+            doc("router.swarms", "b", r#"{"n":2}"#),
+            doc("relay.tasks", "t1", "{}"),
+        ])
+        .unwrap();
+        s.docs_wait(vec![
+            doc("router.swarms", "a", r#"{"n":3}"#),
+            DocWrite::Delete {
+                collection: "router.swarms".into(),
+                id: "b".into(),
+            },
+            DocWrite::Delete {
+                collection: "router.swarms".into(),
+                id: "never-there".into(),
+            },
+        ])
+        .unwrap();
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        assert_eq!(
+            s.take_docs("router.swarms"),
+            vec![("a".to_string(), r#"{"n":3}"#.to_string())]
+        );
+        assert!(s.take_docs("router.swarms").is_empty(), "taken once");
+        assert_eq!(s.take_docs("relay.tasks").len(), 1);
+        // A memory-only store accepts writes and keeps nothing.
+        let m = StateStore::with_limits(limits());
+        m.docs_wait(vec![doc("x", "y", "{}")]).unwrap();
+        assert!(m.take_docs("x").is_empty());
     }
 }

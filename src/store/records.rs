@@ -1,5 +1,5 @@
 //! The durable records besides state keys: supervised agents' registered names, the specs of
-//! agents spawned with `"persist": true`, and audit log entries.
+//! agents spawned with `"persist": true`, audit log entries, and services' documents.
 //!
 //! These are plain data; [`super::StateStore`] saves them through the writer thread and hands
 //! back what was on disk at start ([`Recovered`]).
@@ -54,6 +54,24 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+/// A service's document: JSON text under an id in a named collection (`router.swarms`, ...).
+/// The store keeps it as it is given and does not interpret it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocRecord {
+    pub collection: String,
+    pub id: String,
+    pub body: String,
+}
+
+/// One change to a collection; a batch of them commits together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocWrite {
+    /// Saves (or replaces) a document.
+    Put(DocRecord),
+    /// Removes a document (nothing happens when there is none).
+    Delete { collection: String, id: String },
+}
+
 /// What the database held when the daemon started, besides state keys (which go straight into
 /// memory): for the supervisor to restore.
 #[derive(Debug, Clone, Default)]
@@ -62,4 +80,7 @@ pub struct Recovered {
     pub agent_specs: Vec<AgentSpecRecord>,
     /// Expired keys deleted at start because their TTL passed while the daemon was down.
     pub expired_at_start: usize,
+    /// Every service document, for each service to take its collections
+    /// ([`super::StateStore::take_docs`]).
+    pub docs: Vec<DocRecord>,
 }

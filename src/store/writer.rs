@@ -12,8 +12,8 @@
 use super::config::{StoreConfig, SyncMode};
 use super::db::Database;
 use super::{
-    AUDIT_ID_RESERVE, Applied, AuditRecord, Done, Inner, KvWrite, Op, Planned, StoreError,
-    StoreLimits,
+    AUDIT_ID_RESERVE, Applied, AuditRecord, DocWrite, Done, Inner, KvWrite, Op, Planned,
+    StoreError, StoreLimits,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use parking_lot::Mutex;
@@ -526,6 +526,7 @@ impl Writer {
                             ])?;
                         audits += n as u64;
                     }
+                    (Op::Docs(writes), _) => write_docs(&tx, writes, now)?,
                     (Op::QueryAudit(q), _) => {
                         if audits > 0 {
                             rows = prune_audit(&tx, rows + audits, self.audit_max())?;
@@ -646,4 +647,33 @@ fn touches_db(op: &Op, plan: &Planned) -> bool {
         (Op::DropNamespace(_), Planned::Drop { durable }) => *durable,
         _ => true,
     }
+}
+/// Applies one batch of document changes inside the commit's transaction.
+fn write_docs(
+    tx: &rusqlite::Transaction<'_>,
+    writes: &[DocWrite],
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    for w in writes {
+        match w {
+            DocWrite::Put(d) => {
+                tx.prepare_cached(
+                    "INSERT INTO docs (collection, id, body, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body,
+                     updated_ms = excluded.updated_ms",
+                )?
+                .execute(params![
+                    d.collection,
+                    d.id,
+                    d.body,
+                    now_ms.min(i64::MAX as u64) as i64
+                ])?;
+            }
+            DocWrite::Delete { collection, id } => {
+                tx.prepare_cached("DELETE FROM docs WHERE collection = ?1 AND id = ?2")?
+                    .execute(params![collection, id])?;
+            }
+        }
+    }
+    Ok(())
 }
