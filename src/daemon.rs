@@ -194,7 +194,43 @@ fn start_ops(
         http,
         commands,
         completion_queue: Box::new(move || (probe.queued(), probe.capacity())),
+        services: Vec::new(),
     })
+}
+
+/// Where a TCP listener goes, and who chose the address.
+pub struct TcpPlace {
+    /// The config key that sets it (`router.listen`), for messages.
+    pub key: &'static str,
+    pub addr: std::net::SocketAddr,
+    /// Set by the user (file or environment) rather than the built-in default.
+    pub explicit: bool,
+}
+
+/// Binds a TCP listener. A built-in default address that another program holds is not fatal:
+/// the daemon runs without that listener and says so (`Ok(None)`). An address the user chose
+/// that cannot be bound stops the start, naming the key.
+pub fn bind_tcp(place: &TcpPlace) -> Result<Option<mio::net::TcpListener>, DaemonError> {
+    match std::net::TcpListener::bind(place.addr) {
+        Ok(l) => {
+            l.set_nonblocking(true)
+                .map_err(io_err(format!("cannot use {} ({})", place.addr, place.key)))?;
+            Ok(Some(mio::net::TcpListener::from_std(l)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !place.explicit => {
+            log::warn!(
+                "{} is in use by another program: running without this listener (set {} to \
+                 another address, or \"\" to turn it off)",
+                place.addr,
+                place.key
+            );
+            Ok(None)
+        }
+        Err(e) => Err(DaemonError::Refused(format!(
+            "cannot listen on {} ({}): {e}",
+            place.addr, place.key
+        ))),
+    }
 }
 
 fn ignore_sigpipe() {

@@ -100,4 +100,14 @@ impl Proto {
             Proto::Clove(p) => p.process(input, io, env, budget),
         }
     }
+
+    /// The connection is closed (by either side): a front-end lets go of what it registered
+    /// for it elsewhere (a service's list of clients, say). Nothing can be sent any more.
+    pub fn closed(&mut self, io: &mut ConnIo) {
+        match self {
+            Proto::Clove(_) => {
+                let _ = io;
+            }
+        }
+    }
 }

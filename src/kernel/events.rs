@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// Event types only the kernel publishes.
-pub const KERNEL_EVENTS: [&str; 10] = [
+pub const KERNEL_EVENTS: [&str; 12] = [
     "AGENT_SPAWNED",
     "AGENT_EXITED",
     "AGENT_RESTARTING",
@@ -24,6 +24,9 @@ pub const KERNEL_EVENTS: [&str; 10] = [
     "STATE_CHANGED",
     "SYSCALL_BLOCKED",
     "RESOURCE_WARNING",
+    // Every event of the Codeswarm router and of the ClawNet relay, as `{event, data}`.
+    "SWARM_EVENT",
+    "RELAY_EVENT",
 ];
 
 /// The type clients emit.

@@ -32,6 +32,11 @@ pub fn hello(o: &Ops, call: &Call, _: &[u8]) -> Outcome {
         // Commit counters and batch sizes of the state store's writer.
         "store": o.kernel.store.stats_json(),
         "queues": queues(o),
+        "services": o
+            .services
+            .iter()
+            .map(|p| (p.name.to_string(), (p.report)()))
+            .collect::<Map<String, Value>>(),
     })))
 }
 

@@ -50,6 +50,13 @@ pub enum Route {
 /// How full a queue is, for HELLO: waiting entries and capacity.
 pub type QueueProbe = Box<dyn Fn() -> (usize, usize) + Send + Sync>;
 
+/// A service's figures for HELLO's `services` (and `clove status`): counters, queue depths,
+/// listener addresses. Called on the reactor thread: it must only read memory.
+pub struct ServiceProbe {
+    pub name: &'static str,
+    pub report: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
 /// The kernel and the services the Clove ops use.
 pub struct Ops {
     pub kernel: Arc<Kernel>,
@@ -64,6 +71,8 @@ pub struct Ops {
     pub commands: CommandRunner,
     /// The reactor's completion queue (`server.completion_queue`).
     pub completion_queue: QueueProbe,
+    /// Figures of the other services and listeners, by name.
+    pub services: Vec<ServiceProbe>,
 }
 
 use Route::{Inline, Worker};

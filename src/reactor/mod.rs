@@ -815,6 +815,7 @@ impl Reactor {
             self.paused -= 1;
         }
         let _ = self.poll.registry().deregister(conn.stream.source());
+        conn.proto.closed(&mut conn.io);
         if conn.admission == Admission::Caller {
             self.kernel.disconnect(conn.io.caller);
         }

@@ -785,7 +785,10 @@ mod tests {
         // A file of the first schema is brought up to this build's.
         drop(Database::open_with(&p, SyncMode::Full, true, &MIGRATIONS[..1]).unwrap());
         let db = Database::open(&p, SyncMode::Full, false).unwrap();
-        assert!(db.docs().unwrap().is_empty(), "version 2 adds the docs table");
+        assert!(
+            db.docs().unwrap().is_empty(),
+            "version 2 adds the docs table"
+        );
         drop(db);
         let next = SCHEMA_VERSION + 1;
         let mut newer: Vec<Migration> = MIGRATIONS
