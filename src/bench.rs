@@ -168,6 +168,9 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
     }
     let value = "x".repeat(spec.size);
     let keys = spec.keys.max(1);
+    // The bench's keys live under a prefix of their own and are deleted when it ends, so a
+    // run leaves nothing in the user's store.
+    let prefix = key_prefix();
     // One control connection prepares the keys and reads the store's figures before and after,
     // and stays open for the whole run: the daemon does work when a connection closes (it drops
     // the caller's private state, a store commit), and the bench's own must not fall into the
@@ -178,7 +181,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         for i in 0..keys {
             let r = c.call(
                 crate::proto::op::STORE,
-                format!("{{\"key\":\"bench:{i}\",\"value\":\"{value}\"}}").as_bytes(),
+                format!("{{\"key\":\"{prefix}{i}\",\"value\":\"{value}\"}}").as_bytes(),
             )?;
             if !r.payload.starts_with(b"{\"success\":true") {
                 return Err(io::Error::other(format!(
@@ -196,7 +199,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
             0,
             crate::proto::op::STORE,
             format!(
-                "{{\"key\":\"bench:{}\",\"value\":\"{value}\"}}",
+                "{{\"key\":\"{prefix}{}\",\"value\":\"{value}\"}}",
                 i % keys as u64
             )
             .as_bytes(),
@@ -205,7 +208,7 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
             out,
             0,
             crate::proto::op::FETCH,
-            format!("{{\"key\":\"bench:{}\"}}", i % keys as u64).as_bytes(),
+            format!("{{\"key\":\"{prefix}{}\"}}", i % keys as u64).as_bytes(),
         ),
     };
 
@@ -326,6 +329,9 @@ pub fn run(spec: &BenchSpec) -> io::Result<BenchResult> {
         (Some(a), Some(b)) => Some(store_delta(&a, &b)),
         _ => None,
     };
+    if spec.op != BenchOp::Noop || spec.background_writers > 0 {
+        delete_keys(&spec.socket, &mut control, &prefix)?;
+    }
     drop(idle);
     Ok(BenchResult {
         op: format!("{:?}", spec.op).to_lowercase(),
@@ -391,6 +397,43 @@ fn store_delta(a: &serde_json::Value, b: &serde_json::Value) -> StoreFigures {
     }
 }
 
+/// The prefix of this run's keys: `clove-bench:PID:`.
+fn key_prefix() -> String {
+    format!("clove-bench:{}:", std::process::id())
+}
+
+/// Deletes every key under `prefix`: listed with KEYS, deleted over a few connections with
+/// one DELETE in flight on each (the store commits them in batches).
+fn delete_keys(
+    socket: &std::path::Path,
+    control: &mut crate::client::Client,
+    prefix: &str,
+) -> io::Result<()> {
+    loop {
+        let req = serde_json::json!({"prefix": prefix, "limit": 10_000}).to_string();
+        let listed = control.call(crate::proto::op::KEYS, req.as_bytes())?.json()?;
+        let keys: Vec<String> = serde_json::from_value(listed["keys"].clone()).unwrap_or_default();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conns = (0..keys.len().clamp(1, 8))
+            .map(|_| connect(socket))
+            .collect::<io::Result<Vec<_>>>()?;
+        for batch in keys.chunks(conns.len()) {
+            for (s, key) in conns.iter_mut().zip(batch) {
+                let req = serde_json::json!({ "key": key }).to_string();
+                s.write_all(&clove::encode(0, crate::proto::op::DELETE, req.as_bytes()))?;
+            }
+            for s in conns.iter_mut().take(batch.len()) {
+                crate::client::read_frame(s)?;
+            }
+        }
+        if listed["truncated"] != serde_json::Value::Bool(true) {
+            return Ok(());
+        }
+    }
+}
+
 /// Background writers: one thread keeping one STORE in flight on each of its connections.
 struct Background {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -411,6 +454,7 @@ impl Background {
         }
         let flag = stop.clone();
         let value = "y".repeat(spec.size);
+        let prefix = key_prefix();
         // One round sends one STORE per connection; pace rounds to reach the requested rate.
         let round_gap = (spec.background_rate > 0).then(|| {
             Duration::from_secs_f64(spec.background_writers as f64 / spec.background_rate as f64)
@@ -424,7 +468,7 @@ impl Background {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     for (c, s) in conns.iter_mut().enumerate() {
                         let payload = format!(
-                            "{{\"key\":\"bench:bg:{c}:{}\",\"value\":\"{value}\"}}",
+                            "{{\"key\":\"{prefix}bg:{c}:{}\",\"value\":\"{value}\"}}",
                             i % 1000
                         );
                         s.write_all(&clove::encode(

@@ -495,6 +495,9 @@ fn clove_bench_measures_the_daemon_and_refuses_bad_arguments() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // A key of the user's that looks like a bench key is not the bench's to touch.
+    d.client()
+        .ok(op::STORE, json!({"key": "bench:0", "value": "mine"}));
     let small = ["-c", "2", "-n", "2000", "--warmup", "200"];
     for op_name in ["noop", "fetch", "store"] {
         let (st, out, err) = bench(&[&["--op", op_name][..], &small[..]].concat());
@@ -527,10 +530,13 @@ fn clove_bench_measures_the_daemon_and_refuses_bad_arguments() {
             assert_eq!(commits, 0.0, "{out}");
         }
     }
-    // STORE really wrote: the bench keys are in the daemon.
+    // The bench cleaned up after itself (its keys live under clove-bench:PID:), and left the
+    // user's keys alone.
     let mut c = d.client();
-    let keys = c.ok(op::KEYS, json!({"prefix": "bench:"}));
-    assert!(keys["count"].as_u64().unwrap() > 0, "{keys}");
+    let keys = c.ok(op::KEYS, json!({"prefix": "clove-bench:"}));
+    assert_eq!(keys["count"], 0, "{keys}");
+    let mine = c.ok(op::FETCH, json!({"key": "bench:0"}));
+    assert_eq!(mine["value"], "mine", "{mine}");
 
     let (st, out, err) = bench(&[&["--op", "fetch", "--json", "-P", "4"][..], &small[..]].concat());
     assert!(st.success(), "{err}");
