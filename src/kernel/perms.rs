@@ -13,6 +13,11 @@
 //! `*` matches any run of characters inside one path component; `**` matches any run of
 //! characters including `/`; `/dir/**` also matches `/dir` itself. Deny (`blocked`) wins over
 //! allow. Paths are checked after resolution (symlinks and `..` removed), never as written.
+//!
+//! One rule reaches beyond the pattern text, because a path alone does not say everything about
+//! a file (README.md, "Permissions"): a file with more than one hard link is served only to a
+//! caller whose rules reach every path ([`Permissions::reaches_every_path`]), since its other
+//! names are unknown.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -478,6 +483,22 @@ impl Permissions {
         self.path_allowed(resolved, &self.filesystem.write, "write")
     }
 
+    /// The allow rules for `access`.
+    fn allow_rules(&self, access: FsAccess) -> &[String] {
+        match access {
+            FsAccess::Read => &self.filesystem.read,
+            FsAccess::Write => &self.filesystem.write,
+        }
+    }
+
+    /// True when this caller's rules reach every path for `access`: `/**` is allowed and
+    /// nothing is blocked. A file with several names (hard links) is served only to such a
+    /// caller: the other names of a file cannot be found from one of them, and any of them may
+    /// be outside a narrower caller's rules (`ln /etc/shadow /tmp/x`).
+    pub fn reaches_every_path(&self, access: FsAccess) -> bool {
+        self.filesystem.blocked.is_empty() && self.allow_rules(access).iter().any(|r| r == "/**")
+    }
+
     fn path_allowed(&self, resolved: &Path, allow: &[String], what: &str) -> Result<(), String> {
         let Some(text) = resolved.to_str() else {
             return Err("permission denied: path is not valid UTF-8".into());
@@ -621,6 +642,13 @@ fn hosts_within(mine: &[String], theirs: &[String]) -> bool {
                 || (t.starts_with("*.") && m.len() > t.len() - 1 && m.ends_with(&t[1..]))
         })
     })
+}
+
+/// Which access a path rule governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsAccess {
+    Read,
+    Write,
 }
 
 /// Conservative pattern coverage: `mine` is within `theirs` when each of its patterns equals one
@@ -1377,6 +1405,23 @@ mod tests {
         assert!(std.may_read(Path::new("/etc/shadow")).is_err());
         assert!(std.may_read(Path::new("/var/lib/clove/store.db")).is_err());
         assert!(level("minimal").may_read(Path::new("/tmp/x")).is_err());
+    }
+
+    #[test]
+    fn only_rules_reaching_every_path_serve_files_with_several_names() {
+        let all = level("unrestricted");
+        assert!(all.reaches_every_path(FsAccess::Read));
+        assert!(all.reaches_every_path(FsAccess::Write));
+        assert!(!level("standard").reaches_every_path(FsAccess::Read));
+        assert!(!level("sandboxed").reaches_every_path(FsAccess::Write));
+        let one_block = all.patched(&PermsPatch {
+            filesystem: Some(FsPatch {
+                blocked: Some(vec!["/secret/**".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(!one_block.reaches_every_path(FsAccess::Read));
     }
 
     impl Permissions {
