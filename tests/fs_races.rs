@@ -1,12 +1,17 @@
-//! Security issue, item 3: READ and WRITE must operate on the file they checked.
+//! Security issue, items 3 and 4: READ and WRITE must operate on the file they checked, and must
+//! never hand out the daemon's own secrets or wedge a worker on a special file.
 //!
-//! A path was resolved and checked, then opened again by name, so a directory swapped for a
-//! symlink in between (`renameat2(RENAME_EXCHANGE)` in a loop) sent READ and WRITE elsewhere; a
-//! hard link to a file the caller may not read was read through its other name.
+//! Item 3: a path was resolved and checked, then opened again by name, so a directory swapped
+//! for a symlink in between (`renameat2(RENAME_EXCHANGE)` in a loop) sent READ and WRITE
+//! elsewhere; a hard link to a file the caller may not read was read through its other name.
+//! Item 4: `/proc/thread-self/environ` escaped the `/proc/*/environ` rule and returned the
+//! daemon's environment, and a few READs of `/proc/kmsg` (a "regular file" that never ends)
+//! held every worker for good.
 
-use crate::harness::{Client, Daemon, op};
+use crate::harness::{Client, Daemon, frame, op, read_frame};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -386,5 +391,206 @@ fn issue3_hard_link_to_a_file_the_caller_may_not_read_is_refused() {
             "cannot link /etc/shadow into {} ({e}); part skipped",
             link.display()
         ),
+    }
+}
+
+/// A daemon whose environment holds a fake model key, and the key.
+fn daemon_with_key(toml: &str) -> (Daemon, String) {
+    let key = marker("sk-test");
+    let d = Daemon::with_config_env(toml, &[("OPENAI_API_KEY", key.as_str())]);
+    (d, key)
+}
+
+/// The daemon's thread ids, as seen in `/proc/<pid>/task`.
+fn daemon_tids(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Every way to name the daemon's own environment and memory that the issue lists.
+fn daemon_proc_paths(d: &Daemon) -> Vec<String> {
+    let pid = d.pid();
+    let mut paths = vec![
+        "/proc/thread-self/environ".to_string(),
+        "/proc/self/environ".to_string(),
+        format!("/proc/{pid}/environ"),
+        "/proc/self/mem".to_string(),
+    ];
+    for tid in daemon_tids(d).iter().take(3) {
+        paths.push(format!("/proc/self/task/{tid}/environ"));
+        paths.push(format!("/proc/self/task/{tid}/mem"));
+        paths.push(format!("/proc/{pid}/task/{tid}/environ"));
+        paths.push(format!("/proc/{tid}/environ"));
+    }
+    paths
+}
+
+/// Asserts READ of each path is refused as a permission matter and never shows `key`.
+fn assert_refused(c: &mut Client, paths: &[String], key: &str, why: &str) {
+    for p in paths {
+        let reply = c.call(op::READ, json!({"path": p}));
+        let text = reply.to_string();
+        // A leaking reply is the daemon's whole environment: show only its start.
+        let start: String = text.chars().take(200).collect();
+        assert!(
+            !text.contains(key),
+            "READ {p} leaked the daemon's key: {start}..."
+        );
+        assert_eq!(reply["success"], false, "READ {p}: {start}");
+        let e = reply["error"].as_str().unwrap();
+        assert!(
+            e.contains("permission denied") && e.contains(why),
+            "READ {p}: {e}"
+        );
+    }
+}
+
+/// Item 4: at `readonly` (which blocks `/proc/*/environ` and `/proc/*/mem`), no name of the
+/// daemon's own environment or memory is readable: `/proc/thread-self/environ` resolves to
+/// `/proc/<pid>/task/<tid>/environ`, which that rule did not match.
+#[test]
+fn issue4_the_daemons_environment_and_memory_are_refused_at_readonly() {
+    let (d, key) = daemon_with_key("");
+    let mut c = client_at(&d, "readonly");
+    assert_refused(&mut c, &daemon_proc_paths(&d), &key, "");
+    // The same through a symlink the caller made.
+    let link = d.path("env-link");
+    std::os::unix::fs::symlink("/proc/thread-self/environ", &link).unwrap();
+    assert_refused(&mut c, &[link.display().to_string()], &key, "");
+}
+
+/// Item 4: even a caller whose rules name `/proc` explicitly cannot read the daemon's own
+/// entries (`/proc/self`, `/proc/thread-self`, `/proc/<daemon pid>`, `/proc/<daemon tid>`),
+/// while it can read another process's.
+#[test]
+fn issue4_the_daemons_own_proc_entries_are_refused_even_with_a_proc_rule() {
+    let (d, key) = daemon_with_key(
+        "[permissions.levels.unrestricted.filesystem]\nread = [\"/**\", \"/proc/**\"]\n",
+    );
+    let mut c = d.client();
+    let me = std::process::id();
+    let status = c.ok(op::READ, json!({"path": format!("/proc/{me}/status")}));
+    assert!(
+        status["content"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Pid:\t{me}")),
+        "{status}"
+    );
+    assert_refused(&mut c, &daemon_proc_paths(&d), &key, "the daemon");
+    let e = c.err(
+        op::WRITE,
+        json!({"path": "/proc/self/comm", "content": "pwned"}),
+    );
+    assert!(e.contains("permission denied"), "{e}");
+}
+
+/// Item 4: files on pseudo-filesystems (procfs, sysfs, ...) are refused unless a rule names
+/// their directory: `/**` does not reach them, and a caller cannot give itself such a rule.
+#[test]
+fn issue4_pseudo_filesystems_need_a_rule_that_names_them() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let me = std::process::id();
+    let sys = [
+        "/sys/kernel/uevent_seqnum",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    let mut paths = vec![format!("/proc/{me}/status"), "/proc/cpuinfo".to_string()];
+    paths.extend(sys.map(String::from));
+    for p in &paths {
+        let e = c.err(op::READ, json!({"path": p}));
+        assert!(
+            e.contains("permission denied") && e.contains("pseudo-filesystem"),
+            "READ {p}: {e}"
+        );
+    }
+    let e = c.err(
+        op::WRITE,
+        json!({"path": format!("/proc/{me}/comm"), "content": "renamed"}),
+    );
+    assert!(e.contains("pseudo-filesystem"), "{e}");
+    let e = c.err(
+        op::SET_PERMS,
+        json!({"permissions": {"filesystem": {"read": ["/**", "/proc/**"]}}}),
+    );
+    assert!(e.contains("never raise"), "{e}");
+}
+
+/// Sends READ `path` on a connection of its own at `rules` (None: the default), unanswered yet.
+fn pending_read(d: &Daemon, read_rules: Option<Value>, path: &str) -> UnixStream {
+    let mut c = d.client();
+    if let Some(read) = read_rules {
+        c.ok(
+            op::SET_PERMS,
+            json!({"permissions": {"filesystem": {"read": read}}}),
+        );
+    }
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = serde_json::to_vec(&json!({"path": path})).unwrap();
+    c.stream.write_all(&frame(c.id, op::READ, &body)).unwrap();
+    c.stream
+}
+
+/// Item 4: four READs of `/proc/kmsg` (more than the workers) on connections of their own are
+/// answered at once, refused, and a READ of a plain file and a NOOP are still served promptly:
+/// without a `/proc` rule the file is refused before it is opened; with one, the read never
+/// waits for data.
+#[test]
+fn issue4_kmsg_reads_hold_no_worker() {
+    let d = Daemon::with_config(
+        "[server]\nworkers = 2\n[permissions.levels.unrestricted.filesystem]\nread = [\"/**\", \"/proc/**\"]\n",
+    );
+    let plain = d.path("plain.txt");
+    std::fs::write(&plain, "still served").unwrap();
+    // Only root may open /proc/kmsg; others get EACCES at once, which proves less.
+    let with_rule = if nix::unistd::geteuid().is_root() {
+        "reading it would wait"
+    } else {
+        "/proc/kmsg"
+    };
+    for (rules, want) in [
+        (Some(json!(["/**"])), "pseudo-filesystem"),
+        (None, with_rule),
+    ] {
+        let started = Instant::now();
+        let pending: Vec<UnixStream> = (0..4)
+            .map(|_| pending_read(&d, rules.clone(), "/proc/kmsg"))
+            .collect();
+        for (i, mut s) in pending.into_iter().enumerate() {
+            let reply = read_frame(&mut s)
+                .unwrap_or_else(|e| panic!("READ {i} of /proc/kmsg ({rules:?}) got no reply: {e}"))
+                .json();
+            assert_eq!(reply["success"], false, "{reply}");
+            let e = reply["error"].as_str().unwrap();
+            eprintln!("READ {i} of /proc/kmsg ({rules:?}): {e}");
+            assert!(e.contains(want), "{rules:?}: {e}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let mut c = d.client();
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(
+            c.ok(op::READ, json!({"path": plain}))["content"],
+            "still served"
+        );
+        assert_eq!(c.call_raw(op::NOOP, b"ping").payload, b"ping");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a plain READ after the /proc/kmsg READs took {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -9,16 +9,21 @@
 //! a path that changed in between is refused. So a directory swapped for a symlink after the
 //! check cannot redirect READ or WRITE elsewhere.
 //!
-//! What a path cannot show is checked on the opened file: a file with more than one hard link
-//! is served only to a caller whose rules reach every path, since its other names are unknown.
+//! What a path cannot show is checked on the opened file (module `special`): a file on a
+//! pseudo-filesystem (`/proc`, `/sys`, ...) is served only through a rule naming its directory,
+//! the daemon's own `/proc` entries never; a file with more than one hard link only to a caller
+//! whose rules reach every path, since its other names are unknown.
 //!
 //! Only regular files are read or written. A FIFO without a writer, a FIFO without a reader or
 //! a terminal would block the worker in `open` or `read` for as long as the other side likes,
 //! and a few such requests would stop the worker pool for every caller; so the type is checked
 //! before opening, the open itself is non-blocking (`O_NONBLOCK`, and `O_NOCTTY` so a terminal
-//! never becomes the daemon's), and the opened file is checked again.
+//! never becomes the daemon's), and the opened file is checked again. The file stays
+//! non-blocking and every read is bounded by `fs.max_read_bytes`, so a file that never ends
+//! (`/proc/kmsg`, where a rule allows it) cannot hold a worker either.
 
 mod open;
+mod special;
 
 use super::Ops;
 use crate::kernel::Call;
@@ -33,7 +38,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -139,8 +144,10 @@ fn do_read(k: &Kernel, max: u64, call: &Call, payload: &[u8]) -> Result<Vec<u8>,
     })
 }
 
-/// Reads at most `max` bytes of `file`; one byte past the limit is asked for so that a file
-/// that grew after the stat is caught.
+/// Reads at most `max` bytes of `file` without ever waiting: the descriptor is non-blocking,
+/// so a file that has no data yet and has not ended (`/proc/kmsg`) fails at once instead of
+/// holding the worker, and one byte past the limit is asked for so that a file that grew after
+/// the stat (or that never ends) is caught.
 fn read_bounded(file: &mut File, path: &Path, max: u64) -> Result<Vec<u8>, String> {
     let len = file
         .metadata()
@@ -153,9 +160,16 @@ fn read_bounded(file: &mut File, path: &Path, max: u64) -> Result<Vec<u8>, Strin
         ));
     }
     let mut data = Vec::with_capacity(len as usize);
-    file.take(max + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match file.take(max + 1).read_to_end(&mut data) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            return Err(format!(
+                "cannot read {}: the file has no more data now and has not ended; reading it would wait, so it is refused",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
     if data.len() as u64 > max {
         return Err(format!(
             "cannot read {}: file is larger than the limit of {max} bytes (fs.max_read_bytes)",
@@ -242,9 +256,9 @@ fn do_write(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Vec<u8>, String> 
     })))
 }
 
-/// Flags for every open of a file: never follow a symlink, never wait in `open` (a FIFO's other
-/// side, a device), never acquire a controlling terminal, never leak the descriptor into a
-/// child.
+/// Flags for every open of a file: never follow a symlink, never wait (in `open` for a FIFO's
+/// other side or a device, in `read` for data), never acquire a controlling terminal, never
+/// leak the descriptor into a child.
 const OPEN_FLAGS: OFlag = OFlag::O_NOFOLLOW
     .union(OFlag::O_NONBLOCK)
     .union(OFlag::O_NOCTTY)
@@ -267,8 +281,8 @@ impl Checked<'_> {
         }
     }
 
-    /// Opens the directory holding the checked path (see [`open::directory`]); returns it and
-    /// the file's name in it.
+    /// Opens the directory holding the checked path (see [`open::directory`]) and applies the
+    /// pseudo-filesystem rules to it before anything in it is opened; returns it and the name.
     fn open_directory(&self) -> Result<(OwnedFd, &OsStr), String> {
         let (Some(parent), Some(name)) = (self.path.parent(), self.path.file_name()) else {
             return Err(format!(
@@ -278,14 +292,14 @@ impl Checked<'_> {
             ));
         };
         let dir = open::directory(parent).map_err(|e| self.open_error(e))?;
+        self.special_rules(&dir)?;
         Ok((dir, name))
     }
 
     /// Opens `name` in `dir` (one component, `O_NOFOLLOW`): refuses anything but a regular file
     /// before opening it, then checks the opened file itself: still at the checked path, a
-    /// regular file, and with one link unless the caller's rules reach every path. It is made
-    /// blocking again: regular files ignore `O_NONBLOCK` anyway, but nothing should depend on
-    /// that.
+    /// regular file, on no pseudo-filesystem the rules do not name, and with one link unless
+    /// the caller's rules reach every path.
     fn open_file(&self, dir: &OwnedFd, name: &OsStr, flags: OFlag) -> Result<File, String> {
         if let Ok(st) = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             self.regular_only(st.st_mode)?;
@@ -312,13 +326,33 @@ impl Checked<'_> {
             .metadata()
             .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?;
         self.regular_only(meta.mode())?;
+        self.special_rules(&file)?;
         self.one_name_only(&meta)?;
-        let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(|e| format!("cannot {} {}: fcntl: {e}", self.verb(), self.path.display()))?;
-        let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))
-            .map_err(|e| format!("cannot {} {}: fcntl: {e}", self.verb(), self.path.display()))?;
         Ok(file)
+    }
+
+    /// Refuses a file on a pseudo-filesystem unless a rule names its directory, and the
+    /// daemon's own `/proc` entries always.
+    fn special_rules(&self, fd: impl std::os::fd::AsFd) -> Result<(), String> {
+        let path = self.path.display();
+        let Some(fs) = special::pseudo_filesystem(fd)
+            .map_err(|e| format!("cannot {} {path}: fstatfs: {e}", self.verb()))?
+        else {
+            return Ok(());
+        };
+        if fs.is_procfs() && special::daemon_own(self.path) {
+            return Err(self.deny(format!(
+                "permission denied: {path} belongs to the daemon itself; its own /proc entries are never served"
+            )));
+        }
+        if !self.perms.names_explicitly(self.path, self.access) {
+            return Err(self.deny(format!(
+                "permission denied: {path} is on {}, a pseudo-filesystem; only a {} rule naming its directory (such as \"/proc/**\") reaches it, \"/**\" does not",
+                fs.name,
+                self.verb()
+            )));
+        }
+        Ok(())
     }
 
     /// The hard-link rule: another name of this file may be outside the caller's rules, and
