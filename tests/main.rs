@@ -12,6 +12,7 @@ mod event_ops;
 mod exec_fs_ops;
 mod framing;
 mod fs_ops;
+mod fs_races;
 mod http_op;
 mod identity;
 mod ipc_ops;

@@ -13,6 +13,12 @@
 //! `*` matches any run of characters inside one path component; `**` matches any run of
 //! characters including `/`; `/dir/**` also matches `/dir` itself. Deny (`blocked`) wins over
 //! allow. Paths are checked after resolution (symlinks and `..` removed), never as written.
+//!
+//! Two rules reach beyond the pattern text, because a path alone does not say everything about
+//! a file (README.md, "Permissions"): files on pseudo-filesystems (`/proc`, `/sys`, ...) are
+//! served only through a rule that names a directory ([`Permissions::names_explicitly`]), never
+//! through `/**`; and a file with more than one hard link only to a caller whose rules reach
+//! every path ([`Permissions::reaches_every_path`]), since its other names are unknown.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -186,6 +192,9 @@ fn system_blocked(state_dir: &str) -> Vec<String> {
         "/home/*/.ssh/**",
         "/proc/*/mem",
         "/proc/*/environ",
+        // `*` stops at `/`: each thread's copy needs its own rule.
+        "/proc/*/task/*/mem",
+        "/proc/*/task/*/environ",
     ]);
     if !state_dir.is_empty() {
         v.push(format!("{}/**", state_dir.trim_end_matches('/')));
@@ -478,6 +487,36 @@ impl Permissions {
         self.path_allowed(resolved, &self.filesystem.write, "write")
     }
 
+    /// The allow rules for `access`.
+    fn allow_rules(&self, access: FsAccess) -> &[String] {
+        match access {
+            FsAccess::Read => &self.filesystem.read,
+            FsAccess::Write => &self.filesystem.write,
+        }
+    }
+
+    /// True when this caller's rules reach every path for `access`: `/**` is allowed and
+    /// nothing is blocked. A file with several names (hard links) is served only to such a
+    /// caller: the other names of a file cannot be found from one of them, and any of them may
+    /// be outside a narrower caller's rules (`ln /etc/shadow /tmp/x`).
+    pub fn reaches_every_path(&self, access: FsAccess) -> bool {
+        self.filesystem.blocked.is_empty() && self.allow_rules(access).iter().any(|r| r == "/**")
+    }
+
+    /// True when an allow rule for `access` that matches `resolved` names a directory: its
+    /// fixed part, before the first `*`, goes below `/` (`/proc/**`, `/sys/class/net/*`,
+    /// `/proc/kmsg`; not `/**` or `/*/environ`). Files on pseudo-filesystems are served only
+    /// through such a rule. Blocked rules still win; this only narrows what `may_read` and
+    /// `may_write` allow.
+    pub fn names_explicitly(&self, resolved: &Path, access: FsAccess) -> bool {
+        let Some(text) = resolved.to_str() else {
+            return false;
+        };
+        self.allow_rules(access)
+            .iter()
+            .any(|rule| names_a_directory(rule) && glob_match(rule, text))
+    }
+
     fn path_allowed(&self, resolved: &Path, allow: &[String], what: &str) -> Result<(), String> {
         let Some(text) = resolved.to_str() else {
             return Err("permission denied: path is not valid UTF-8".into());
@@ -623,20 +662,56 @@ fn hosts_within(mine: &[String], theirs: &[String]) -> bool {
     })
 }
 
+/// Which access a path rule governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsAccess {
+    Read,
+    Write,
+}
+
+/// Where pseudo-filesystems are mounted on every Linux system. A rule that names a directory
+/// in them grants what `/**` does not (see [`Permissions::names_explicitly`]), so it lies
+/// within another set only when that set names the tree too: otherwise any caller holding
+/// `/**` could give itself `/proc/**`.
+const PSEUDO_TREES: [&str; 2] = ["/proc", "/sys"];
+
+/// The fixed beginning of a pattern: everything before its first `*`.
+fn fixed_part(pattern: &str) -> &str {
+    pattern.find('*').map_or(pattern, |i| &pattern[..i])
+}
+
+/// True when the fixed part of `pattern` goes below `/` (see [`Permissions::names_explicitly`]).
+fn names_a_directory(pattern: &str) -> bool {
+    fixed_part(pattern)
+        .strip_prefix('/')
+        .is_some_and(|rest| rest.contains('/'))
+}
+
+/// True for a rule that names a directory inside one of the [`PSEUDO_TREES`].
+fn names_a_pseudo_tree(pattern: &str) -> bool {
+    let fixed = fixed_part(pattern);
+    names_a_directory(pattern)
+        && PSEUDO_TREES.iter().any(|tree| {
+            fixed
+                .strip_prefix(tree)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
 /// Conservative pattern coverage: `mine` is within `theirs` when each of its patterns equals one
-/// of theirs, or lies under one of their `dir/**` patterns.
+/// of theirs, or lies under one of their `dir/**` patterns (`/**` covers everything except a
+/// rule naming a pseudo-filesystem tree, which only a rule naming that tree covers).
 fn patterns_within(mine: &[String], theirs: &[String]) -> bool {
-    if theirs.iter().any(|t| t == "/**") {
-        return true;
-    }
+    let everything = theirs.iter().any(|t| t == "/**");
     let exact: HashSet<&str> = theirs.iter().map(String::as_str).collect();
     let dirs: Vec<&str> = theirs
         .iter()
         .filter_map(|t| t.strip_suffix("/**"))
-        .filter(|dir| !dir.contains('*'))
+        .filter(|dir| !dir.is_empty() && !dir.contains('*'))
         .collect();
     mine.iter().all(|m| {
-        exact.contains(m.as_str())
+        (everything && !names_a_pseudo_tree(m))
+            || exact.contains(m.as_str())
             || dirs.iter().any(|dir| {
                 m.strip_prefix(dir)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -1377,6 +1452,95 @@ mod tests {
         assert!(std.may_read(Path::new("/etc/shadow")).is_err());
         assert!(std.may_read(Path::new("/var/lib/clove/store.db")).is_err());
         assert!(level("minimal").may_read(Path::new("/tmp/x")).is_err());
+    }
+
+    #[test]
+    fn every_threads_environment_and_memory_are_blocked() {
+        for name in ["standard", "sandboxed", "readonly", "minimal"] {
+            let p = level(name);
+            for path in [
+                "/proc/1/environ",
+                "/proc/1/mem",
+                "/proc/1/task/1/environ",
+                "/proc/1/task/7/mem",
+            ] {
+                let e = p.may_read(Path::new(path)).unwrap_err();
+                assert!(
+                    e.contains("blocked") || e.contains("may not"),
+                    "{name} {path}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pseudo_filesystems_need_a_rule_that_names_a_directory() {
+        let std = level("standard");
+        let proc = Path::new("/proc/1/status");
+        assert!(std.may_read(proc).is_ok());
+        assert!(!std.names_explicitly(proc, FsAccess::Read));
+        let named = std.patched(&PermsPatch {
+            filesystem: Some(FsPatch {
+                read: Some(vec!["/**".into(), "/proc/**".into()]),
+                write: Some(vec!["/sys/kernel/**".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(named.names_explicitly(proc, FsAccess::Read));
+        assert!(!named.names_explicitly(proc, FsAccess::Write));
+        assert!(named.names_explicitly(Path::new("/sys/kernel/x"), FsAccess::Write));
+        assert!(!named.names_explicitly(Path::new("/sys/class/x"), FsAccess::Read));
+        for (rule, names) in [
+            ("/**", false),
+            ("/*/environ", false),
+            ("/p*/**", false),
+            ("/proc", false),
+            ("/proc/**", true),
+            ("/proc/kmsg", true),
+            ("/sys/class/net/*", true),
+        ] {
+            assert_eq!(names_a_directory(rule), names, "{rule}");
+        }
+        // A caller holding `/**` cannot give itself a rule naming /proc or /sys; one holding
+        // such a rule can keep or narrow it.
+        assert!(!named.within(&std));
+        let narrower = named.patched(&PermsPatch {
+            filesystem: Some(FsPatch {
+                read: Some(vec!["/proc/1/**".into(), "/tmp/**".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(narrower.within(&named));
+        assert!(!narrower.within(&std));
+        for rule in ["/procfs/**", "/tmp/proc/**", "/p*/**"] {
+            let p = std.patched(&PermsPatch {
+                filesystem: Some(FsPatch {
+                    read: Some(vec![rule.into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            assert!(p.within(&std), "{rule}");
+        }
+    }
+
+    #[test]
+    fn only_rules_reaching_every_path_serve_files_with_several_names() {
+        let all = level("unrestricted");
+        assert!(all.reaches_every_path(FsAccess::Read));
+        assert!(all.reaches_every_path(FsAccess::Write));
+        assert!(!level("standard").reaches_every_path(FsAccess::Read));
+        assert!(!level("sandboxed").reaches_every_path(FsAccess::Write));
+        let one_block = all.patched(&PermsPatch {
+            filesystem: Some(FsPatch {
+                blocked: Some(vec!["/secret/**".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(!one_block.reaches_every_path(FsAccess::Read));
     }
 
     impl Permissions {
