@@ -293,6 +293,7 @@ fn kernel_config(
         ),
         client_level: levels.client_level,
         agent_level: levels.agent_level,
+        unattributed_level: levels.unattributed_level,
         levels: levels.levels,
         audit,
     }
@@ -355,6 +356,14 @@ mod tests {
         assert_eq!(c.server.max_frame_bytes, 1 << 20);
         assert_eq!(c.kernel.client_level, "unrestricted");
         assert_eq!(c.kernel.agent_level, "standard");
+        assert_eq!(c.kernel.unattributed_level, "minimal");
+        let c = parse("[permissions]\nunattributed_level = \"readonly\"\n").unwrap();
+        assert_eq!(c.kernel.unattributed_level, "readonly");
+        let e = parse("[permissions]\nunattributed_level = \"agent\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("permissions.unattributed_level"),
+            "{e}"
+        );
         assert!(
             c.kernel
                 .level("standard")

@@ -2,10 +2,11 @@
 //! and a cap on captured output.
 //!
 //! The command text is the one place a shell string is allowed (it is what EXEC means); every
-//! other field is passed without a shell: `cwd` becomes `Command::current_dir`. The child runs
-//! in its own process group so a timeout can kill everything it started. A worker checks the
-//! request and starts the command; the [`super::commands`] thread then watches it to the end,
-//! so a long command holds no worker.
+//! other field is passed without a shell: `cwd` becomes `Command::current_dir`. The command
+//! runs in a session (and so a process group) of its own: a timeout kills the group, and the
+//! kernel attributes whatever connects from the session to the caller (see
+//! [`crate::kernel::identity`]). A worker checks the request and starts the command; the
+//! [`super::commands`] thread then watches it to the end, so a long command holds no worker.
 
 use super::Ops;
 use super::commands::{CommandRunner, Finished, Launch, Ticket};
@@ -58,8 +59,8 @@ pub fn exec(o: &Ops, call: &Call, payload: Vec<u8>, responder: Responder) {
             timeout,
             max_output: o.config.exec.max_output_bytes,
             ticket: started.ticket,
+            // The runner has already unregistered the command (before reaping it).
             done: Box::new(move |k: &Kernel, f: Finished| {
-                k.exec_finished(f.pid);
                 reply.deliver(k, &to_bytes(&f.reply(timeout)));
             }),
         },
@@ -92,6 +93,8 @@ fn start<'o>(
         perms: checked.perms,
     };
     let child = spawn(&o.config.exec, &checked.command, &checked.cwd)?;
+    // Its first process leads the command's session; the runner unregisters it before it
+    // reaps it, so the session id cannot name another process meanwhile.
     k.exec_started(child.id() as i32, owner);
     Ok((
         runner,
@@ -174,7 +177,7 @@ fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Ch
     })
 }
 
-/// Starts `shell -c command` in its own process group, stdin from /dev/null, output piped.
+/// Starts `shell -c command` in a session of its own, stdin from /dev/null, output piped.
 fn spawn(
     cfg: &ExecConfig,
     command: &str,
@@ -186,12 +189,20 @@ fn spawn(
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(is_secret_env) {
             cmd.env_remove(&name);
         }
+    }
+    // SAFETY: setsid(2) is async-signal-safe, and it is all that runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     cmd.spawn()
         .map_err(|e| format!("cannot start {}: {e}", cfg.shell.display()))

@@ -5,6 +5,10 @@
 //! that unshares, and namespace, mount and fork work is unsafe in the daemon's multi-threaded
 //! process. The launcher is freshly exec'd, so it is single-threaded and may fork freely.
 //!
+//! The launcher first starts a session of its own (`setsid`): connections are attributed to
+//! agents by session (see `crate::kernel::identity`), and no process can join a session it
+//! was not born in.
+//!
 //! Sandboxed, the tree is `daemon → launcher → init (pid 1 in the new pid namespace) →
 //! interpreter`:
 //! * the launcher unshares the pid, mount, uts and (with `network: false`) net namespaces, plus
@@ -131,6 +135,14 @@ fn take_report_pipe() -> Option<std::fs::File> {
 /// Entry point of `clove __launch SPEC`. Never returns.
 pub fn main(spec_json: &str) -> ! {
     let mut rep = Reporter(take_report_pipe());
+    // A session of our own, first: the daemon attributes connections by session, and a
+    // process can never join another session, only leave its own. (Our pid becomes the
+    // session and process group id, which the supervisor signals.)
+    // SAFETY: setsid(2) has no preconditions; it fails only for a group leader.
+    if unsafe { libc::setsid() } < 0 {
+        let e = std::io::Error::last_os_error();
+        rep.fail(EXIT_SETUP, format!("cannot start a session: {e}"));
+    }
     let spec: LaunchSpec = match serde_json::from_str(spec_json) {
         Ok(s) => s,
         Err(e) => rep.fail(EXIT_SETUP, format!("bad launch spec: {e}")),

@@ -28,6 +28,7 @@ pub mod policy;
 pub mod spawn;
 
 use crate::kernel::audit::Category;
+use crate::kernel::identity::NsId;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, Kernel, Responder, request};
 use cgroup::{AgentCgroup, Cgroups, Limits};
@@ -1021,7 +1022,8 @@ impl Supervisor {
                 });
                 {
                     let mut t = self.agents.table.lock();
-                    self.kernel.agent_pid_started(pid, id);
+                    // The launcher leads the agent's session (it calls setsid first thing).
+                    self.kernel.agent_process_started(pid, id);
                     if let Some(a) = t.agents.get_mut(&id) {
                         set_status(a, Status::Starting);
                         a.pid = Some(pid);
@@ -1123,6 +1125,9 @@ impl Supervisor {
         let stopping = rt.stopping.is_some();
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
         let restored = rt.restored && restarts == 0;
+        if forked {
+            self.register_pid_ns(id, pid);
+        }
         {
             let mut t = self.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
@@ -1133,9 +1138,6 @@ impl Supervisor {
                 if !stopping {
                     set_status(a, Status::Running);
                 }
-            }
-            if let Some(mp) = main_pid {
-                self.kernel.agent_pid_started(mp, id);
             }
         }
         let shown_pid = main_pid.unwrap_or(pid);
@@ -1196,6 +1198,26 @@ impl Supervisor {
         }
     }
 
+    /// Gives the kernel the pid namespace the launcher made for the agent: every process in
+    /// it speaks as the agent (no process can leave its pid namespace). Taken from the
+    /// launcher's `pid_for_children`: the launcher is our unreaped child, so its pid cannot
+    /// name another process here.
+    fn register_pid_ns(&self, id: CallerId, launcher: i32) -> Option<NsId> {
+        let path = format!("/proc/{launcher}/ns/pid_for_children");
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("agent={id}: cannot open {path}: {e}");
+                return None;
+            }
+        };
+        if NsId::of_fd(&file) == NsId::of_path("/proc/self/ns/pid") {
+            // The launcher made no pid namespace after all.
+            return None;
+        }
+        self.kernel.agent_pid_ns_started(OwnedFd::from(file), id)
+    }
+
     // ---- exits ------------------------------------------------------------------------
 
     /// `waitpid(pid, WNOHANG)` for every agent process.
@@ -1217,8 +1239,10 @@ impl Supervisor {
             if !has_exited(pid) {
                 continue;
             }
-            // The launcher is a zombie now, so its pid (and process group id) cannot be
-            // reused: kill what it left behind before reaping it.
+            // The launcher is a zombie now, so its pid (and process group and session id)
+            // cannot be reused: forget it as the agent's session leader and pid namespace,
+            // and kill what it left behind, before reaping it.
+            self.kernel.agent_process_gone(id);
             signal_group(pid, libc::SIGKILL);
             if let Some(cg) = &rt.cgroup {
                 cg.kill_all();
@@ -1282,7 +1306,7 @@ impl Supervisor {
             "pid {pid} exited: {reason}, exit code {exit_code}{}",
             signal.map(|s| format!(", signal {s}")).unwrap_or_default()
         ));
-        self.kernel.agent_pids_gone(id);
+        self.kernel.agent_process_gone(id);
         // A first start that failed answers SPAWN with the launcher's error and is forgotten.
         if let Some(st) = starting
             && let Some(r) = st.responder
@@ -1419,7 +1443,7 @@ impl Supervisor {
         self.kernel.remove_agent(id);
         let keep = self.agents.config.keep_exited;
         let mut t = self.agents.table.lock();
-        self.kernel.agent_pids_gone(id);
+        self.kernel.agent_process_gone(id);
         if let Some(a) = t.agents.get_mut(&id) {
             set_status(a, status);
             a.pid = None;
@@ -1987,11 +2011,17 @@ fn has_exited(pid: i32) -> bool {
     r == 0 && unsafe { info.si_pid() } == pid
 }
 
-/// Sends a signal to a process group; a group that is gone is fine.
+/// Sends a signal to a launcher's process group; a group that is gone is fine. A launcher
+/// makes its group (with its session) first thing after it starts; until then the group
+/// does not exist and the launcher, which has not forked yet, is signalled alone.
 fn signal_group(pgid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    // SAFETY: kill(2) on the process group (or the process) we started.
     unsafe {
-        libc::kill(-pgid, sig);
+        if libc::kill(-pgid, sig) != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            libc::kill(pgid, sig);
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use crate::kernel::{CallerId, ipc};
 use crate::secrets::is_secret_env;
 use serde::Deserialize;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -282,7 +281,8 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
         .stdin(Stdio::from(rep_w))
         .stdout(Stdio::from(log_w))
         .stderr(Stdio::from(log_w2))
-        .process_group(0)
+        // No process group here: the launcher starts a session (and with it a group) of its
+        // own, which a group leader could not.
         .env("CLOVE_SOCKET", inc.socket)
         .env("CLOVE_AGENT_ID", inc.id.to_string())
         .env("CLOVE_AGENT_NAME", &spec.name)
