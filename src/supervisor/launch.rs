@@ -237,7 +237,7 @@ pub fn main(spec_json: &str) -> ! {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy)]
-enum Ended {
+pub(super) enum Ended {
     Code(i32),
     Signal(i32),
 }
@@ -251,7 +251,7 @@ fn decode(status: libc::c_int) -> Ended {
 }
 
 /// Waits for one child, retrying interruptions.
-fn wait_for(pid: libc::pid_t) -> Ended {
+pub(super) fn wait_for(pid: libc::pid_t) -> Ended {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
@@ -266,7 +266,7 @@ fn wait_for(pid: libc::pid_t) -> Ended {
 }
 
 /// Ends this process the way the agent ended.
-fn mirror(e: Ended) -> ! {
+pub(super) fn mirror(e: Ended) -> ! {
     match e {
         Ended::Code(c) => std::process::exit(c),
         Ended::Signal(sig) => {
@@ -301,7 +301,7 @@ const FORWARDED: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
-fn ignore_stop_signals() {
+pub(super) fn ignore_stop_signals() {
     for s in FORWARDED {
         // SAFETY: setting a disposition to SIG_IGN.
         unsafe { libc::signal(s, libc::SIG_IGN) };
@@ -462,18 +462,17 @@ fn loopback_up() -> std::io::Result<()> {
     if r == 0 { Ok(()) } else { Err(err) }
 }
 
-/// Joins the cgroups, applies fallback rlimits, restores default signal handling and execs
-/// the interpreter. Only returns by exiting.
-fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
-    for procs in &spec.cgroup_procs {
-        // "0" means the writing process itself.
-        if let Err(e) = std::fs::write(procs, "0") {
-            rep.fail(
-                EXIT_SETUP,
-                format!("cannot join cgroup {}: {e}", procs.display()),
-            );
-        }
+/// Joins `cgroup_procs` ("0" written to `cgroup.procs` means the writing process itself).
+pub(super) fn join_cgroups(cgroup_procs: &[PathBuf]) -> Result<(), String> {
+    for procs in cgroup_procs {
+        std::fs::write(procs, "0")
+            .map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
     }
+    Ok(())
+}
+
+/// Applies the fallback rlimits (limits cgroups could not take).
+pub(super) fn set_rlimits(rlimit_as: Option<u64>, rlimit_nproc: Option<u64>) -> Result<(), String> {
     let set = |res, v: Option<u64>| -> Result<(), String> {
         if let Some(v) = v {
             let lim = libc::rlimit {
@@ -487,11 +486,12 @@ fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
         }
         Ok(())
     };
-    if let Err(e) = set(libc::RLIMIT_AS, spec.rlimit_as)
-        .and_then(|()| set(libc::RLIMIT_NPROC, spec.rlimit_nproc))
-    {
-        rep.fail(EXIT_SETUP, e);
-    }
+    set(libc::RLIMIT_AS, rlimit_as).and_then(|()| set(libc::RLIMIT_NPROC, rlimit_nproc))
+}
+
+/// Default dispositions for the signals the launcher ignores, and an empty mask, as a
+/// program expects to start with.
+pub(super) fn restore_signals() {
     // SAFETY: restoring default dispositions and an empty mask before exec.
     unsafe {
         for s in FORWARDED {
@@ -501,6 +501,17 @@ fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
+}
+
+/// Joins the cgroups, applies fallback rlimits, restores default signal handling and execs
+/// the interpreter. Only returns by exiting.
+fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
+    if let Err(e) = join_cgroups(&spec.cgroup_procs)
+        .and_then(|()| set_rlimits(spec.rlimit_as, spec.rlimit_nproc))
+    {
+        rep.fail(EXIT_SETUP, e);
+    }
+    restore_signals();
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(&spec.program);
     if let Some((first, rest)) = spec.argv.split_first() {

@@ -17,9 +17,11 @@
 //! Timers (SIGKILL after the kill grace, restart backoff, spawn timeout) are deadlines that
 //! bound the poll timeout.
 
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod enter;
 pub mod launch;
 pub mod logfile;
 pub mod metrics;
@@ -111,6 +113,8 @@ pub struct AgentInfo {
     /// Its spec is saved in the state store (spawned with `persist: true` and not KILLed): it
     /// starts again when the daemon starts, and stays in LIST while stopped.
     pub persisted: bool,
+    /// How to run a command inside it (EXEC on its behalf), while its process runs.
+    pub confinement: Option<enter::Confinement>,
 }
 
 impl AgentInfo {
@@ -958,6 +962,7 @@ impl Supervisor {
                     cgroup: cg.clone(),
                     log_path: log_path.clone(),
                     persisted: restored,
+                    confinement: None,
                 },
             );
         }
@@ -1028,6 +1033,7 @@ impl Supervisor {
                         set_status(a, Status::Starting);
                         a.pid = Some(pid);
                         a.main_pid = None;
+                        a.confinement = None;
                     }
                 }
                 self.register_pipe(id, PipeKind::Log, s.log);
@@ -1099,35 +1105,19 @@ impl Supervisor {
         } else {
             Some(pid)
         };
-        let mut degraded = rt.degraded.clone();
-        if let Some(d) = &ns.degraded {
-            degraded.insert(0, d.clone());
-        }
-        let mut isolation = rt.limits_report.clone();
-        isolation["sandboxed"] = rt.spec.sandboxed.into();
-        isolation["namespaces"] = json!(ns.namespaces);
-        isolation["proc_mounted"] = ns.proc_mounted.into();
-        isolation["network"] = if !rt.spec.network && ns.namespaces.iter().any(|n| n == "net") {
-            "none"
-        } else {
-            "host"
-        }
-        .into();
-        isolation["applied"] = degraded.is_empty().into();
-        isolation["degraded_reason"] = if degraded.is_empty() {
-            Value::Null
-        } else {
-            degraded.join("; ").into()
-        };
+        let isolation = isolation_report(rt, &ns);
         let restarts = rt.tracker.total;
         let spec = rt.spec.clone();
         // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
         let stopping = rt.stopping.is_some();
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
         let restored = rt.restored && restarts == 0;
-        if forked {
-            self.register_pid_ns(id, pid);
-        }
+        let pid_ns = if forked {
+            self.register_pid_ns(id, pid)
+        } else {
+            None
+        };
+        let confinement = self.confinement(id, pid, pid_ns, &ns);
         {
             let mut t = self.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
@@ -1135,6 +1125,7 @@ impl Supervisor {
                 a.isolation = isolation.clone();
                 a.started_at = Some(Instant::now());
                 a.restarts = restarts;
+                a.confinement = confinement;
                 if !stopping {
                     set_status(a, Status::Running);
                 }
@@ -1175,27 +1166,29 @@ impl Supervisor {
                 "isolation": isolation,
                 "log_path": self.runtimes.get(&id).map(|r| r.log.path().to_path_buf()),
             }));
-            if spec.persist && !self.is_persisted(id) {
-                // The reply waits until the spec is saved: an acknowledged persistent agent
-                // comes back after any restart.
-                let Some(rec) = self.record_of(id) else {
-                    self.stop_agent(id, None, false);
-                    return r
-                        .error("cannot save the spec of a persistent agent; it is being stopped");
-                };
-                self.set_persisted(id, true);
-                self.save_record_then(
-                    rec,
-                    Then::Spawned {
-                        id,
-                        responder: r,
-                        reply,
-                    },
-                );
-            } else {
-                r.reply(&reply);
-            }
+            self.answer_spawn(id, spec.persist, r, reply);
         }
+    }
+
+    /// Sends the SPAWN reply; for a persistent agent, once its spec is saved (an acknowledged
+    /// persistent agent comes back after any restart).
+    fn answer_spawn(&mut self, id: CallerId, persist: bool, r: Responder, reply: Vec<u8>) {
+        if !persist || self.is_persisted(id) {
+            return r.reply(&reply);
+        }
+        let Some(rec) = self.record_of(id) else {
+            self.stop_agent(id, None, false);
+            return r.error("cannot save the spec of a persistent agent; it is being stopped");
+        };
+        self.set_persisted(id, true);
+        self.save_record_then(
+            rec,
+            Then::Spawned {
+                id,
+                responder: r,
+                reply,
+            },
+        );
     }
 
     /// Gives the kernel the pid namespace the launcher made for the agent: every process in
@@ -1216,6 +1209,34 @@ impl Supervisor {
             return None;
         }
         self.kernel.agent_pid_ns_started(OwnedFd::from(file), id)
+    }
+
+    /// How EXEC runs a command on the agent's behalf: inside its namespaces (when it has a
+    /// pid namespace), cgroups and rlimits, with the privileges it gave up given up too.
+    fn confinement(
+        &self,
+        id: CallerId,
+        launcher: i32,
+        pid_ns: Option<NsId>,
+        ns: &NsReport,
+    ) -> Option<enter::Confinement> {
+        let rt = self.runtimes.get(&id)?;
+        let in_userns = ns.namespaces.iter().any(|n| n == "user");
+        let root = nix::unistd::geteuid().is_root();
+        Some(enter::Confinement {
+            launcher,
+            pid_ns,
+            cgroup_procs: rt
+                .cgroup
+                .as_ref()
+                .map(|c| c.procs_files())
+                .unwrap_or_default(),
+            rlimit_as: rt.rlimit_as,
+            rlimit_nproc: rt.rlimit_nproc,
+            sandboxed: rt.spec.sandboxed,
+            creds: None,
+            need_bounding: rt.spec.sandboxed && (root || in_userns),
+        })
     }
 
     // ---- exits ------------------------------------------------------------------------
@@ -1243,6 +1264,9 @@ impl Supervisor {
             // cannot be reused: forget it as the agent's session leader and pid namespace,
             // and kill what it left behind, before reaping it.
             self.kernel.agent_process_gone(id);
+            if let Some(a) = self.agents.table.lock().agents.get_mut(&id) {
+                a.confinement = None;
+            }
             signal_group(pid, libc::SIGKILL);
             if let Some(cg) = &rt.cgroup {
                 cg.kill_all();
@@ -1398,6 +1422,7 @@ impl Supervisor {
                         a.restarts = restart_count;
                         a.main_pid = None;
                         a.pid = None;
+                        a.confinement = None;
                     }
                 }
                 self.event(
@@ -1448,6 +1473,7 @@ impl Supervisor {
             set_status(a, status);
             a.pid = None;
             a.main_pid = None;
+            a.confinement = None;
             if info.is_some() {
                 a.last_exit = info;
             }
@@ -1942,6 +1968,31 @@ impl Supervisor {
     }
 }
 
+/// SPAWN's `isolation` block: what the launcher reported, and the limits.
+fn isolation_report(rt: &Runtime, ns: &NsReport) -> Value {
+    let mut degraded = rt.degraded.clone();
+    if let Some(d) = &ns.degraded {
+        degraded.insert(0, d.clone());
+    }
+    let mut isolation = rt.limits_report.clone();
+    isolation["sandboxed"] = rt.spec.sandboxed.into();
+    isolation["namespaces"] = json!(ns.namespaces);
+    isolation["proc_mounted"] = ns.proc_mounted.into();
+    isolation["network"] = if !rt.spec.network && ns.namespaces.iter().any(|n| n == "net") {
+        "none"
+    } else {
+        "host"
+    }
+    .into();
+    isolation["applied"] = degraded.is_empty().into();
+    isolation["degraded_reason"] = if degraded.is_empty() {
+        Value::Null
+    } else {
+        degraded.join("; ").into()
+    };
+    isolation
+}
+
 /// A restored persistent agent that cannot be started stays in LIST as FAILED, so that it is
 /// seen and KILL can forget it.
 fn keep_unstartable(
@@ -1972,6 +2023,7 @@ fn keep_unstartable(
             cgroup: None,
             log_path: log_path.to_path_buf(),
             persisted: true,
+            confinement: None,
         },
     );
 }

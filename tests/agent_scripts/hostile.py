@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clove_client import Clove, HELLO, GET_PERMS, SET_PERMS, STORE, SPAWN  # noqa: E402
 
 EXEC, READ, FETCH = 0x02, 0x03, 0x31
+# The interpreter itself (sys.executable may name a PATH shim: an agent's argv[0] is "python3").
+PYTHON = os.path.realpath("/proc/self/exe")
 
 
 def write(path, data):
@@ -51,7 +53,7 @@ def attack(sock):
         "store": c.call(STORE, {"key": "secret", "value": "stolen", "scope": "agent"}),
         "shadow": c.call(READ, {"path": "/etc/shadow"}),
         "spawn": c.call(SPAWN, {"name": "evil-%d" % os.getpid(), "script": os.path.abspath(__file__),
-                                "python": sys.executable, "sandboxed": False,
+                                "python": PYTHON, "sandboxed": False,
                                 "args": ["noop", "/dev/null"]}),
     }
 
@@ -97,7 +99,7 @@ def main():
         pgid, out = sys.argv[3], sys.argv[4]
         c = Clove(sock)
         cmd = " ".join(shlex.quote(a) for a in
-                       [sys.executable, os.path.abspath(__file__), sock, "orphan", pgid, out])
+                       [PYTHON, os.path.abspath(__file__), sock, "orphan", pgid, out])
         r = c.call(EXEC, {"command": cmd, "timeout": 60})
         write(out + ".exec", r)
         time.sleep(3600)
