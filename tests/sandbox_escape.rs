@@ -1,7 +1,8 @@
-//! A sandboxed agent tries to get out through EXEC, whose commands must run inside the agent's
-//! sandbox, with no more than the agent's rights. Every probe runs in real processes inside
-//! the agent (`tests/agent_scripts/sandbox_probe.py`); the tests assert what the kernel and
-//! the daemon answered.
+//! A sandboxed agent tries to get out: through EXEC (whose commands must run inside the
+//! agent's sandbox, with no more than the agent's rights), and through the privileges a root
+//! daemon could have left it (capabilities, cgroup files, mounts). Every probe runs in real
+//! processes inside the agent (`tests/agent_scripts/sandbox_probe.py`); the tests assert what
+//! the kernel and the daemon answered.
 
 use crate::agent_support::{python, script};
 use crate::harness::{Client, Daemon, op, wait_for};
@@ -19,6 +20,23 @@ fn report(path: &Path) -> Value {
     })
 }
 
+/// The fields of /proc/PID/status that say what a process may do.
+fn host_status(pid: i64) -> Value {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mut v = json!({});
+    for line in text.lines() {
+        if let Some((key, value)) = line.split_once(':')
+            && matches!(
+                key,
+                "Uid" | "CapInh" | "CapPrm" | "CapEff" | "CapBnd" | "CapAmb" | "NoNewPrivs"
+            )
+        {
+            v[key] = value.split_whitespace().next().unwrap_or("").into();
+        }
+    }
+    v
+}
+
 /// No capability in any set, not even in the bounding set, and no-new-privileges.
 fn assert_powerless(status: &Value, what: &str) {
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
@@ -28,6 +46,16 @@ fn assert_powerless(status: &Value, what: &str) {
         );
     }
     assert_eq!(status["NoNewPrivs"], "1", "{what}: {status}");
+}
+
+/// The user sandboxed agents run as: a root daemon's `sandbox.agent_user` (nobody), else the
+/// daemon's own.
+fn agent_uid() -> u32 {
+    if nix::unistd::geteuid().is_root() {
+        65534
+    } else {
+        nix::unistd::geteuid().as_raw()
+    }
 }
 
 /// Spawns `sandbox_probe.py MODE ARGS...` as a default sandboxed agent (network off) with
@@ -110,4 +138,95 @@ fn exec_from_a_sandboxed_agent_stays_in_its_sandbox() {
     assert_eq!(left["raise"]["success"], false, "{left}");
     assert_eq!(left["agent_id"], a["agent_id"], "{left}");
     c.ok(op::KILL, json!({"name": "boxed"}));
+}
+
+/// A sandboxed agent holds no capability (none effective, permitted, inheritable or ambient,
+/// an empty bounding set, no-new-privileges), so it can neither write itself into the host's
+/// root cgroups to leave its limits nor mount anything; and it still reaches the daemon. Under
+/// a root daemon it runs as `sandbox.agent_user` (nobody).
+#[test]
+fn a_sandboxed_agent_has_no_capabilities_cgroup_writes_or_mounts() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let out = d.path("caps.json");
+    let args = ["caps".into(), out.display().to_string()];
+    let a = spawn_probe(&mut c, "caps", &args, json!({"max_pids": 16}));
+    let r = report(&out);
+    // It could not write itself into the host's root cgroups (to leave its limits), and it
+    // is still in its own; it could not mount.
+    let writes = r["cgroup_writes"].as_object().unwrap();
+    assert!(!writes.is_empty(), "no v1 root cgroup to try: {r}");
+    for (file, outcome) in writes {
+        let outcome = outcome.as_str().unwrap_or_default();
+        assert!(outcome.starts_with("refused"), "{file}: {outcome}: {r}");
+    }
+    let cgroup = r["cgroup"].as_str().unwrap();
+    assert!(cgroup.contains("pids:/clove-"), "{r}");
+    let mount = r["mount"].as_str().unwrap_or("");
+    assert!(mount.starts_with("refused"), "{r}");
+    // Because it holds nothing: no capability in any set, seen from inside and from the host
+    // (its interpreter's /proc/PID/status).
+    assert_powerless(&r["status"], "the agent, seen from inside");
+    let pid = a["pid"].as_i64().unwrap();
+    assert_powerless(&host_status(pid), "the agent, seen from the host");
+    assert_eq!(r["uid"], agent_uid(), "{r}");
+    assert_eq!(a["isolation"]["capabilities"], "none", "{a}");
+    assert_eq!(a["isolation"]["uid"], agent_uid(), "{a}");
+    // And it still reaches the daemon, as itself.
+    assert_eq!(r["agent_id"], a["agent_id"], "{r}");
+    c.ok(op::KILL, json!({"name": "caps"}));
+}
+
+/// Reads the daemon's first answer on a connection to `path`, made by Python as `uid` (root:
+/// unchanged). The socket is opened by root before the switch (an `O_PATH` descriptor) and
+/// connected through `/proc/self/fd`, so that the user's process reaches the socket file even
+/// where its directories are closed to it: then only the daemon's own check stands.
+fn first_answer(path: &Path, uid: u32) -> String {
+    let code = format!(
+        "import os, socket\n\
+         fd = os.open({path:?}, os.O_PATH)\n\
+         if {uid} != 0:\n    os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         try:\n    s.connect('/proc/self/fd/%d' % fd)\n\
+         except OSError as e:\n    print('cannot connect', e); raise SystemExit\n\
+         s.settimeout(5)\n\
+         try:\n    s.recv(17)\n    print('answered', s.recv(4096))\n\
+         except socket.timeout:\n    print('let in, silent')\n",
+        path = path.display().to_string(),
+    );
+    let out = std::process::Command::new(python())
+        .args(["-c", &code])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A root daemon's sandboxed agents reach it through the agents' socket (in the private
+/// state directory, owned by the agent user, mounted over the Clove socket's path inside each
+/// agent); through it only a live agent's processes are let in, whatever their user, and the
+/// Clove socket stays closed to the agent user.
+#[test]
+fn the_agents_socket_lets_in_only_agents() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (a root daemon, and a process of another user)");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let agents = d.state_dir.join("agent.sock");
+    let meta = std::fs::symlink_metadata(&agents).expect("the agents' socket");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
+    let main = std::fs::symlink_metadata(&d.socket).unwrap();
+    assert_eq!((main.uid(), main.mode() & 0o777), (0, 0o600));
+    let refused = "your user may not use this daemon";
+    for uid in [0, 65534] {
+        let text = first_answer(&agents, uid);
+        assert!(text.contains(refused), "uid {uid} let in: {text}");
+    }
+    let text = first_answer(&d.socket, 65534);
+    assert!(text.contains("cannot connect"), "{text}");
 }

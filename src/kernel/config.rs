@@ -45,6 +45,9 @@ pub struct KernelConfig {
     /// The five presets after config overrides.
     pub levels: BTreeMap<String, Permissions>,
     pub audit: AuditConfig,
+    /// The uid sandboxed agents run as when it is not the daemon's own (a root daemon runs
+    /// them as `sandbox.agent_user`): its processes may connect only as agents.
+    pub agent_uid: Option<u32>,
 }
 
 impl KernelConfig {

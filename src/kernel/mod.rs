@@ -212,6 +212,18 @@ impl Kernel {
         self.new_client(perms, peer)
     }
 
+    /// Registers a connection that only a live agent's process may open: one that came in
+    /// through the agents' socket, or from the uid sandboxed agents run as
+    /// (`sandbox.agent_user`, when the daemon is root). Anything else (another daemon's
+    /// agents, a system service of that user, a leftover of an agent) gets `None` and is
+    /// refused.
+    pub fn connect_agent_only(&self, peer: Peer) -> Option<CallerId> {
+        match identity::classify(self, peer.pid) {
+            identity::Origin::Agent(agent) => self.bind_agent(agent, peer),
+            _ => None,
+        }
+    }
+
     /// Binds one more connection to a live agent's record.
     fn bind_agent(&self, agent: CallerId, peer: Peer) -> Option<CallerId> {
         let bound = self

@@ -44,6 +44,8 @@ pub const UNIX_LISTENER: Token = Token(1);
 pub const ROUTER_LISTENER: Token = Token(2);
 /// Reserved for the relay's WebSocket listener.
 pub const RELAY_LISTENER: Token = Token(3);
+/// The agents' Unix socket (a root daemon's sandboxed agents connect through it).
+pub const AGENT_LISTENER: Token = Token(4);
 /// Connection tokens start here: token = FIRST_CONN + slot.
 const FIRST_CONN: usize = 16;
 
@@ -214,6 +216,8 @@ pub struct Reactor {
     pool: WorkerPool,
     completions: Receiver<Completion>,
     unix_listener: Option<UnixListener>,
+    /// The agents' socket: only processes of live agents are let in through it.
+    agent_listener: Option<UnixListener>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -248,6 +252,7 @@ impl Reactor {
             pool,
             completions,
             unix_listener: None,
+            agent_listener: None,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -269,6 +274,16 @@ impl Reactor {
             .registry()
             .register(&mut listener, UNIX_LISTENER, Interest::READABLE)?;
         self.unix_listener = Some(listener);
+        Ok(())
+    }
+
+    /// Starts listening on the agents' socket (see `daemon::bind_agent_socket`): a root
+    /// daemon's sandboxed agents run as another user and reach the daemon only through it.
+    pub fn add_agent_listener(&mut self, mut listener: UnixListener) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut listener, AGENT_LISTENER, Interest::READABLE)?;
+        self.agent_listener = Some(listener);
         Ok(())
     }
 
@@ -297,7 +312,8 @@ impl Reactor {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
-                    UNIX_LISTENER => self.accept_unix(),
+                    UNIX_LISTENER => self.accept_unix(false),
+                    AGENT_LISTENER => self.accept_unix(true),
                     Token(t) if t >= FIRST_CONN => {
                         let slot = (t - FIRST_CONN) as u32;
                         let Some(s) = self.slots.get_mut(slot as usize) else {
@@ -364,7 +380,8 @@ impl Reactor {
         }
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
-            self.accept_unix();
+            self.accept_unix(false);
+            self.accept_unix(true);
         }
         if !self.pool_waiters.is_empty() {
             for id in std::mem::take(&mut self.pool_waiters) {
@@ -405,13 +422,19 @@ impl Reactor {
         self.next_slow_check = (self.paused > 0).then(|| now + SLOW_CHECK);
     }
 
-    fn accept_unix(&mut self) {
+    /// Accepts what waits on the Clove socket, or on the agents' socket (`agents_only`).
+    fn accept_unix(&mut self, agents_only: bool) {
         loop {
-            let Some(listener) = self.unix_listener.as_ref() else {
+            let listener = if agents_only {
+                self.agent_listener.as_ref()
+            } else {
+                self.unix_listener.as_ref()
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, _)) => self.admit(stream, agents_only),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -426,7 +449,42 @@ impl Reactor {
         }
     }
 
-    fn admit(&mut self, mut stream: mio::net::UnixStream) {
+    /// Refuses a connection beyond `server.max_connections`.
+    fn refuse_full(&mut self, mut stream: mio::net::UnixStream, peer: Peer) {
+        self.stats.refused_full += 1;
+        log::warn!(
+            "refused connection from pid {}: {} connections open (server.max_connections)",
+            peer.pid,
+            self.live
+        );
+        refuse(
+            &mut stream,
+            &format!(
+                "too many connections: the daemon holds its maximum of {}",
+                self.config.max_connections
+            ),
+        );
+    }
+
+    /// Refuses a peer whose user may not use the daemon.
+    fn refuse_uid(&mut self, mut stream: mio::net::UnixStream, peer: Peer) {
+        self.stats.refused_uid += 1;
+        log::warn!(
+            "refused connection from uid {} (pid {}): not an allowed user",
+            peer.uid,
+            peer.pid
+        );
+        refuse(
+            &mut stream,
+            "permission denied: your user may not use this daemon",
+        );
+    }
+
+    /// Checks a new connection's peer and registers it. On the agents' socket
+    /// (`agents_only`) only a live agent's processes are let in, as the daemon's user or as
+    /// the agent user; on the Clove socket, the daemon's and the allowed users (and the agent
+    /// user, again only as agents, should the socket's mode let it connect).
+    fn admit(&mut self, stream: mio::net::UnixStream, agents_only: bool) {
         let peer = match peer_of(&stream) {
             Ok(p) => p,
             Err(e) => {
@@ -434,35 +492,26 @@ impl Reactor {
                 return;
             }
         };
-        if peer.uid != self.my_uid && !self.config.allowed_uids.contains(&peer.uid) {
-            self.stats.refused_uid += 1;
-            log::warn!(
-                "refused connection from uid {} (pid {}): not an allowed user",
-                peer.uid,
-                peer.pid
-            );
-            refuse(
-                &mut stream,
-                "permission denied: your user may not use this daemon",
-            );
-            return;
+        // Who may try: anyone of the daemon's users on the Clove socket; otherwise (the agents'
+        // socket, or the agent user) only a live agent's process, decided below.
+        let user = peer.uid == self.my_uid || self.config.allowed_uids.contains(&peer.uid);
+        let anyone = user && !agents_only;
+        let as_agent = self.kernel.config.agent_uid == Some(peer.uid)
+            || (agents_only && peer.uid == self.my_uid);
+        if !anyone && !as_agent {
+            return self.refuse_uid(stream, peer);
         }
         if self.live >= self.config.max_connections {
-            self.stats.refused_full += 1;
-            log::warn!(
-                "refused connection from pid {}: {} connections open (server.max_connections)",
-                peer.pid,
-                self.live
-            );
-            refuse(
-                &mut stream,
-                &format!(
-                    "too many connections: the daemon holds its maximum of {}",
-                    self.config.max_connections
-                ),
-            );
-            return;
+            return self.refuse_full(stream, peer);
         }
+        let caller = if anyone {
+            self.kernel.connect(peer)
+        } else {
+            match self.kernel.connect_agent_only(peer) {
+                Some(caller) => caller,
+                None => return self.refuse_uid(stream, peer),
+            }
+        };
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -482,10 +531,10 @@ impl Reactor {
             Interest::READABLE,
         ) {
             log::error!("cannot register connection: {e}");
+            self.kernel.disconnect(caller);
             self.free.push(slot);
             return;
         }
-        let caller = self.kernel.connect(peer);
         log::debug!(
             "conn={id} caller={caller} pid={} uid={} connected",
             peer.pid,

@@ -1,5 +1,6 @@
-//! Dropping privileges for good in a command run on a sandboxed agent's behalf just before it
-//! execs: the user it runs as, its capabilities and bounding set, and no-new-privileges.
+//! Dropping privileges for good in a sandboxed agent (and in a command run on its behalf)
+//! just before it execs: the user it runs as, its capabilities and bounding set, and
+//! no-new-privileges.
 //!
 //! Called only in freshly forked, single-threaded processes (the launcher's children and the
 //! EXEC helper), never in the daemon.
@@ -141,4 +142,114 @@ pub fn drop_all(creds: Option<Creds>, need_bounding: bool) -> Result<(), String>
         return Err(os_err("cannot set no-new-privileges"));
     }
     Ok(())
+}
+
+/// The user and group sandboxed agents of a root daemon run as: `sandbox.agent_user` given
+/// as a name or a numeric uid (default `nobody`, or 65534 where there is no such user).
+/// Root itself is refused: a process of uid 0 owns every root-owned file and cgroup, with or
+/// without capabilities.
+pub fn resolve_agent_user(name: Option<&str>) -> Result<Creds, String> {
+    use nix::unistd::{Uid, User};
+    let creds = match name {
+        None => match User::from_name("nobody") {
+            Ok(Some(u)) => Creds {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            },
+            _ => Creds {
+                uid: 65534,
+                gid: 65534,
+            },
+        },
+        Some(text) => match text.parse::<u32>() {
+            Ok(uid) => Creds {
+                uid,
+                gid: match User::from_uid(Uid::from_raw(uid)) {
+                    Ok(Some(u)) => u.gid.as_raw(),
+                    _ => uid,
+                },
+            },
+            Err(_) => match User::from_name(text) {
+                Ok(Some(u)) => Creds {
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                },
+                _ => return Err(format!("sandbox.agent_user: no user named {text:?}")),
+            },
+        },
+    };
+    if creds.uid == 0 || creds.gid == 0 {
+        return Err(
+            "sandbox.agent_user: sandboxed agents cannot run as root (uid or gid 0); name an \
+             unprivileged user"
+                .into(),
+        );
+    }
+    Ok(creds)
+}
+
+/// True when `c` (with no supplementary groups) may reach `path` with `mode` (`0o4` read,
+/// `0o1` execute): search permission on every directory on the way and the
+/// wanted bits on the file, by the usual owner/group/other rule. Used to refuse, at SPAWN, a
+/// script or interpreter the agent user could not open.
+pub fn reachable_by(path: &std::path::Path, c: Creds, mode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let allows = |m: &std::fs::Metadata, want: u32| {
+        let bits = m.mode();
+        let granted = if m.uid() == c.uid {
+            bits >> 6
+        } else if m.gid() == c.gid {
+            bits >> 3
+        } else {
+            bits
+        } & 0o7;
+        granted & want == want
+    };
+    let mut dir = std::path::PathBuf::from("/");
+    let parents: Vec<_> = path
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    for part in parents {
+        dir.push(part);
+        match std::fs::metadata(&dir) {
+            Ok(m) if allows(&m, 0o1) => {}
+            _ => return false,
+        }
+    }
+    std::fs::metadata(path).is_ok_and(|m| allows(&m, mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_user_is_never_root() {
+        assert!(resolve_agent_user(Some("0")).is_err());
+        assert!(resolve_agent_user(Some("root")).is_err());
+        assert!(resolve_agent_user(Some("no-such-user-xyz")).is_err());
+        let n = resolve_agent_user(None).unwrap();
+        assert_ne!(n.uid, 0);
+        assert_eq!(resolve_agent_user(Some("4242")).unwrap().uid, 4242);
+    }
+
+    #[test]
+    fn reachability_follows_the_directory_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("script.py");
+        std::fs::write(&f, "print(1)\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let other = Creds {
+            uid: 4242,
+            gid: 4242,
+        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!reachable_by(&f, other, 0o4), "a 0700 directory on the way");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert!(reachable_by(&f, other, 0o4));
+        assert!(!reachable_by(&f, other, 0o1), "not executable");
+        assert!(!reachable_by(&dir.path().join("missing"), other, 0o4));
+    }
 }

@@ -298,6 +298,9 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// The Clove socket agents are given.
     pub socket: PathBuf,
+    /// The agents' socket of a root daemon, which each sandboxed agent's launcher mounts
+    /// over `socket` inside the agent's mount namespace (see `daemon::bind_agent_socket`).
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Starts the supervisor thread.
@@ -329,6 +332,7 @@ pub fn start(
         log::warn!("cannot create {}: {e}", log_dir.display());
     }
     let socket = std::fs::canonicalize(&paths.socket).unwrap_or(paths.socket);
+    let agent_socket = paths.agent_socket;
     let mut sup = Supervisor {
         kernel,
         agents,
@@ -338,6 +342,7 @@ pub fn start(
         cgroups,
         log_dir,
         socket,
+        agent_socket,
         runtimes: HashMap::new(),
         pipes: HashMap::new(),
         next_token: FIRST_PIPE,
@@ -440,6 +445,8 @@ struct Supervisor {
     cgroups: Cgroups,
     log_dir: PathBuf,
     socket: PathBuf,
+    /// See [`Paths::agent_socket`].
+    agent_socket: Option<PathBuf>,
     runtimes: HashMap<CallerId, Runtime>,
     pipes: HashMap<Token, Pipe>,
     next_token: usize,
@@ -742,7 +749,13 @@ impl Supervisor {
     // ---- spawning ---------------------------------------------------------------------
 
     fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
-        match spawn::resolve(req, &self.agents.config, self.kernel.config.max_name_bytes) {
+        let agent_user = self.agents.sandbox.agent_creds;
+        match spawn::resolve(
+            req,
+            &self.agents.config,
+            self.kernel.config.max_name_bytes,
+            agent_user,
+        ) {
             Ok(spec) => self.start_spec(spec, id, Some(responder), false),
             Err(e) => responder.error(e),
         }
@@ -994,6 +1007,10 @@ impl Supervisor {
     fn start_incarnation(&mut self, id: CallerId, responder: Option<Responder>) {
         let require = self.agents.sandbox.require;
         let timeout = self.agents.config.spawn_timeout;
+        let creds = match self.runtimes.get(&id) {
+            Some(rt) => self.agent_creds(&rt.spec),
+            None => return,
+        };
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -1003,11 +1020,13 @@ impl Supervisor {
             spec: &rt.spec,
             id,
             socket: &self.socket,
+            agent_socket: self.agent_socket.as_deref().filter(|_| creds.is_some()),
             cgroup: rt.cgroup.as_ref(),
             require,
             rlimit_as: rt.rlimit_as,
             rlimit_nproc: rt.rlimit_nproc,
             die_with_daemon: self.agents.config.on_shutdown == config::OnShutdown::Stop,
+            creds,
         });
         match started {
             Ok(s) => {
@@ -1079,6 +1098,7 @@ impl Supervisor {
 
     /// The report pipe closed: the interpreter runs (or the launcher gave up).
     fn exec_done(&mut self, id: CallerId) {
+        let creds = self.agents.sandbox.agent_creds;
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -1105,7 +1125,7 @@ impl Supervisor {
         } else {
             Some(pid)
         };
-        let isolation = isolation_report(rt, &ns);
+        let isolation = isolation_report(rt, &ns, creds);
         let restarts = rt.tracker.total;
         let spec = rt.spec.clone();
         // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
@@ -1191,6 +1211,15 @@ impl Supervisor {
         );
     }
 
+    /// The user a sandboxed agent runs as when it is not the daemon's (root daemon).
+    fn agent_creds(&self, spec: &AgentSpec) -> Option<caps::Creds> {
+        if spec.sandboxed {
+            self.agents.sandbox.agent_creds
+        } else {
+            None
+        }
+    }
+
     /// Gives the kernel the pid namespace the launcher made for the agent: every process in
     /// it speaks as the agent (no process can leave its pid namespace). Taken from the
     /// launcher's `pid_for_children`: the launcher is our unreaped child, so its pid cannot
@@ -1234,7 +1263,7 @@ impl Supervisor {
             rlimit_as: rt.rlimit_as,
             rlimit_nproc: rt.rlimit_nproc,
             sandboxed: rt.spec.sandboxed,
-            creds: None,
+            creds: self.agent_creds(&rt.spec),
             need_bounding: rt.spec.sandboxed && (root || in_userns),
         })
     }
@@ -1968,8 +1997,9 @@ impl Supervisor {
     }
 }
 
-/// SPAWN's `isolation` block: what the launcher reported, and the limits.
-fn isolation_report(rt: &Runtime, ns: &NsReport) -> Value {
+/// SPAWN's `isolation` block: what the launcher reported, the limits, and what a sandboxed
+/// agent gave up (`creds`: the user it runs as when not the daemon's).
+fn isolation_report(rt: &Runtime, ns: &NsReport, creds: Option<caps::Creds>) -> Value {
     let mut degraded = rt.degraded.clone();
     if let Some(d) = &ns.degraded {
         degraded.insert(0, d.clone());
@@ -1984,6 +2014,13 @@ fn isolation_report(rt: &Runtime, ns: &NsReport) -> Value {
         "host"
     }
     .into();
+    if rt.spec.sandboxed {
+        // Every sandboxed agent gives up all capabilities (see caps::drop_all).
+        isolation["capabilities"] = "none".into();
+        isolation["uid"] = creds
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |c| c.uid)
+            .into();
+    }
     isolation["applied"] = degraded.is_empty().into();
     isolation["degraded_reason"] = if degraded.is_empty() {
         Value::Null

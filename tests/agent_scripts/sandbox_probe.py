@@ -9,9 +9,13 @@
   sandbox_probe.py SOCKET detached OUT SHELL_PID
                                           (left behind by a command) wait until the command's
                                           shell has ended, connect and report its rights
+  sandbox_probe.py SOCKET caps OUT        (as an agent) report its own credentials and
+                                          capabilities, and what writing itself into the host's
+                                          root cgroups and mounting a tmpfs do
 
 Every report is JSON, written to a temporary name and renamed.
 """
+import ctypes
 import json
 import os
 import shlex
@@ -127,6 +131,37 @@ def detached(sock, out, shell):
     write(out, report)
 
 
+def try_write(path, text):
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        return "written"
+    except OSError as e:
+        return "refused: %s" % e
+
+
+def caps(sock, out):
+    report = {"status": status(), "uid": os.getuid()}
+    me = str(os.getpid())
+    report["cgroup_writes"] = {p: try_write(p, me) for p in
+                               ("/sys/fs/cgroup/pids/cgroup.procs",
+                                "/sys/fs/cgroup/memory/cgroup.procs")
+                               if os.path.exists(p)}
+    with open("/proc/self/cgroup") as f:
+        report["cgroup"] = f.read()
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.mount(b"none", b"/mnt", b"tmpfs", 0, None)
+    report["mount"] = "mounted" if rc == 0 else "refused: %s" % os.strerror(ctypes.get_errno())
+    try:
+        c = Clove(sock)
+        c.call(HELLO)
+        report["agent_id"] = c.agent_id
+    except Exception as e:
+        report["connect"] = repr(e)
+    write(out, report)
+    time.sleep(3600)
+
+
 def main():
     sock, mode = sys.argv[1], sys.argv[2]
     if mode == "exec":
@@ -135,6 +170,8 @@ def main():
         print(json.dumps(where()))
     elif mode == "detached":
         detached(sock, sys.argv[3], sys.argv[4])
+    elif mode == "caps":
+        caps(sock, sys.argv[3])
 
 
 main()
