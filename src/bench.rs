@@ -411,7 +411,9 @@ fn delete_keys(
 ) -> io::Result<()> {
     loop {
         let req = serde_json::json!({"prefix": prefix, "limit": 10_000}).to_string();
-        let listed = control.call(crate::proto::op::KEYS, req.as_bytes())?.json()?;
+        let listed = control
+            .call(crate::proto::op::KEYS, req.as_bytes())?
+            .json()?;
         let keys: Vec<String> = serde_json::from_value(listed["keys"].clone()).unwrap_or_default();
         if keys.is_empty() {
             return Ok(());

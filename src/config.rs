@@ -148,12 +148,14 @@ impl Config {
         let store_limits = store_limits(&raw.limits, &mut errors);
         let audit = AuditConfig::from_raw(&raw.audit, &mut errors);
         let levels = Levels::from_raw(&raw.permissions, &state_dir, &store.path, &mut errors);
-        let kernel = kernel_config(&raw.limits, levels, audit, &mut errors);
+        let mut kernel = kernel_config(&raw.limits, levels, audit, &mut errors);
         let ops = OpsConfig::from_raw(&raw.exec, &raw.fs, &mut errors);
         let llm = LlmConfig::from_raw(raw.llm.as_ref(), &mut errors);
         let http = HttpConfig::from_raw(&raw.http, &mut errors);
         let agents = AgentsConfig::from_raw(&raw.agents, &mut errors);
         let sandbox = SandboxConfig::from_raw(&raw.sandbox, &mut errors);
+        // The kernel lets the agent user in only for agents' own processes.
+        kernel.agent_uid = sandbox.agent_creds.map(|c| c.uid);
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -293,8 +295,10 @@ fn kernel_config(
         ),
         client_level: levels.client_level,
         agent_level: levels.agent_level,
+        unattributed_level: levels.unattributed_level,
         levels: levels.levels,
         audit,
+        agent_uid: None,
     }
 }
 
@@ -355,6 +359,20 @@ mod tests {
         assert_eq!(c.server.max_frame_bytes, 1 << 20);
         assert_eq!(c.kernel.client_level, "unrestricted");
         assert_eq!(c.kernel.agent_level, "standard");
+        assert_eq!(c.kernel.unattributed_level, "minimal");
+        // Only a root daemon runs agents as another user, and lets that user in as agents.
+        assert_eq!(
+            c.kernel.agent_uid.is_some(),
+            nix::unistd::geteuid().is_root()
+        );
+        assert_eq!(c.kernel.agent_uid, c.sandbox.agent_creds.map(|a| a.uid));
+        let c = parse("[permissions]\nunattributed_level = \"readonly\"\n").unwrap();
+        assert_eq!(c.kernel.unattributed_level, "readonly");
+        let e = parse("[permissions]\nunattributed_level = \"agent\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("permissions.unattributed_level"),
+            "{e}"
+        );
         assert!(
             c.kernel
                 .level("standard")

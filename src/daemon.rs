@@ -46,7 +46,9 @@ struct BoundSocket {
     path: PathBuf,
     dev: u64,
     ino: u64,
-    _lock: nix::fcntl::Flock<File>,
+    /// The lock beside the Clove socket (the agents' socket lives in the state directory,
+    /// which the state store's lock already keeps to one daemon).
+    _lock: Option<nix::fcntl::Flock<File>>,
 }
 
 impl BoundSocket {
@@ -99,6 +101,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     reactor
         .add_listener(clove_listener(listener, &config.server))
         .map_err(io_err("cannot register the socket"))?;
+    let agent_socket = add_agent_socket(&config, &mut reactor)?;
     start_signal_thread(shutdown.clone(), sink)?;
     // Orphaned descendants of agents are re-parented to us (and reaped by the supervisor)
     // instead of lingering under init.
@@ -112,6 +115,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let paths = crate::supervisor::Paths {
         state_dir: config.state_dir.clone(),
         socket: config.server.socket.clone(),
+        agent_socket: agent_socket.as_ref().map(|b| b.path.clone()),
     };
     let supervisor = crate::supervisor::start(kernel.clone(), agents.clone(), paths)
         .map_err(io_err("cannot start the supervisor thread"))?;
@@ -153,6 +157,9 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     drop(reactor);
     kernel.store.close();
     bound.remove();
+    if let Some(b) = agent_socket {
+        b.remove();
+    }
     result.map_err(io_err("event loop failed"))
 }
 
@@ -356,7 +363,105 @@ fn bind_socket(
             path: path.clone(),
             dev: meta.dev(),
             ino: meta.ino(),
-            _lock: lock,
+            _lock: Some(lock),
+        },
+    ))
+}
+
+/// Binds and listens on the agents' socket when sandboxed agents run as another user (a root
+/// daemon).
+fn add_agent_socket(
+    config: &Config,
+    reactor: &mut Reactor,
+) -> Result<Option<BoundSocket>, DaemonError> {
+    let Some(creds) = config.sandbox.agent_creds else {
+        return Ok(None);
+    };
+    let (listener, bound) = bind_agent_socket(&config.state_dir, &config.server.socket, creds)?;
+    let mut agents = clove_listener(listener, &config.server);
+    agents.name = "agents";
+    agents.admission = Admission::AgentsOnly;
+    reactor
+        .add_listener(agents)
+        .map_err(io_err("cannot register the agents' socket"))?;
+    Ok(Some(bound))
+}
+
+/// Where the agents' socket is bound: in the private state directory, where no process
+/// outside an agent's sandbox can reach it.
+const AGENT_SOCKET: &str = "agent.sock";
+
+/// Binds the agents' socket of a root daemon whose sandboxed agents run as `agent_user`.
+///
+/// Those agents cannot connect to the Clove socket (it is the daemon's, mode 0600), and must
+/// not be given it. So the daemon binds a second socket, owned by the agent user, in its
+/// private state directory: nothing outside can reach it, and each sandboxed agent's
+/// launcher mounts it over the Clove socket's path inside the agent's own mount namespace
+/// (see `supervisor::launch`), where the agent (and its SDK) find it under the usual name.
+/// Only processes of live agents are let in through it (see the reactor). `socket` is the
+/// Clove socket, whose directories the agent user must be able to search.
+fn bind_agent_socket(
+    state_dir: &Path,
+    socket: &Path,
+    agent_user: crate::supervisor::caps::Creds,
+) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
+    let path = state_dir.join(AGENT_SOCKET);
+    if path.as_os_str().len() >= 108 {
+        return Err(DaemonError::Refused(format!(
+            "the agents' socket {} would be too long for a Unix socket (max 107 bytes); \
+             choose a shorter state directory",
+            path.display()
+        )));
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        if !meta.file_type().is_socket() {
+            return Err(DaemonError::Refused(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(&path).map_err(io_err(format!(
+            "cannot remove the old agents' socket {}",
+            path.display()
+        )))?;
+    }
+    // SAFETY: umask(2) only swaps the process mask; no other thread has started yet.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = mio::net::UnixListener::bind(&path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io_err(format!("cannot bind {}", path.display())))?;
+    nix::unistd::chown(
+        &path,
+        Some(nix::unistd::Uid::from_raw(agent_user.uid)),
+        Some(nix::unistd::Gid::from_raw(agent_user.gid)),
+    )
+    .map_err(|e| {
+        DaemonError::Refused(format!(
+            "cannot give {} to the agent user {}: {e}",
+            path.display(),
+            agent_user.uid
+        ))
+    })?;
+    let meta = std::fs::symlink_metadata(&path)
+        .map_err(io_err(format!("cannot stat {}", path.display())))?;
+    if let Some(dir) = socket.parent()
+        && !crate::supervisor::caps::reachable_by(&dir.join("."), agent_user, 0o1)
+    {
+        log::warn!(
+            "sandboxed agents run as uid {} (sandbox.agent_user), which cannot search {} \
+             (a directory on the way is closed to it): they will not reach the socket",
+            agent_user.uid,
+            dir.display()
+        );
+    }
+    Ok((
+        listener,
+        BoundSocket {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            _lock: None,
         },
     ))
 }

@@ -240,8 +240,8 @@ enum StateAction {
 }
 
 fn main() -> ExitCode {
-    // The agent launcher and the log copier run before anything else (no logging, no
-    // threads): see clove::supervisor::launch and clove::supervisor::logfile.
+    // The agent launcher, the EXEC helper and the log copier run before anything else (no
+    // logging, no threads): see clove::supervisor::{launch, enter, logfile}.
     let mut args = std::env::args_os();
     match args.nth(1) {
         Some(a) if a == clove::supervisor::launch::SUBCOMMAND => {
@@ -250,6 +250,13 @@ fn main() -> ExitCode {
                 .and_then(|s| s.into_string().ok())
                 .unwrap_or_default();
             clove::supervisor::launch::main(&spec);
+        }
+        Some(a) if a == clove::supervisor::enter::SUBCOMMAND => {
+            let spec = args
+                .next()
+                .and_then(|s| s.into_string().ok())
+                .unwrap_or_default();
+            clove::supervisor::enter::main(&spec);
         }
         Some(a) if a == clove::supervisor::logfile::COPY_SUBCOMMAND => {
             let rest: Vec<String> = args.filter_map(|s| s.into_string().ok()).collect();

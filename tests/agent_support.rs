@@ -14,7 +14,9 @@ pub fn script(name: &str) -> String {
         .to_string()
 }
 
-/// The real Python interpreter (not a version-manager shim, which is slow to start).
+/// The real Python interpreter (not a version-manager shim, which is slow to start), one that
+/// any user can run: a root daemon runs sandboxed agents as `nobody`, and an interpreter under
+/// root's home directory is closed to them.
 pub fn python() -> &'static str {
     static P: OnceLock<String> = OnceLock::new();
     P.get_or_init(|| {
@@ -22,8 +24,23 @@ pub fn python() -> &'static str {
             .args(["-c", "import sys; print(sys.executable)"])
             .output()
             .expect("python3 is needed by the agent tests (scripts/install-test-deps.sh)");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        std::iter::once(real.as_str())
+            .chain(["/usr/bin/python3", "/usr/local/bin/python3"])
+            .find(|p| runnable_by_anyone(std::path::Path::new(p)))
+            .unwrap_or(&real)
+            .to_string()
     })
+}
+
+/// True when every directory on the way to `path` is searchable and the file executable by
+/// users other than its owner.
+pub fn runnable_by_anyone(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let other_x = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    };
+    path.ancestors().all(other_x)
 }
 
 pub fn list(c: &mut Client) -> Vec<Value> {

@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -151,6 +152,9 @@ impl Daemon {
             .prefix("clove-test")
             .tempdir_in("/tmp")
             .unwrap();
+        // A root daemon runs sandboxed agents as `nobody`: they must reach the socket, read
+        // the scripts tests write here and write their reports here, as they would in /tmp.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         let socket = dir.path().join("clove.sock");
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("clove.toml");

@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits_config;
 mod perms_ops;
 mod python_client;
+mod sandbox_escape;
 mod smoke;
 mod state_ops;
 mod supervision;

@@ -212,3 +212,51 @@ fn an_ordinary_user_runs_the_daemon_with_agents_and_durable_state() {
     assert_eq!(r["value"], serde_json::json!({"step": 1}), "{out}");
     assert!(server.stop().success());
 }
+
+/// An ordinary user's sandboxed agent (in a user namespace) runs EXEC inside its sandbox: the
+/// command, started by the agent through `clove call exec`, is in the agent's pid namespace
+/// and holds no capability, like the agent itself.
+#[test]
+fn an_ordinary_users_sandboxed_agent_runs_exec_inside_its_sandbox() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let home = Home::new();
+    let probe = home.path("exec.sh");
+    let out = home.path("exec.out");
+    std::fs::write(
+        &probe,
+        format!(
+            "readlink /proc/self/ns/pid > {out}.agent\n\
+             {clove} call exec '{{\"command\": \"readlink /proc/self/ns/pid; grep -E \
+             \\\"^(CapEff|CapBnd|NoNewPrivs)\\\" /proc/self/status\"}}' > {out}.tmp\n\
+             mv {out}.tmp {out}\n\
+             exec sleep 60\n",
+            out = out.display(),
+            clove = home.path("clove").display(),
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&probe, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut server = home.serve();
+    let spawn = serde_json::json!({"name": "execer", "script": probe, "python": "/bin/sh"});
+    let a: Value = serde_json::from_str(&home.ok(&["call", "spawn", &spawn.to_string()])).unwrap();
+    let reply: Value = wait_for("the agent's EXEC reply", T, || {
+        serde_json::from_str(&std::fs::read_to_string(&out).ok()?).ok()
+    });
+    assert_eq!(reply["exit_code"], 0, "{reply}");
+    let stdout = reply["stdout"].as_str().unwrap_or_default();
+    let own = std::fs::read_to_string(format!("{}.agent", out.display())).unwrap();
+    let namespaces = a["isolation"]["namespaces"].to_string();
+    if namespaces.contains("\"pid\"") {
+        assert!(stdout.starts_with(own.trim()), "{stdout} vs {own}");
+        for line in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000"] {
+            assert!(stdout.contains(line), "{stdout}");
+        }
+        assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    } else {
+        eprintln!("no pid namespace here (unprivileged user namespaces disabled): {namespaces}");
+    }
+    assert!(server.stop().success());
+}

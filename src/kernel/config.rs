@@ -15,6 +15,10 @@ pub struct RawPermissions {
     pub client_level: Option<String>,
     /// Level of spawned agents. Default `standard`.
     pub agent_level: Option<String>,
+    /// Level of a process started under the daemon that no live agent or running command
+    /// owns any more (it left its session and was orphaned, or outlived its agent or command).
+    /// Default `minimal`.
+    pub unattributed_level: Option<String>,
     /// Overrides of the presets: `[permissions.levels.standard] can_http = false`.
     #[serde(default)]
     pub levels: BTreeMap<String, toml::Value>,
@@ -36,9 +40,14 @@ pub struct KernelConfig {
     pub max_permission_rule_bytes: usize,
     pub client_level: String,
     pub agent_level: String,
+    /// See [`RawPermissions::unattributed_level`].
+    pub unattributed_level: String,
     /// The five presets after config overrides.
     pub levels: BTreeMap<String, Permissions>,
     pub audit: AuditConfig,
+    /// The uid sandboxed agents run as when it is not the daemon's own (a root daemon runs
+    /// them as `sandbox.agent_user`): its processes may connect only as agents.
+    pub agent_uid: Option<u32>,
 }
 
 impl KernelConfig {
@@ -61,6 +70,7 @@ pub struct Levels {
     pub levels: BTreeMap<String, Permissions>,
     pub client_level: String,
     pub agent_level: String,
+    pub unattributed_level: String,
 }
 
 impl Levels {
@@ -120,10 +130,12 @@ impl Levels {
         };
         let client_level = level("client_level", &raw.client_level, "unrestricted");
         let agent_level = level("agent_level", &raw.agent_level, "standard");
+        let unattributed_level = level("unattributed_level", &raw.unattributed_level, "minimal");
         Levels {
             levels,
             client_level,
             agent_level,
+            unattributed_level,
         }
     }
 }

@@ -22,6 +22,7 @@ use config::KernelConfig;
 use parking_lot::Mutex;
 use perms::Permissions;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -124,12 +125,14 @@ pub struct Kernel {
     /// Shared (`Arc`) so that state-store completions can publish STATE_CHANGED after commit.
     pub events: Arc<Mutex<events::EventBus>>,
     pub asyncq: Mutex<asyncq::AsyncResults>,
-    /// Process groups of running EXEC commands and who started them: killed at shutdown, and
-    /// the identity of processes that connect from inside them.
-    exec_groups: Mutex<HashMap<i32, identity::ExecOwner>>,
-    /// The supervised processes of agents (their launcher, or their main process inside a
-    /// sandbox), kept by the supervisor: a connecting process below one speaks as the agent.
-    agent_pids: Mutex<HashMap<i32, CallerId>>,
+    /// Registered session leaders: agents' launchers (kept by the supervisor) and running EXEC
+    /// commands (kept by the command runner), each the leader of a session of its own. A
+    /// process in such a session, or below such a leader, speaks for its owner (see
+    /// [`identity`]); EXEC sessions are also killed at shutdown.
+    leaders: Mutex<HashMap<i32, identity::Leader>>,
+    /// Pid namespaces of sandboxed agents, each with a descriptor that keeps the namespace
+    /// (and so its inode number) alive while it is registered.
+    agent_pid_ns: Mutex<HashMap<identity::NsId, (CallerId, OwnedFd)>>,
     pub started: Instant,
     pub audit: Arc<audit::Audit>,
 }
@@ -172,8 +175,8 @@ impl Kernel {
             asyncq: Mutex::new(asyncq::AsyncResults::new(config.async_max_outstanding)),
             config,
             callers: Mutex::new(HashMap::new()),
-            exec_groups: Mutex::new(HashMap::new()),
-            agent_pids: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
+            agent_pid_ns: Mutex::new(HashMap::new()),
             started: Instant::now(),
             audit,
         }
@@ -195,30 +198,52 @@ impl Kernel {
     /// new client id whose permissions depend on where the process comes from.
     pub fn connect(&self, peer: Peer) -> CallerId {
         let perms = match identity::classify(self, peer.pid) {
-            identity::Origin::Agent(agent) => {
-                let bound = self
-                    .with_caller(agent, |c| {
-                        if c.kind == CallerKind::Agent {
-                            c.conns += 1;
-                            true
-                        } else {
-                            false
-                        }
-                    })
-                    .unwrap_or(false);
-                if bound {
-                    log::debug!("pid {} connected as agent {agent}", peer.pid);
-                    return agent;
-                }
+            identity::Origin::Agent(agent) => match self.bind_agent(agent, peer) {
+                Some(id) => return id,
                 // The agent is gone (its record removed): its leftovers are nobody's.
-                self.unattributed_perms(peer.pid)
-            }
+                None => self.unattributed_perms(peer.pid),
+            },
             identity::Origin::ExecOf(perms) => perms,
             identity::Origin::Unattributed => self.unattributed_perms(peer.pid),
             identity::Origin::Outside => {
                 Arc::new(self.config.level_or_minimal(&self.config.client_level))
             }
         };
+        self.new_client(perms, peer)
+    }
+
+    /// Registers a connection that only a live agent's process may open: one that came in
+    /// through the agents' socket, or from the uid sandboxed agents run as
+    /// (`sandbox.agent_user`, when the daemon is root). Anything else (another daemon's
+    /// agents, a system service of that user, a leftover of an agent) gets `None` and is
+    /// refused.
+    pub fn connect_agent_only(&self, peer: Peer) -> Option<CallerId> {
+        match identity::classify(self, peer.pid) {
+            identity::Origin::Agent(agent) => self.bind_agent(agent, peer),
+            _ => None,
+        }
+    }
+
+    /// Binds one more connection to a live agent's record.
+    fn bind_agent(&self, agent: CallerId, peer: Peer) -> Option<CallerId> {
+        let bound = self
+            .with_caller(agent, |c| {
+                if c.kind == CallerKind::Agent {
+                    c.conns += 1;
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if bound {
+            log::debug!("pid {} connected as agent {agent}", peer.pid);
+        }
+        bound.then_some(agent)
+    }
+
+    /// A new plain client with `perms`.
+    fn new_client(&self, perms: Arc<Permissions>, peer: Peer) -> CallerId {
         let id = self.allocate_id();
         self.callers.lock().insert(
             id,
@@ -235,14 +260,18 @@ impl Kernel {
     }
 
     /// The permissions of a process the daemon started that belongs to no live agent or
-    /// command: the agent level, never the user's own.
+    /// command: `permissions.unattributed_level` (`minimal` unless configured), never the
+    /// agent level (it may have left a lowered agent or command) and never the user's own.
     fn unattributed_perms(&self, pid: i32) -> Arc<Permissions> {
         log::info!(
             "pid {pid} was started under the daemon but belongs to no live agent or command: \
-             it gets permissions.agent_level ({})",
-            self.config.agent_level
+             it gets permissions.unattributed_level ({})",
+            self.config.unattributed_level
         );
-        Arc::new(self.config.level_or_minimal(&self.config.agent_level))
+        Arc::new(
+            self.config
+                .level_or_minimal(&self.config.unattributed_level),
+        )
     }
 
     /// A connection closed. Plain clients go away with their connection: their name is
@@ -364,41 +393,69 @@ impl Kernel {
         self.store.next_expiry()
     }
 
-    /// Records the supervised process `pid` of agent `id`.
-    pub fn agent_pid_started(&self, pid: i32, id: CallerId) {
-        self.agent_pids.lock().insert(pid, id);
+    /// Records the supervised process (launcher) `pid` of agent `id`: the leader of the
+    /// agent's session. The supervisor unregisters it ([`Kernel::agent_process_gone`]) before
+    /// it reaps that process, so the pid (and session id) cannot be reused meanwhile.
+    pub fn agent_process_started(&self, pid: i32, id: CallerId) {
+        self.leaders.lock().insert(pid, identity::Leader::Agent(id));
     }
 
-    /// Forgets every supervised process of agent `id`.
-    pub fn agent_pids_gone(&self, id: CallerId) {
-        self.agent_pids.lock().retain(|_, a| *a != id);
+    /// Records the pid namespace of sandboxed agent `id`, given as an open namespace file
+    /// (kept open here so the namespace's inode cannot be reused while registered). Returns
+    /// the namespace's identity.
+    pub fn agent_pid_ns_started(&self, ns: OwnedFd, id: CallerId) -> Option<identity::NsId> {
+        let ns_id = identity::NsId::of_fd(&ns)?;
+        self.agent_pid_ns.lock().insert(ns_id, (id, ns));
+        Some(ns_id)
     }
 
-    /// The agent whose supervised process is exactly `pid` (its launcher, or its main process
-    /// inside a sandbox). Ancestry is walked by [`identity`].
-    pub fn agent_with_pid(&self, pid: i32) -> Option<CallerId> {
-        self.agent_pids.lock().get(&pid).copied()
+    /// Forgets agent `id`'s supervised process and pid namespace (its process is about to be
+    /// reaped, or is gone).
+    pub fn agent_process_gone(&self, id: CallerId) {
+        self.leaders
+            .lock()
+            .retain(|_, l| !matches!(l, identity::Leader::Agent(a) if *a == id));
+        self.agent_pid_ns.lock().retain(|_, (a, _)| *a != id);
     }
 
-    /// Records a running EXEC command's process group and who started it.
-    pub(crate) fn exec_started(&self, pgid: i32, owner: identity::ExecOwner) {
-        self.exec_groups.lock().insert(pgid, owner);
+    /// The agent whose pid namespace is `ns`.
+    pub fn agent_with_pid_ns(&self, ns: identity::NsId) -> Option<CallerId> {
+        self.agent_pid_ns.lock().get(&ns).map(|(id, _)| *id)
     }
 
-    /// The command whose process group leader was `pgid` has finished.
-    pub(crate) fn exec_finished(&self, pgid: i32) {
-        self.exec_groups.lock().remove(&pgid);
+    /// The owner of the session led by the registered leader `pid`.
+    pub(crate) fn leader(&self, pid: i32) -> Option<identity::Leader> {
+        self.leaders.lock().get(&pid).cloned()
     }
 
-    /// Who started the running EXEC command led by `pgid`.
-    pub fn exec_owner(&self, pgid: i32) -> Option<identity::ExecOwner> {
-        self.exec_groups.lock().get(&pgid).cloned()
+    /// Records a running EXEC command, whose first process `pid` leads a session of its own,
+    /// and who started it. The command runner unregisters it ([`Kernel::exec_finished`])
+    /// before it reaps that process.
+    pub(crate) fn exec_started(&self, pid: i32, owner: identity::ExecOwner) {
+        self.leaders
+            .lock()
+            .insert(pid, identity::Leader::Exec(owner));
     }
 
-    /// Stops everything the kernel started: running EXEC process groups are killed.
+    /// The command led by `pid` has finished (its leader is about to be reaped).
+    pub(crate) fn exec_finished(&self, pid: i32) {
+        let mut leaders = self.leaders.lock();
+        if matches!(leaders.get(&pid), Some(identity::Leader::Exec(_))) {
+            leaders.remove(&pid);
+        }
+    }
+
+    /// Stops everything the kernel started: running EXEC commands' process groups are killed.
     pub fn shutdown(&self) {
-        for (pgid, _) in self.exec_groups.lock().drain() {
-            // SAFETY-free: kill(2) on a process group we created; ESRCH is harmless.
+        let commands: Vec<i32> = self
+            .leaders
+            .lock()
+            .iter()
+            .filter(|(_, l)| matches!(l, identity::Leader::Exec(_)))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pgid in commands {
+            // kill(2) on a process group the command runner created; ESRCH is harmless.
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pgid),
                 nix::sys::signal::Signal::SIGKILL,

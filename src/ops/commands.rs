@@ -160,6 +160,8 @@ impl CommandRunner {
             Err(TrySendError::Full(mut l) | TrySendError::Disconnected(mut l)) => {
                 let pid = l.child.id() as i32;
                 kill_group(pid);
+                // Unregistered before it is reaped (see Runner::finish).
+                k.exec_finished(pid);
                 let _ = l.child.wait();
                 (l.done)(
                     k,
@@ -411,10 +413,8 @@ impl Runner {
             let Some(r) = self.slots[slot].as_mut() else {
                 continue;
             };
-            if r.exited_at.is_none()
-                && r.pidfd.is_none()
-                && let Ok(Some(_)) = r.child.try_wait()
-            {
+            // Left unreaped (see finish): only its exit is noticed here.
+            if r.exited_at.is_none() && r.pidfd.is_none() && has_exited(r.pid) {
                 r.exited_at = Some(now);
             }
             if !r.timed_out && r.exited_at.is_none() && now >= r.deadline {
@@ -446,6 +446,12 @@ impl Runner {
         if let Some(fd) = &r.pidfd {
             let raw = fd.as_raw_fd();
             let _ = reg.deregister(&mut SourceFd(&raw));
+        }
+        // The command's first process leads its session, and the kernel attributes the
+        // session's processes by that pid: unregister it while the process is still ours
+        // (a zombie at worst), so that its pid cannot be reused under the registration.
+        if let Some(k) = self.kernel.upgrade() {
+            k.exec_finished(r.pid);
         }
         // The shell has exited (its pidfd said so), so this wait does not block; when we got
         // here for another reason the group was killed first.
@@ -486,6 +492,24 @@ impl Runner {
             }
         }
     }
+}
+
+/// True when our child `pid` has exited; the zombie is left in place (`WNOWAIT`), so the pid
+/// stays ours until it is reaped.
+fn has_exited(pid: i32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid(2).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on one specific child with a valid siginfo pointer.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read after a successful waitid.
+    r == 0 && unsafe { info.si_pid() } == pid
 }
 
 fn set_nonblocking(fd: i32) -> std::io::Result<()> {

@@ -2,10 +2,14 @@
 //! and a cap on captured output.
 //!
 //! The command text is the one place a shell string is allowed (it is what EXEC means); every
-//! other field is passed without a shell: `cwd` becomes `Command::current_dir`. The child runs
-//! in its own process group so a timeout can kill everything it started. A worker checks the
-//! request and starts the command; the [`super::commands`] thread then watches it to the end,
-//! so a long command holds no worker.
+//! other field is passed without a shell: `cwd` becomes `Command::current_dir`. The command
+//! runs in a session (and so a process group) of its own: a timeout kills the group, and the
+//! kernel attributes whatever connects from the session to the caller (see
+//! [`crate::kernel::identity`]). A command an agent runs goes through the
+//! [`crate::supervisor::enter`] helper, which runs it inside the agent's namespaces, cgroups
+//! and rlimits, with no more privilege than the agent: nothing an agent starts can hold more
+//! than the agent. A worker checks the request and starts the command; the
+//! [`super::commands`] thread then watches it to the end, so a long command holds no worker.
 
 use super::Ops;
 use super::commands::{CommandRunner, Finished, Launch, Ticket};
@@ -13,8 +17,9 @@ use super::config::ExecConfig;
 use crate::kernel::asyncq::Reservation;
 use crate::kernel::identity::ExecOwner;
 use crate::kernel::request::{parse, to_bytes};
-use crate::kernel::{Call, CallerKind, Kernel, Responder};
+use crate::kernel::{Call, CallerId, CallerKind, Kernel, Responder};
 use crate::secrets::is_secret_env;
+use crate::supervisor::enter::{self, Confinement, EnterSpec};
 use serde::Deserialize;
 use serde_json::json;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -58,8 +63,8 @@ pub fn exec(o: &Ops, call: &Call, payload: Vec<u8>, responder: Responder) {
             timeout,
             max_output: o.config.exec.max_output_bytes,
             ticket: started.ticket,
+            // The runner has already unregistered the command (before reaping it).
             done: Box::new(move |k: &Kernel, f: Finished| {
-                k.exec_finished(f.pid);
                 reply.deliver(k, &to_bytes(&f.reply(timeout)));
             }),
         },
@@ -81,17 +86,29 @@ fn start<'o>(
 ) -> Result<(&'o CommandRunner, Started), String> {
     let k = &*o.kernel;
     let checked = check(k, &o.config.exec, call, payload)?;
+    let kind = k
+        .caller(call.caller)
+        .map(|c| c.kind)
+        .unwrap_or(CallerKind::Client);
+    // An agent's command runs where the agent runs, or not at all.
+    let confinement = match kind {
+        CallerKind::Agent => Some(agent_confinement(o, call.caller)?),
+        CallerKind::Client => None,
+    };
     let runner = &o.commands;
     let ticket = runner.admit(call.caller)?;
     let owner = ExecOwner {
         caller: call.caller,
-        kind: k
-            .caller(call.caller)
-            .map(|c| c.kind)
-            .unwrap_or(CallerKind::Client),
+        kind,
         perms: checked.perms,
     };
-    let child = spawn(&o.config.exec, &checked.command, &checked.cwd)?;
+    let cfg = &o.config.exec;
+    let child = match confinement {
+        None => spawn(cfg, &checked.command, &checked.cwd)?,
+        Some(c) => spawn_inside(cfg, c, checked.command, &checked.cwd)?,
+    };
+    // Its first process leads the command's session; the runner unregisters it before it
+    // reaps it, so the session id cannot name another process meanwhile.
     k.exec_started(child.id() as i32, owner);
     Ok((
         runner,
@@ -174,27 +191,78 @@ fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Ch
     })
 }
 
-/// Starts `shell -c command` in its own process group, stdin from /dev/null, output piped.
+/// How to run a command inside agent `agent`'s confinement, as the supervisor recorded it
+/// when the agent's process started.
+fn agent_confinement(o: &Ops, agent: CallerId) -> Result<Confinement, String> {
+    o.agents
+        .table
+        .lock()
+        .get(agent)
+        .and_then(|a| a.confinement.clone())
+        .ok_or_else(|| {
+            format!(
+                "agent {agent} has no running process to run the command in (it is starting, \
+                 restarting or stopped); try again when it runs"
+            )
+        })
+}
+
+/// Stdin from /dev/null, output piped, no secrets in the environment.
+fn prepare(cmd: &mut Command, cwd: &std::path::Path) {
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_secret_env) {
+            cmd.env_remove(&name);
+        }
+    }
+}
+
+/// Starts a client's `shell -c command` in a session of its own.
 fn spawn(
     cfg: &ExecConfig,
     command: &str,
     cwd: &std::path::Path,
 ) -> Result<std::process::Child, String> {
     let mut cmd = Command::new(&cfg.shell);
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(is_secret_env) {
-            cmd.env_remove(&name);
-        }
+    cmd.arg("-c").arg(command);
+    prepare(&mut cmd, cwd);
+    // SAFETY: setsid(2) is async-signal-safe, and it is all that runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     cmd.spawn()
         .map_err(|e| format!("cannot start {}: {e}", cfg.shell.display()))
+}
+
+/// Starts an agent's `shell -c command` through the `clove __enter` helper, which makes its
+/// own session, enters the agent's confinement and execs the shell there.
+fn spawn_inside(
+    cfg: &ExecConfig,
+    confinement: Confinement,
+    command: String,
+    cwd: &std::path::Path,
+) -> Result<std::process::Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find our own binary: {e}"))?;
+    let spec = EnterSpec {
+        confinement,
+        shell: cfg.shell.clone(),
+        command,
+        cwd: cwd.to_path_buf(),
+    };
+    let spec = serde_json::to_string(&spec).map_err(|e| format!("cannot encode: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(enter::SUBCOMMAND).arg(spec);
+    prepare(&mut cmd, cwd);
+    cmd.spawn()
+        .map_err(|e| format!("cannot start the command in the agent's sandbox: {e}"))
 }
 
 impl Finished {
@@ -246,10 +314,13 @@ pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     }
 }
 
-/// SIGKILL to a whole process group; a group that is already gone is fine.
+/// SIGKILL to a whole process group; a group that is already gone is fine. The
+/// `clove __enter` helper makes its group first thing after it starts; until then the group
+/// does not exist and the helper, which has not forked yet, is killed alone.
 pub fn kill_group(pgid: i32) {
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    use nix::sys::signal::{Signal, kill, killpg};
+    let pid = nix::unistd::Pid::from_raw(pgid);
+    if killpg(pid, Signal::SIGKILL) == Err(nix::errno::Errno::ESRCH) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
 }

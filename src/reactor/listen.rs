@@ -28,6 +28,9 @@ pub type Refusal = fn(&str) -> Vec<u8>;
 pub enum Admission {
     /// Every connection is a kernel caller (identity, permissions, mailbox): the Clove socket.
     Caller,
+    /// Like `Caller`, but only a live agent's processes are let in: the agents' socket of a
+    /// root daemon, through which its sandboxed agents (running as another user) connect.
+    AgentsOnly,
     /// A connection only gets an id from the kernel's counter; its protocol does its own
     /// authentication (the router's and the relay's clients).
     IdOnly,

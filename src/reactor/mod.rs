@@ -20,7 +20,7 @@ pub mod conn;
 pub mod listen;
 
 use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Stop};
-use crate::kernel::{Kernel, Peer};
+use crate::kernel::{CallerId, Kernel, Peer};
 use crate::ops::Ops;
 use crate::pool::WorkerPool;
 use crate::proto::clove;
@@ -477,20 +477,20 @@ impl Reactor {
                 return;
             }
         };
+        let admission = self.listeners[index].admission;
         let remote = peer.uid == u32::MAX;
-        if !remote && peer.uid != self.my_uid && !self.config.allowed_uids.contains(&peer.uid) {
-            self.stats.refused_uid += 1;
-            log::warn!(
-                "{name}: refused connection from uid {} (pid {}): not an allowed user",
-                peer.uid,
-                peer.pid
-            );
-            send_refusal(
-                &mut stream,
-                refuse,
-                "permission denied: your user may not use this daemon",
-            );
-            return;
+        let user =
+            remote || peer.uid == self.my_uid || self.config.allowed_uids.contains(&peer.uid);
+        // The user sandboxed agents run as (under a root daemon) gets in only as a live agent's
+        // process; so does anyone on the agents' socket.
+        let agent_user = self.kernel.config.agent_uid == Some(peer.uid);
+        let may_try = match admission {
+            Admission::Caller => user || agent_user,
+            Admission::AgentsOnly => peer.uid == self.my_uid || agent_user,
+            Admission::IdOnly => user,
+        };
+        if !may_try {
+            return self.refuse_uid(index, &mut stream, peer);
         }
         if self.live >= self.config.max_connections {
             self.stats.refused_full += 1;
@@ -509,11 +509,38 @@ impl Reactor {
             );
             return;
         }
-        self.open(index, stream, peer);
+        let caller = match admission {
+            Admission::IdOnly => self.kernel.allocate_id(),
+            Admission::Caller if user => self.kernel.connect(peer),
+            Admission::Caller | Admission::AgentsOnly => {
+                match self.kernel.connect_agent_only(peer) {
+                    Some(caller) => caller,
+                    None => return self.refuse_uid(index, &mut stream, peer),
+                }
+            }
+        };
+        self.open(index, stream, peer, caller);
     }
 
-    /// Registers an admitted connection and gives it a slot.
-    fn open(&mut self, index: usize, mut stream: Stream, peer: Peer) {
+    /// Refuses a peer whose user may not use this listener.
+    fn refuse_uid(&mut self, index: usize, stream: &mut Stream, peer: Peer) {
+        self.stats.refused_uid += 1;
+        log::warn!(
+            "{}: refused connection from uid {} (pid {}): not an allowed user",
+            self.listeners[index].name,
+            peer.uid,
+            peer.pid
+        );
+        send_refusal(
+            stream,
+            self.listeners[index].refuse,
+            "permission denied: your user may not use this daemon",
+        );
+    }
+
+    /// Registers an admitted connection (already known to the kernel as `caller`) and gives
+    /// it a slot.
+    fn open(&mut self, index: usize, mut stream: Stream, peer: Peer, caller: CallerId) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -532,14 +559,13 @@ impl Reactor {
             Interest::READABLE,
         ) {
             log::error!("cannot register connection: {e}");
+            if self.listeners[index].admission != Admission::IdOnly {
+                self.kernel.disconnect(caller);
+            }
             self.free.push(slot);
             return;
         }
         let listener = &self.listeners[index];
-        let caller = match listener.admission {
-            Admission::Caller => self.kernel.connect(peer),
-            Admission::IdOnly => self.kernel.allocate_id(),
-        };
         log::debug!(
             "conn={id} caller={caller} pid={} uid={} connected to {}",
             peer.pid,
@@ -816,7 +842,7 @@ impl Reactor {
         }
         let _ = self.poll.registry().deregister(conn.stream.source());
         conn.proto.closed(&mut conn.io);
-        if conn.admission == Admission::Caller {
+        if conn.admission != Admission::IdOnly {
             self.kernel.disconnect(conn.io.caller);
         }
         self.free.push(id.slot);

@@ -1,5 +1,6 @@
 //! The `[agents]` and `[sandbox]` config sections: raw (as written) and validated.
 
+use super::caps::{Creds, resolve_agent_user};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +59,9 @@ pub struct RawSandbox {
     /// A delegated cgroup v2 directory to create agent cgroups in (default: detected from
     /// /proc/self/cgroup).
     pub cgroup_v2_root: Option<PathBuf>,
+    /// The user (name or numeric uid) sandboxed agents run as when the daemon runs as root.
+    /// Default `nobody`.
+    pub agent_user: Option<String>,
 }
 
 /// What shutdown does with running agents.
@@ -102,6 +106,10 @@ pub struct SandboxConfig {
     pub require: bool,
     pub cgroups: CgroupMode,
     pub cgroup_v2_root: Option<PathBuf>,
+    /// Who sandboxed agents run as, when that is not the daemon's own user: set when the
+    /// daemon runs as root (from `sandbox.agent_user`), `None` otherwise (a non-root daemon's
+    /// agents are its own user, inside a user namespace).
+    pub agent_creds: Option<Creds>,
 }
 
 fn ranged(
@@ -282,10 +290,15 @@ impl SandboxConfig {
                 p.display()
             ));
         }
+        // Checked whoever runs check-config; used only by a root daemon.
+        let creds = resolve_agent_user(raw.agent_user.as_deref())
+            .map_err(|e| errors.push(e))
+            .ok();
         SandboxConfig {
             require: raw.require.unwrap_or(false),
             cgroups,
             cgroup_v2_root: raw.cgroup_v2_root.clone(),
+            agent_creds: creds.filter(|_| nix::unistd::geteuid().is_root()),
         }
     }
 }
@@ -331,10 +344,12 @@ mod tests {
             );
         }
         let raw: RawSandbox =
-            toml::from_str("cgroups = \"v3\"\ncgroup_v2_root = \"rel\"\n").unwrap();
+            toml::from_str("cgroups = \"v3\"\ncgroup_v2_root = \"rel\"\nagent_user = \"root\"\n")
+                .unwrap();
         let mut errors = Vec::new();
         SandboxConfig::from_raw(&raw, &mut errors);
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("sandbox.agent_user:")));
         assert!(
             toml::from_str::<RawAgents>("kill_grace = 5").is_err(),
             "unknown keys"

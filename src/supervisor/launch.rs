@@ -5,18 +5,25 @@
 //! that unshares, and namespace, mount and fork work is unsafe in the daemon's multi-threaded
 //! process. The launcher is freshly exec'd, so it is single-threaded and may fork freely.
 //!
+//! The launcher first starts a session of its own (`setsid`): connections are attributed to
+//! agents by session (see `crate::kernel::identity`), and no process can join a session it
+//! was not born in.
+//!
 //! Sandboxed, the tree is `daemon → launcher → init (pid 1 in the new pid namespace) →
 //! interpreter`:
-//! * the launcher unshares the pid, mount, uts and (with `network: false`) net namespaces, plus
-//!   a user namespace when not root, then forks `init`; it ignores SIGTERM and friends, waits
-//!   for `init`, and finally ends the way the interpreter ended (same exit code, or killed by
-//!   the same signal), so the supervisor sees the agent's real exit;
+//! * the launcher unshares the pid, mount, uts, cgroup and (with `network: false`) net
+//!   namespaces, plus a user namespace when not root, then forks `init`; it ignores SIGTERM
+//!   and friends, waits for `init`, and finally ends the way the interpreter ended (same exit
+//!   code, or killed by the same signal), so the supervisor sees the agent's real exit;
 //! * `init` makes mount propagation private before mounting anything, mounts a fresh /proc,
 //!   sets the hostname, brings up loopback in a new net namespace, reports what was applied,
 //!   forks the interpreter and reaps every process of the namespace until the interpreter
 //!   ends (when `init` exits, the kernel kills whatever is left in the namespace);
-//! * the interpreter child joins the agent's cgroups, applies fallback rlimits, restores
-//!   default signal handling and execs `<interpreter> <script> <socket> [args...]`.
+//! * the interpreter child joins the agent's cgroups, applies fallback rlimits, gives up every
+//!   privilege (see [`super::caps::drop_all`]: a root daemon's agent becomes
+//!   `sandbox.agent_user`; every agent ends with no capabilities, an empty bounding set and
+//!   no-new-privileges, so it can neither mount nor write a cgroup file it does not own),
+//!   restores default signal handling and execs `<interpreter> <script> <socket> [args...]`.
 //!
 //! Unsandboxed (or when namespaces are unavailable and not required) the launcher does the
 //! last step itself and execs directly, so the agent *is* the supervised process.
@@ -25,6 +32,7 @@
 //! line `{"isolation": {...}}` when the sandbox is ready, `{"error": "..."}` when it is not;
 //! end-of-file without an error means the interpreter was exec'd.
 
+use super::caps::{self, Creds};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::io::Write;
@@ -57,6 +65,15 @@ pub struct LaunchSpec {
     pub rlimit_nproc: Option<u64>,
     /// The daemon's pid when the agent must die with it (`agents.on_shutdown = "stop"`).
     pub die_with: Option<i32>,
+    /// The user a sandboxed agent becomes (a root daemon's `sandbox.agent_user`); `None`
+    /// keeps the daemon's user (inside a user namespace when the daemon is not root).
+    #[serde(default)]
+    pub creds: Option<Creds>,
+    /// (agents' socket, Clove socket): the first is mounted over the second in the agent's
+    /// mount namespace, so that an agent running as `creds` can connect where the Clove
+    /// socket is (the real one is the daemon user's alone).
+    #[serde(default)]
+    pub agent_socket: Option<(PathBuf, PathBuf)>,
 }
 
 /// What the sandbox ended up with, as reported to the supervisor.
@@ -131,6 +148,14 @@ fn take_report_pipe() -> Option<std::fs::File> {
 /// Entry point of `clove __launch SPEC`. Never returns.
 pub fn main(spec_json: &str) -> ! {
     let mut rep = Reporter(take_report_pipe());
+    // A session of our own, first: the daemon attributes connections by session, and a
+    // process can never join another session, only leave its own. (Our pid becomes the
+    // session and process group id, which the supervisor signals.)
+    // SAFETY: setsid(2) has no preconditions; it fails only for a group leader.
+    if unsafe { libc::setsid() } < 0 {
+        let e = std::io::Error::last_os_error();
+        rep.fail(EXIT_SETUP, format!("cannot start a session: {e}"));
+    }
     let spec: LaunchSpec = match serde_json::from_str(spec_json) {
         Ok(s) => s,
         Err(e) => rep.fail(EXIT_SETUP, format!("bad launch spec: {e}")),
@@ -151,21 +176,12 @@ pub fn main(spec_json: &str) -> ! {
             }
         }
     }
+    let root = nix::unistd::geteuid().is_root();
     if !spec.sandboxed {
         rep.send(&Report::Isolation(NsReport::default()));
-        exec_agent(&spec, &mut rep);
+        exec_agent(&spec, &mut rep, false);
     }
-    let root = nix::unistd::geteuid().is_root();
-    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS;
-    let mut names = vec!["pid", "mount", "uts"];
-    if !spec.network {
-        flags |= libc::CLONE_NEWNET;
-        names.push("net");
-    }
-    if !root {
-        flags |= libc::CLONE_NEWUSER;
-        names.push("user");
-    }
+    let (flags, names) = namespaces(&spec, root);
     // SAFETY: unshare(2) with namespace flags; we are single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
         let err = std::io::Error::last_os_error();
@@ -177,7 +193,7 @@ pub fn main(spec_json: &str) -> ! {
             degraded: Some(msg),
             ..Default::default()
         }));
-        exec_agent(&spec, &mut rep);
+        exec_agent(&spec, &mut rep, root);
     }
     if !root && let Err(e) = map_ids() {
         rep.fail(
@@ -185,6 +201,31 @@ pub fn main(spec_json: &str) -> ! {
             format!("cannot map ids in the user namespace: {e}"),
         );
     }
+    fork_init(&spec, names, &mut rep)
+}
+
+/// The namespaces to unshare, and their names for the report. The cgroup namespace makes the
+/// agent's view of cgroups start at the daemon's own cgroup; the mount namespace is owned by
+/// the daemon's user namespace (root) or the new one, so the agent, without capabilities, can
+/// mount nothing in it.
+fn namespaces(spec: &LaunchSpec, root: bool) -> (libc::c_int, Vec<&'static str>) {
+    let mut flags =
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+    let mut names = vec!["pid", "mount", "uts", "cgroup"];
+    if !spec.network {
+        flags |= libc::CLONE_NEWNET;
+        names.push("net");
+    }
+    if !root {
+        flags |= libc::CLONE_NEWUSER;
+        names.push("user");
+    }
+    (flags, names)
+}
+
+/// Forks `init` (pid 1 of the new pid namespace), waits for it and ends the way the agent
+/// ended, as `init` reports it through a pipe.
+fn fork_init(spec: &LaunchSpec, names: Vec<&str>, rep: &mut Reporter) -> ! {
     let mut status_pipe = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(status_pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -199,7 +240,7 @@ pub fn main(spec_json: &str) -> ! {
         Ok(nix::unistd::ForkResult::Child) => {
             // SAFETY: closing our copy of the read end.
             unsafe { libc::close(status_pipe[0]) };
-            init(&spec, names, &mut rep, status_pipe[1])
+            init(spec, names, rep, status_pipe[1])
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             rep.close();
@@ -225,7 +266,7 @@ pub fn main(spec_json: &str) -> ! {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy)]
-enum Ended {
+pub(super) enum Ended {
     Code(i32),
     Signal(i32),
 }
@@ -239,7 +280,7 @@ fn decode(status: libc::c_int) -> Ended {
 }
 
 /// Waits for one child, retrying interruptions.
-fn wait_for(pid: libc::pid_t) -> Ended {
+pub(super) fn wait_for(pid: libc::pid_t) -> Ended {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
@@ -254,7 +295,7 @@ fn wait_for(pid: libc::pid_t) -> Ended {
 }
 
 /// Ends this process the way the agent ended.
-fn mirror(e: Ended) -> ! {
+pub(super) fn mirror(e: Ended) -> ! {
     match e {
         Ended::Code(c) => std::process::exit(c),
         Ended::Signal(sig) => {
@@ -289,7 +330,7 @@ const FORWARDED: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
-fn ignore_stop_signals() {
+pub(super) fn ignore_stop_signals() {
     for s in FORWARDED {
         // SAFETY: setting a disposition to SIG_IGN.
         unsafe { libc::signal(s, libc::SIG_IGN) };
@@ -317,19 +358,7 @@ fn init(spec: &LaunchSpec, names: Vec<&str>, rep: &mut Reporter, status_fd: libc
         ..Default::default()
     };
     let mut problems = Vec::new();
-    // Private propagation first: nothing we mount may leak back to the host.
-    match mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE) {
-        Ok(()) => match mount(
-            Some("proc"),
-            "/proc",
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        ) {
-            Ok(()) => report.proc_mounted = true,
-            Err(e) => problems.push(format!("cannot mount /proc: {e}")),
-        },
-        Err(e) => problems.push(format!("cannot make mounts private: {e}")),
-    }
+    mount_inside(spec, &mut report, &mut problems);
     let host = spec.hostname.as_bytes();
     // SAFETY: the pointer and length describe `host`.
     if unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) } != 0 {
@@ -359,7 +388,9 @@ fn init(spec: &LaunchSpec, names: Vec<&str>, rep: &mut Reporter, status_fd: libc
         Ok(nix::unistd::ForkResult::Child) => {
             // SAFETY: closing init's status pipe end in the agent.
             unsafe { libc::close(status_fd) };
-            exec_agent(spec, rep)
+            // Root, or inside its own user namespace: either way it holds CAP_SETPCAP and
+            // must give up its bounding set.
+            exec_agent(spec, rep, true)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
     };
@@ -423,6 +454,45 @@ fn mount(
     }
 }
 
+/// The mounts of the agent's mount namespace: private propagation first (nothing mounted here
+/// may leak back to the host), then a fresh /proc, then the agents' socket over the Clove
+/// socket's path (a root daemon's agents, see `LaunchSpec::agent_socket`).
+fn mount_inside(spec: &LaunchSpec, report: &mut NsReport, problems: &mut Vec<String>) {
+    if let Err(e) = mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE) {
+        problems.push(format!("cannot make mounts private: {e}"));
+        return;
+    }
+    match mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    ) {
+        Ok(()) => report.proc_mounted = true,
+        Err(e) => problems.push(format!("cannot mount /proc: {e}")),
+    }
+    if let Some((agents, clove)) = &spec.agent_socket
+        && let Err(e) = bind_file(agents, clove)
+    {
+        problems.push(format!(
+            "cannot give the agent the daemon's socket ({} over {}): {e}",
+            agents.display(),
+            clove.display()
+        ));
+    }
+}
+
+/// Bind-mounts the file `source` over the file `target` (in our own mount namespace, whose
+/// propagation is private by now).
+fn bind_file(source: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    let text = |p: &std::path::Path| {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| std::io::Error::other("path is not UTF-8"))
+    };
+    mount(Some(&text(source)?), &text(target)?, None, libc::MS_BIND)
+}
+
 /// `ip link set lo up` by ioctl.
 fn loopback_up() -> std::io::Result<()> {
     // SAFETY: a plain socket(2) call; the fd is closed below.
@@ -450,18 +520,17 @@ fn loopback_up() -> std::io::Result<()> {
     if r == 0 { Ok(()) } else { Err(err) }
 }
 
-/// Joins the cgroups, applies fallback rlimits, restores default signal handling and execs
-/// the interpreter. Only returns by exiting.
-fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
-    for procs in &spec.cgroup_procs {
-        // "0" means the writing process itself.
-        if let Err(e) = std::fs::write(procs, "0") {
-            rep.fail(
-                EXIT_SETUP,
-                format!("cannot join cgroup {}: {e}", procs.display()),
-            );
-        }
+/// Joins `cgroup_procs` ("0" written to `cgroup.procs` means the writing process itself).
+pub(super) fn join_cgroups(cgroup_procs: &[PathBuf]) -> Result<(), String> {
+    for procs in cgroup_procs {
+        std::fs::write(procs, "0")
+            .map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
     }
+    Ok(())
+}
+
+/// Applies the fallback rlimits (limits cgroups could not take).
+pub(super) fn set_rlimits(rlimit_as: Option<u64>, rlimit_nproc: Option<u64>) -> Result<(), String> {
     let set = |res, v: Option<u64>| -> Result<(), String> {
         if let Some(v) = v {
             let lim = libc::rlimit {
@@ -475,11 +544,12 @@ fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
         }
         Ok(())
     };
-    if let Err(e) = set(libc::RLIMIT_AS, spec.rlimit_as)
-        .and_then(|()| set(libc::RLIMIT_NPROC, spec.rlimit_nproc))
-    {
-        rep.fail(EXIT_SETUP, e);
-    }
+    set(libc::RLIMIT_AS, rlimit_as).and_then(|()| set(libc::RLIMIT_NPROC, rlimit_nproc))
+}
+
+/// Default dispositions for the signals the launcher ignores, and an empty mask, as a
+/// program expects to start with.
+pub(super) fn restore_signals() {
     // SAFETY: restoring default dispositions and an empty mask before exec.
     unsafe {
         for s in FORWARDED {
@@ -489,6 +559,24 @@ fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
+}
+
+/// Joins the cgroups, applies fallback rlimits, drops every privilege of a sandboxed agent
+/// (see [`caps::drop_all`]; `need_bounding` when it holds CAP_SETPCAP), restores default
+/// signal handling and execs the interpreter. Only returns by exiting.
+fn exec_agent(spec: &LaunchSpec, rep: &mut Reporter, need_bounding: bool) -> ! {
+    if let Err(e) = join_cgroups(&spec.cgroup_procs)
+        .and_then(|()| set_rlimits(spec.rlimit_as, spec.rlimit_nproc))
+    {
+        rep.fail(EXIT_SETUP, e);
+    }
+    // After the cgroups (joining them takes root) and before anything of the agent's runs.
+    if spec.sandboxed
+        && let Err(e) = caps::drop_all(spec.creds, need_bounding)
+    {
+        rep.fail(EXIT_SETUP, format!("cannot drop privileges: {e}"));
+    }
+    restore_signals();
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(&spec.program);
     if let Some((first, rest)) = spec.argv.split_first() {

@@ -17,9 +17,11 @@
 //! Timers (SIGKILL after the kill grace, restart backoff, spawn timeout) are deadlines that
 //! bound the poll timeout.
 
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod enter;
 pub mod launch;
 pub mod logfile;
 pub mod metrics;
@@ -28,6 +30,7 @@ pub mod policy;
 pub mod spawn;
 
 use crate::kernel::audit::Category;
+use crate::kernel::identity::NsId;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, Kernel, Responder, request};
 use cgroup::{AgentCgroup, Cgroups, Limits};
@@ -110,6 +113,8 @@ pub struct AgentInfo {
     /// Its spec is saved in the state store (spawned with `persist: true` and not KILLed): it
     /// starts again when the daemon starts, and stays in LIST while stopped.
     pub persisted: bool,
+    /// How to run a command inside it (EXEC on its behalf), while its process runs.
+    pub confinement: Option<enter::Confinement>,
 }
 
 impl AgentInfo {
@@ -293,6 +298,9 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// The Clove socket agents are given.
     pub socket: PathBuf,
+    /// The agents' socket of a root daemon, which each sandboxed agent's launcher mounts
+    /// over `socket` inside the agent's mount namespace (see `daemon::bind_agent_socket`).
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Starts the supervisor thread.
@@ -324,6 +332,7 @@ pub fn start(
         log::warn!("cannot create {}: {e}", log_dir.display());
     }
     let socket = std::fs::canonicalize(&paths.socket).unwrap_or(paths.socket);
+    let agent_socket = paths.agent_socket;
     let mut sup = Supervisor {
         kernel,
         agents,
@@ -333,6 +342,7 @@ pub fn start(
         cgroups,
         log_dir,
         socket,
+        agent_socket,
         runtimes: HashMap::new(),
         pipes: HashMap::new(),
         next_token: FIRST_PIPE,
@@ -435,6 +445,8 @@ struct Supervisor {
     cgroups: Cgroups,
     log_dir: PathBuf,
     socket: PathBuf,
+    /// See [`Paths::agent_socket`].
+    agent_socket: Option<PathBuf>,
     runtimes: HashMap<CallerId, Runtime>,
     pipes: HashMap<Token, Pipe>,
     next_token: usize,
@@ -737,7 +749,13 @@ impl Supervisor {
     // ---- spawning ---------------------------------------------------------------------
 
     fn spawn(&mut self, req: spawn::SpawnRequest, id: CallerId, responder: Responder) {
-        match spawn::resolve(req, &self.agents.config, self.kernel.config.max_name_bytes) {
+        let agent_user = self.agents.sandbox.agent_creds;
+        match spawn::resolve(
+            req,
+            &self.agents.config,
+            self.kernel.config.max_name_bytes,
+            agent_user,
+        ) {
             Ok(spec) => self.start_spec(spec, id, Some(responder), false),
             Err(e) => responder.error(e),
         }
@@ -957,6 +975,7 @@ impl Supervisor {
                     cgroup: cg.clone(),
                     log_path: log_path.clone(),
                     persisted: restored,
+                    confinement: None,
                 },
             );
         }
@@ -988,6 +1007,10 @@ impl Supervisor {
     fn start_incarnation(&mut self, id: CallerId, responder: Option<Responder>) {
         let require = self.agents.sandbox.require;
         let timeout = self.agents.config.spawn_timeout;
+        let creds = match self.runtimes.get(&id) {
+            Some(rt) => self.agent_creds(&rt.spec),
+            None => return,
+        };
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -997,11 +1020,13 @@ impl Supervisor {
             spec: &rt.spec,
             id,
             socket: &self.socket,
+            agent_socket: self.agent_socket.as_deref().filter(|_| creds.is_some()),
             cgroup: rt.cgroup.as_ref(),
             require,
             rlimit_as: rt.rlimit_as,
             rlimit_nproc: rt.rlimit_nproc,
             die_with_daemon: self.agents.config.on_shutdown == config::OnShutdown::Stop,
+            creds,
         });
         match started {
             Ok(s) => {
@@ -1021,11 +1046,13 @@ impl Supervisor {
                 });
                 {
                     let mut t = self.agents.table.lock();
-                    self.kernel.agent_pid_started(pid, id);
+                    // The launcher leads the agent's session (it calls setsid first thing).
+                    self.kernel.agent_process_started(pid, id);
                     if let Some(a) = t.agents.get_mut(&id) {
                         set_status(a, Status::Starting);
                         a.pid = Some(pid);
                         a.main_pid = None;
+                        a.confinement = None;
                     }
                 }
                 self.register_pipe(id, PipeKind::Log, s.log);
@@ -1071,6 +1098,7 @@ impl Supervisor {
 
     /// The report pipe closed: the interpreter runs (or the launcher gave up).
     fn exec_done(&mut self, id: CallerId) {
+        let creds = self.agents.sandbox.agent_creds;
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -1097,32 +1125,19 @@ impl Supervisor {
         } else {
             Some(pid)
         };
-        let mut degraded = rt.degraded.clone();
-        if let Some(d) = &ns.degraded {
-            degraded.insert(0, d.clone());
-        }
-        let mut isolation = rt.limits_report.clone();
-        isolation["sandboxed"] = rt.spec.sandboxed.into();
-        isolation["namespaces"] = json!(ns.namespaces);
-        isolation["proc_mounted"] = ns.proc_mounted.into();
-        isolation["network"] = if !rt.spec.network && ns.namespaces.iter().any(|n| n == "net") {
-            "none"
-        } else {
-            "host"
-        }
-        .into();
-        isolation["applied"] = degraded.is_empty().into();
-        isolation["degraded_reason"] = if degraded.is_empty() {
-            Value::Null
-        } else {
-            degraded.join("; ").into()
-        };
+        let isolation = isolation_report(rt, &ns, creds);
         let restarts = rt.tracker.total;
         let spec = rt.spec.clone();
         // A KILL (or shutdown) that arrived while it was starting keeps it STOPPING.
         let stopping = rt.stopping.is_some();
         let respawn = rt.exited_at.take().map(|t| t.elapsed());
         let restored = rt.restored && restarts == 0;
+        let pid_ns = if forked {
+            self.register_pid_ns(id, pid)
+        } else {
+            None
+        };
+        let confinement = self.confinement(id, pid, pid_ns, &ns);
         {
             let mut t = self.agents.table.lock();
             if let Some(a) = t.agents.get_mut(&id) {
@@ -1130,12 +1145,10 @@ impl Supervisor {
                 a.isolation = isolation.clone();
                 a.started_at = Some(Instant::now());
                 a.restarts = restarts;
+                a.confinement = confinement;
                 if !stopping {
                     set_status(a, Status::Running);
                 }
-            }
-            if let Some(mp) = main_pid {
-                self.kernel.agent_pid_started(mp, id);
             }
         }
         let shown_pid = main_pid.unwrap_or(pid);
@@ -1173,27 +1186,86 @@ impl Supervisor {
                 "isolation": isolation,
                 "log_path": self.runtimes.get(&id).map(|r| r.log.path().to_path_buf()),
             }));
-            if spec.persist && !self.is_persisted(id) {
-                // The reply waits until the spec is saved: an acknowledged persistent agent
-                // comes back after any restart.
-                let Some(rec) = self.record_of(id) else {
-                    self.stop_agent(id, None, false);
-                    return r
-                        .error("cannot save the spec of a persistent agent; it is being stopped");
-                };
-                self.set_persisted(id, true);
-                self.save_record_then(
-                    rec,
-                    Then::Spawned {
-                        id,
-                        responder: r,
-                        reply,
-                    },
-                );
-            } else {
-                r.reply(&reply);
-            }
+            self.answer_spawn(id, spec.persist, r, reply);
         }
+    }
+
+    /// Sends the SPAWN reply; for a persistent agent, once its spec is saved (an acknowledged
+    /// persistent agent comes back after any restart).
+    fn answer_spawn(&mut self, id: CallerId, persist: bool, r: Responder, reply: Vec<u8>) {
+        if !persist || self.is_persisted(id) {
+            return r.reply(&reply);
+        }
+        let Some(rec) = self.record_of(id) else {
+            self.stop_agent(id, None, false);
+            return r.error("cannot save the spec of a persistent agent; it is being stopped");
+        };
+        self.set_persisted(id, true);
+        self.save_record_then(
+            rec,
+            Then::Spawned {
+                id,
+                responder: r,
+                reply,
+            },
+        );
+    }
+
+    /// The user a sandboxed agent runs as when it is not the daemon's (root daemon).
+    fn agent_creds(&self, spec: &AgentSpec) -> Option<caps::Creds> {
+        if spec.sandboxed {
+            self.agents.sandbox.agent_creds
+        } else {
+            None
+        }
+    }
+
+    /// Gives the kernel the pid namespace the launcher made for the agent: every process in
+    /// it speaks as the agent (no process can leave its pid namespace). Taken from the
+    /// launcher's `pid_for_children`: the launcher is our unreaped child, so its pid cannot
+    /// name another process here.
+    fn register_pid_ns(&self, id: CallerId, launcher: i32) -> Option<NsId> {
+        let path = format!("/proc/{launcher}/ns/pid_for_children");
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("agent={id}: cannot open {path}: {e}");
+                return None;
+            }
+        };
+        if NsId::of_fd(&file) == NsId::of_path("/proc/self/ns/pid") {
+            // The launcher made no pid namespace after all.
+            return None;
+        }
+        self.kernel.agent_pid_ns_started(OwnedFd::from(file), id)
+    }
+
+    /// How EXEC runs a command on the agent's behalf: inside its namespaces (when it has a
+    /// pid namespace), cgroups and rlimits, with the privileges it gave up given up too.
+    fn confinement(
+        &self,
+        id: CallerId,
+        launcher: i32,
+        pid_ns: Option<NsId>,
+        ns: &NsReport,
+    ) -> Option<enter::Confinement> {
+        let rt = self.runtimes.get(&id)?;
+        let in_userns = ns.namespaces.iter().any(|n| n == "user");
+        let root = nix::unistd::geteuid().is_root();
+        Some(enter::Confinement {
+            launcher,
+            pid_ns,
+            cgroup_procs: rt
+                .cgroup
+                .as_ref()
+                .map(|c| c.procs_files())
+                .unwrap_or_default(),
+            rlimit_as: rt.rlimit_as,
+            rlimit_nproc: rt.rlimit_nproc,
+            sandboxed: rt.spec.sandboxed,
+            creds: self.agent_creds(&rt.spec),
+            need_bounding: rt.spec.sandboxed && (root || in_userns),
+        })
     }
 
     // ---- exits ------------------------------------------------------------------------
@@ -1217,8 +1289,13 @@ impl Supervisor {
             if !has_exited(pid) {
                 continue;
             }
-            // The launcher is a zombie now, so its pid (and process group id) cannot be
-            // reused: kill what it left behind before reaping it.
+            // The launcher is a zombie now, so its pid (and process group and session id)
+            // cannot be reused: forget it as the agent's session leader and pid namespace,
+            // and kill what it left behind, before reaping it.
+            self.kernel.agent_process_gone(id);
+            if let Some(a) = self.agents.table.lock().agents.get_mut(&id) {
+                a.confinement = None;
+            }
             signal_group(pid, libc::SIGKILL);
             if let Some(cg) = &rt.cgroup {
                 cg.kill_all();
@@ -1282,7 +1359,7 @@ impl Supervisor {
             "pid {pid} exited: {reason}, exit code {exit_code}{}",
             signal.map(|s| format!(", signal {s}")).unwrap_or_default()
         ));
-        self.kernel.agent_pids_gone(id);
+        self.kernel.agent_process_gone(id);
         // A first start that failed answers SPAWN with the launcher's error and is forgotten.
         if let Some(st) = starting
             && let Some(r) = st.responder
@@ -1374,6 +1451,7 @@ impl Supervisor {
                         a.restarts = restart_count;
                         a.main_pid = None;
                         a.pid = None;
+                        a.confinement = None;
                     }
                 }
                 self.event(
@@ -1419,11 +1497,12 @@ impl Supervisor {
         self.kernel.remove_agent(id);
         let keep = self.agents.config.keep_exited;
         let mut t = self.agents.table.lock();
-        self.kernel.agent_pids_gone(id);
+        self.kernel.agent_process_gone(id);
         if let Some(a) = t.agents.get_mut(&id) {
             set_status(a, status);
             a.pid = None;
             a.main_pid = None;
+            a.confinement = None;
             if info.is_some() {
                 a.last_exit = info;
             }
@@ -1918,6 +1997,39 @@ impl Supervisor {
     }
 }
 
+/// SPAWN's `isolation` block: what the launcher reported, the limits, and what a sandboxed
+/// agent gave up (`creds`: the user it runs as when not the daemon's).
+fn isolation_report(rt: &Runtime, ns: &NsReport, creds: Option<caps::Creds>) -> Value {
+    let mut degraded = rt.degraded.clone();
+    if let Some(d) = &ns.degraded {
+        degraded.insert(0, d.clone());
+    }
+    let mut isolation = rt.limits_report.clone();
+    isolation["sandboxed"] = rt.spec.sandboxed.into();
+    isolation["namespaces"] = json!(ns.namespaces);
+    isolation["proc_mounted"] = ns.proc_mounted.into();
+    isolation["network"] = if !rt.spec.network && ns.namespaces.iter().any(|n| n == "net") {
+        "none"
+    } else {
+        "host"
+    }
+    .into();
+    if rt.spec.sandboxed {
+        // Every sandboxed agent gives up all capabilities (see caps::drop_all).
+        isolation["capabilities"] = "none".into();
+        isolation["uid"] = creds
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |c| c.uid)
+            .into();
+    }
+    isolation["applied"] = degraded.is_empty().into();
+    isolation["degraded_reason"] = if degraded.is_empty() {
+        Value::Null
+    } else {
+        degraded.join("; ").into()
+    };
+    isolation
+}
+
 /// A restored persistent agent that cannot be started stays in LIST as FAILED, so that it is
 /// seen and KILL can forget it.
 fn keep_unstartable(
@@ -1948,6 +2060,7 @@ fn keep_unstartable(
             cgroup: None,
             log_path: log_path.to_path_buf(),
             persisted: true,
+            confinement: None,
         },
     );
 }
@@ -1987,11 +2100,17 @@ fn has_exited(pid: i32) -> bool {
     r == 0 && unsafe { info.si_pid() } == pid
 }
 
-/// Sends a signal to a process group; a group that is gone is fine.
+/// Sends a signal to a launcher's process group; a group that is gone is fine. A launcher
+/// makes its group (with its session) first thing after it starts; until then the group
+/// does not exist and the launcher, which has not forked yet, is signalled alone.
 fn signal_group(pgid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    // SAFETY: kill(2) on the process group (or the process) we started.
     unsafe {
-        libc::kill(-pgid, sig);
+        if libc::kill(-pgid, sig) != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            libc::kill(pgid, sig);
+        }
     }
 }
 

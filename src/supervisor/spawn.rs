@@ -2,6 +2,7 @@
 //! running launcher process.
 
 use super::AgentSpec;
+use super::caps::{Creds, reachable_by};
 use super::cgroup::{AgentCgroup, Limits};
 use super::config::AgentsConfig;
 use super::launch::{self, LaunchSpec};
@@ -10,7 +11,6 @@ use crate::kernel::{CallerId, ipc};
 use crate::secrets::is_secret_env;
 use serde::Deserialize;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -80,12 +80,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Resolves paths and checks everything that needs the filesystem, and the configured limits
-/// on names and arguments.
+/// on names and arguments. `agent_user` is who a sandboxed agent will run as when that is not
+/// the daemon's user (a root daemon): its script and interpreter must be reachable by that
+/// user, and an interpreter named without a path is looked up only where that user can run
+/// it.
 pub fn resolve(
     req: SpawnRequest,
     config: &AgentsConfig,
     max_name_bytes: usize,
+    agent_user: Option<Creds>,
 ) -> Result<AgentSpec, String> {
+    let agent_user = agent_user.filter(|_| req.sandboxed);
     ipc::valid_name(&req.name, max_name_bytes)?;
     check_args(&req.args, config)?;
     let caller_cwd = std::fs::read_link(format!("/proc/{}/cwd", req.caller_pid)).ok();
@@ -103,17 +108,12 @@ pub fn resolve(
     if req.script.is_empty() || req.script.contains('\0') {
         return Err("invalid request: field `script` must be a path".into());
     }
-    let script = base(&req.script);
-    let script = std::fs::canonicalize(&script)
-        .map_err(|e| format!("script {} not found: {e}", script.display()))?;
-    if !script.is_file() {
-        return Err(format!("script {} is not a file", script.display()));
-    }
+    let script = find_script(base(&req.script), agent_user)?;
     let name = req
         .interpreter
         .as_deref()
         .unwrap_or(&config.default_interpreter);
-    let interpreter = find_program(name)?;
+    let interpreter = find_program(name, agent_user)?;
     let cwd = match &req.cwd {
         Some(c) => {
             let p = base(c);
@@ -159,6 +159,26 @@ pub fn resolve(
     })
 }
 
+/// The script, canonical, a file, and readable by the agent user when there is one.
+fn find_script(script: PathBuf, agent_user: Option<Creds>) -> Result<PathBuf, String> {
+    let script = std::fs::canonicalize(&script)
+        .map_err(|e| format!("script {} not found: {e}", script.display()))?;
+    if !script.is_file() {
+        return Err(format!("script {} is not a file", script.display()));
+    }
+    if let Some(u) = agent_user
+        && !reachable_by(&script, u, 0o4)
+    {
+        return Err(format!(
+            "script {} cannot be read by uid {}, the user sandboxed agents run as \
+             (sandbox.agent_user): make it and its directories readable to that user",
+            script.display(),
+            u.uid
+        ));
+    }
+    Ok(script)
+}
+
 /// The SPAWN `args` against `agents.max_args` and `agents.max_args_bytes`, and for NUL bytes.
 pub fn check_args(args: &[String], limits: &AgentsConfig) -> Result<(), String> {
     if args.len() > limits.max_args {
@@ -181,12 +201,14 @@ pub fn check_args(args: &[String], limits: &AgentsConfig) -> Result<(), String> 
     Ok(())
 }
 
-/// An interpreter given by path, or by name searched in `$PATH`.
-pub fn find_program(name: &str) -> Result<PathBuf, String> {
+/// An interpreter given by path, or by name searched in `$PATH`; with `user`, one that user
+/// can run (a root daemon's sandboxed agents run as another user).
+pub fn find_program(name: &str, user: Option<Creds>) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         p.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            && user.is_none_or(|u| reachable_by(p, u, 0o1))
     };
     if name.is_empty() || name.contains('\0') {
         return Err("invalid interpreter name".into());
@@ -195,6 +217,12 @@ pub fn find_program(name: &str) -> Result<PathBuf, String> {
         let p = PathBuf::from(name);
         return if executable(&p) {
             Ok(p)
+        } else if let Some(u) = user {
+            Err(format!(
+                "unknown interpreter {name:?}: not a file that uid {} (sandbox.agent_user) \
+                 can run",
+                u.uid
+            ))
         } else {
             Err(format!(
                 "unknown interpreter {name:?}: not an executable file"
@@ -222,6 +250,8 @@ pub struct Incarnation<'a> {
     pub spec: &'a AgentSpec,
     pub id: CallerId,
     pub socket: &'a Path,
+    /// The agents' socket, mounted over `socket` in a sandboxed agent of a root daemon.
+    pub agent_socket: Option<&'a Path>,
     pub cgroup: Option<&'a AgentCgroup>,
     pub require: bool,
     /// Limits the cgroup did not take, for rlimits.
@@ -231,6 +261,8 @@ pub struct Incarnation<'a> {
     /// even by SIGKILL. Set unless `agents.on_shutdown = "leave"`: an agent that outlived a
     /// crashed daemon would run unsupervised and could reconnect as a plain client.
     pub die_with_daemon: bool,
+    /// The user a sandboxed agent becomes (root daemon), see [`LaunchSpec::creds`].
+    pub creds: Option<Creds>,
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -264,6 +296,10 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
         rlimit_as: inc.rlimit_as,
         rlimit_nproc: inc.rlimit_nproc,
         die_with: inc.die_with_daemon.then(|| std::process::id() as i32),
+        creds: inc.creds,
+        agent_socket: inc
+            .agent_socket
+            .map(|s| (s.to_path_buf(), inc.socket.to_path_buf())),
     };
     let launch_json =
         serde_json::to_string(&launch).map_err(|e| format!("cannot encode launch spec: {e}"))?;
@@ -282,7 +318,8 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
         .stdin(Stdio::from(rep_w))
         .stdout(Stdio::from(log_w))
         .stderr(Stdio::from(log_w2))
-        .process_group(0)
+        // No process group here: the launcher starts a session (and with it a group) of its
+        // own, which a group leader could not.
         .env("CLOVE_SOCKET", inc.socket)
         .env("CLOVE_AGENT_ID", inc.id.to_string())
         .env("CLOVE_AGENT_NAME", &spec.name)
@@ -338,9 +375,14 @@ mod tests {
 
     #[test]
     fn programs() {
-        assert!(find_program("sh").is_ok());
-        assert!(find_program("/bin/sh").is_ok());
-        assert!(find_program("no-such-interpreter-xyz").is_err());
-        assert!(find_program("/etc/passwd").is_err());
+        assert!(find_program("sh", None).is_ok());
+        assert!(find_program("/bin/sh", None).is_ok());
+        assert!(find_program("no-such-interpreter-xyz", None).is_err());
+        assert!(find_program("/etc/passwd", None).is_err());
+        let nobody = Creds {
+            uid: 65534,
+            gid: 65534,
+        };
+        assert!(find_program("/bin/sh", Some(nobody)).is_ok());
     }
 }
