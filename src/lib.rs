@@ -19,6 +19,8 @@
 //!   [`mod@http`] runs the HTTP op (outbound requests, allow-listed) on its own threads.
 //! * [`supervisor`] owns agent processes (spawn, sandbox, cgroups, restarts); [`metrics`]
 //!   reads /proc and cgroup figures.
+//! * [`systemd`] reads what systemd hands the daemon (a socket, the notify socket, the
+//!   watchdog) and sends readiness, status and watchdog pings back.
 //! * [`daemon`] assembles the pieces for `clove serve`; [`client`] and [`mod@bench`] are the
 //!   client side used by the CLI.
 
@@ -36,4 +38,5 @@ pub mod proto;
 pub mod reactor;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 pub mod tls;

@@ -274,9 +274,24 @@ fn init_logging() {
         .unwrap_or_else(|_| "info".into());
     let mut b = env_logger::Builder::new();
     b.parse_filters(&filter).target(env_logger::Target::Stderr);
-    // Under systemd the journal adds its own timestamps.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.format_timestamp(None);
+    // Under systemd the journal adds its own timestamps, and takes each line's priority from
+    // a `<N>` prefix (sd-daemon(3)).
+    if clove::systemd::under_journald() {
+        b.format(|buf, r| {
+            let priority = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(
+                buf,
+                "<{priority}>{} {}: {}",
+                r.level(),
+                r.target(),
+                r.args()
+            )
+        });
     }
     let _ = b.try_init();
 }
