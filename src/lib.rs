@@ -27,6 +27,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod config_doc;
 pub mod daemon;
 pub mod frontend;
 pub mod http;

@@ -212,6 +212,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Write files the packages ship, generated from this program: man pages, shell
+    /// completions, the commented default config.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// Man pages into DIR: clove.1 and one page per subcommand (clove-serve.1, ...).
+    Man { dir: PathBuf },
+    /// Shell completions into DIR: clove.bash, _clove (zsh) and clove.fish.
+    Completions { dir: PathBuf },
+    /// The default config file, every key commented with its default, on stdout.
+    Config,
 }
 
 /// Prints a line to stdout, ignoring a closed pipe (`clove ... | head` must not panic).
@@ -423,6 +440,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             state_command(&cfg, action)
         }
+        Command::Generate { what } => generate(what),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())
                 .map_err(|e| e.to_string())?;
@@ -667,6 +685,33 @@ fn agent_call(
         eprintln!("clove: {}", v["error"].as_str().unwrap_or("request failed"));
         Ok(ExitCode::from(1))
     }
+}
+
+/// `clove generate ...`: what the packages ship, generated from the clap definitions and the
+/// config defaults so that it cannot drift from the program.
+fn generate(what: Generate) -> Result<ExitCode, String> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| format!("cannot write man pages to {}: {e}", dir.display()))?;
+        }
+        Generate::Completions { dir } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "clove", &dir)
+                    .map_err(|e| format!("cannot write {shell} completions: {e}"))?;
+            }
+        }
+        Generate::Config => {
+            let text = clove::config_doc::default_config().map_err(|e| e.to_string())?;
+            print!("{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `clove state ...`.
