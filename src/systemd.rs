@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
@@ -239,11 +240,18 @@ unsafe fn take_fd(fd: RawFd, name: &str) -> Result<ActivatedSocket, SystemdError
 }
 
 /// Sends `sd_notify(3)` messages to systemd. Cheap to clone; sending never blocks for long
-/// (a datagram to a local socket) and never fails the caller: a lost notification is logged.
+/// (a datagram to a local socket) and never fails the caller: the first lost notification is
+/// logged as a warning, later ones at debug level (the watchdog would repeat it every turn).
 #[derive(Clone, Debug)]
 pub struct Notifier {
-    sock: Arc<UnixDatagram>,
+    inner: Arc<NotifierInner>,
+}
+
+#[derive(Debug)]
+struct NotifierInner {
+    sock: UnixDatagram,
     addr: SocketAddr,
+    warned: AtomicBool,
 }
 
 impl Notifier {
@@ -257,14 +265,20 @@ impl Notifier {
             }
         };
         Ok(Notifier {
-            sock: Arc::new(UnixDatagram::unbound()?),
-            addr,
+            inner: Arc::new(NotifierInner {
+                sock: UnixDatagram::unbound()?,
+                addr,
+                warned: AtomicBool::new(false),
+            }),
         })
     }
 
     /// Sends one message (`KEY=value` lines).
     pub fn send(&self, message: &str) -> io::Result<()> {
-        let n = self.sock.send_to_addr(message.as_bytes(), &self.addr)?;
+        let n = self
+            .inner
+            .sock
+            .send_to_addr(message.as_bytes(), &self.inner.addr)?;
         if n != message.len() {
             return Err(io::Error::other("notification cut short"));
         }
@@ -273,7 +287,13 @@ impl Notifier {
 
     fn send_logged(&self, message: &str) {
         if let Err(e) = self.send(message) {
-            log::warn!("cannot notify systemd ({message:?}): {e}");
+            if self.inner.warned.swap(true, Ordering::Relaxed) {
+                log::debug!("cannot notify systemd ({message:?}): {e}");
+            } else {
+                log::warn!(
+                    "cannot notify systemd ({message:?}): {e}; further failures at debug level"
+                );
+            }
         }
     }
 
