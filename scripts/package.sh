@@ -77,6 +77,7 @@ build() {
 	"$bin" generate man "$GEN/man"
 	gzip -9n "$GEN"/man/*.1
 	"$bin" generate completions "$GEN/completions"
+	! grep -l generate "$GEN"/completions/* || die "the completions offer the internal 'generate'"
 	"$bin" generate config >"$GEN/clove.toml"
 	debian_changelog >"$GEN/changelog"
 	step "cargo deb, cargo generate-rpm"

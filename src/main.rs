@@ -212,13 +212,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Write files the packages ship, generated from this program: man pages, shell
-    /// completions, the commented default config.
-    #[command(hide = true)]
-    Generate {
-        #[command(subcommand)]
-        what: Generate,
-    },
+}
+
+// `clove generate` is parsed on its own, not as a subcommand of `Cli`: the completions it
+// writes would offer it (clap_complete lists hidden subcommands too).
+/// Write the files the packages ship, generated from this program.
+#[derive(Parser)]
+#[command(name = "clove generate", bin_name = "clove generate")]
+struct GenerateCli {
+    #[command(subcommand)]
+    what: Generate,
 }
 
 #[derive(Subcommand)]
@@ -271,6 +274,13 @@ fn main() -> ExitCode {
         Some(a) if a == clove::supervisor::logfile::COPY_SUBCOMMAND => {
             let rest: Vec<String> = args.filter_map(|s| s.into_string().ok()).collect();
             clove::supervisor::logfile::copy_main(&rest);
+        }
+        Some(a) if a == "generate" => {
+            let cli = GenerateCli::parse_from(std::env::args_os().skip(1));
+            return generate(cli.what).unwrap_or_else(|msg| {
+                eprintln!("clove: {msg}");
+                ExitCode::from(2)
+            });
         }
         _ => {}
     }
@@ -440,7 +450,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             state_command(&cfg, action)
         }
-        Command::Generate { what } => generate(what),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())
                 .map_err(|e| e.to_string())?;
