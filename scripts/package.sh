@@ -23,6 +23,7 @@ OUT=target/packages
 GEN=$OUT/generated
 MARKER=$OUT/.deb-installed-by-package-sh
 START=$SECONDS
+SCRATCH=$(mktemp -d -t clove-package.XXXXXX) # removed at exit, whatever happens
 
 step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - START))"; }
 die() {
@@ -107,14 +108,14 @@ debian_changelog() {
 
 # cargo-deb writes no md5sums; dpkg --verify and debsums need them. Repack with them added.
 add_md5sums() {
-	local deb=$1 dir
-	dir=$(mktemp -d)
+	local deb=$1 dir=$SCRATCH/repack
+	rm -rf "$dir"
+	mkdir "$dir"
 	dpkg-deb --raw-extract "$deb" "$dir/pkg"
 	(cd "$dir/pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z |
 		xargs -0 md5sum >DEBIAN/md5sums)
 	chmod 644 "$dir/pkg/DEBIAN/md5sums"
 	dpkg-deb --root-owner-group -Zxz --build "$dir/pkg" "$deb" >/dev/null
-	rm -rf "$dir"
 }
 
 deb_file() { ls "$OUT"/clove_*.deb; }
@@ -186,10 +187,8 @@ snapshot() {
 
 verify_units() {
 	step "systemd-analyze verify (stderr must stay empty)"
-	local err rt
-	err=$(mktemp)
-	rt=$(mktemp -d) # a user manager's runtime directory, for --user
-	chmod 700 "$rt"
+	local err=$SCRATCH/analyze.err rt=$SCRATCH/xdg-runtime # a user manager's, for --user
+	mkdir -m 700 "$rt"
 	(cd / && systemd-analyze verify /usr/lib/systemd/system/clove.service \
 		/usr/lib/systemd/system/clove.socket) 2>"$err" || { cat "$err"; die "system units"; }
 	[ ! -s "$err" ] || { cat "$err"; die "systemd-analyze verify printed the above for the system units"; }
@@ -197,7 +196,6 @@ verify_units() {
 		/usr/lib/systemd/user/clove.service /usr/lib/systemd/user/clove.socket) 2>"$err" ||
 		{ cat "$err"; die "user units"; }
 	[ ! -s "$err" ] || { cat "$err"; die "systemd-analyze verify printed the above for the user units"; }
-	rm -rf "$err" "$rt"
 	echo "clove.service, clove.socket (system and user): no findings"
 }
 
@@ -219,9 +217,7 @@ verify_deb() {
 	echo "lintian: no errors or warnings besides the overrides above (packaging/debian/lintian-overrides)"
 
 	step "dpkg -i"
-	local before after
-	before=$(mktemp)
-	after=$(mktemp)
+	local before=$SCRATCH/paths.before after=$SCRATCH/paths.after
 	snapshot >"$before"
 	touch "$MARKER"
 	dpkg -i "$deb"
@@ -251,12 +247,10 @@ verify_deb() {
 	verify_units
 
 	step "the installed daemon, under a harness that plays systemd"
-	local log
-	log=$(mktemp)
+	local log=$SCRATCH/harness.log
 	python3 packaging/test/fake-systemd.py --binary /usr/bin/clove --config /etc/clove/clove.toml \
 		--user clove | tee "$log"
 	IDLE_RSS_KIB=$(sed -n 's/^RESULTS .*"idle_rss_kib": \([0-9]*\).*/\1/p' "$log")
-	rm -f "$log"
 
 	step "dpkg -r: the conffile, the masks and the service's state stay"
 	# What the service would have made: its state directory, with a file in it.
@@ -284,11 +278,10 @@ verify_deb() {
 	fi
 	echo "no path added or removed in /etc /usr /var /opt /run; kept by policy:"
 	echo "  user $(getent passwd clove) and group $(getent group clove) (Debian keeps system users)"
-	rm -f "$before" "$after"
 }
 
 verify_rpm() {
-	local rpmf root
+	local rpmf root=$SCRATCH/rpm-root
 	rpmf=$(rpm_file)
 	step "rpm -qpi, -qpl, -K"
 	rpm -qpi "$rpmf"
@@ -327,7 +320,7 @@ EOF
 	echo "scriptlets: valid sh"
 
 	step "rpm --root: install into a scratch root"
-	root=$(mktemp -d)
+	mkdir "$root"
 	# The database at the usual place inside the root (Debian's rpm defaults to ~/.rpmdb).
 	rpm --root "$root" --dbpath /var/lib/rpm --initdb
 	# Scriptlets run inside the root, which has no shell: they are checked above instead.
@@ -343,11 +336,11 @@ EOF
 	left=$(find "$root" -type f ! -path "$root/var/lib/rpm/*")
 	[ -z "$left" ] || die "rpm -e left: $left"
 	echo "installed, verified (rpm -V), run, erased: nothing left"
-	rm -rf "$root"
 }
 
 cleanup() {
 	local code=$?
+	rm -rf "$SCRATCH"
 	if [ $code -ne 0 ] && [ -e "$MARKER" ] && [ -z "${CLOVE_KEEP_INSTALLED:-}" ]; then
 		echo "package.sh: purging the test install after the failure" >&2
 		dpkg -P clove >/dev/null 2>&1 || true
