@@ -64,7 +64,20 @@ impl BoundSocket {
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
-pub fn serve(config: Config) -> Result<(), DaemonError> {
+pub fn serve(mut config: Config) -> Result<(), DaemonError> {
+    // First, while this is the only thread: what systemd passed (see crate::systemd).
+    let systemd =
+        crate::systemd::Handoff::take().map_err(|e| DaemonError::Refused(e.to_string()))?;
+    if let Some(s) = &systemd.socket
+        && s.path != config.server.socket
+    {
+        log::info!(
+            "serving the socket systemd passed, {}, instead of {}",
+            s.path.display(),
+            config.server.socket.display()
+        );
+        config.server.socket = s.path.clone();
+    }
     ignore_sigpipe();
     raise_fd_limit();
     prepare_state_dir(&config.state_dir)?;
@@ -76,7 +89,11 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
         config.kernel.audit.max_entries,
     )
     .map_err(|e| DaemonError::Refused(e.to_string()))?;
-    let (listener, bound) = bind_socket(&config.server)?;
+    // A socket passed by systemd is systemd's: no lock, no mode change, not removed at exit.
+    let (listener, bound) = match systemd.socket {
+        Some(s) => (mio::net::UnixListener::from_std(s.listener), None),
+        None => bind_socket(&config.server).map(|(l, b)| (l, Some(b)))?,
+    };
 
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
     let waker =
@@ -145,7 +162,25 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
         );
         let _ = out.flush();
     }
+    if let Some(n) = &systemd.notifier {
+        let (a, socket) = (agents.clone(), config.server.socket.clone());
+        let status = move || {
+            let agents = a.table.lock().live_count();
+            format!("listening on {}; {agents} agents", socket.display())
+        };
+        let initial = status();
+        n.ready(&initial);
+        reactor.set_heartbeat(crate::systemd::Heartbeat::new(
+            n.clone(),
+            systemd.watchdog,
+            initial,
+            Box::new(status),
+        ));
+    }
     let result = reactor.run();
+    if let Some(n) = &systemd.notifier {
+        n.stopping();
+    }
     log::info!("shutting down");
     kernel.shutdown();
     let stop = config.agents.on_shutdown == crate::supervisor::config::OnShutdown::Stop;
@@ -156,8 +191,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     // instead of waiting for a reader; then the writer commits what is queued and stops.
     drop(reactor);
     kernel.store.close();
-    bound.remove();
-    if let Some(b) = agent_socket {
+    for b in [bound, agent_socket].into_iter().flatten() {
         b.remove();
     }
     result.map_err(io_err("event loop failed"))

@@ -24,13 +24,16 @@
 //! 1. [`kernel`]: the shared state (callers and identity, permissions, state store facade,
 //!    mailboxes, events, audit, async results).
 //! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
-//!    [`settings`], [`secrets`], [`lockfile`], [`tls`], and the client side used by the CLI:
-//!    [`client`], [`mod@bench`].
+//!    [`settings`], [`secrets`], [`lockfile`], [`tls`], [`sockdiag`] (who owns a loopback TCP
+//!    peer), [`systemd`] (what systemd hands the daemon, and readiness, status and watchdog
+//!    pings back), [`config_doc`] (the commented default config), and the client side used by
+//!    the CLI: [`client`], [`mod@bench`].
 
 pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_doc;
 pub mod daemon;
 pub mod frontend;
 pub mod http;
@@ -46,4 +49,5 @@ pub mod settings;
 pub mod sockdiag;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 pub mod tls;

@@ -214,6 +214,26 @@ enum Command {
     },
 }
 
+// `clove generate` is parsed on its own, not as a subcommand of `Cli`: the completions it
+// writes would offer it (clap_complete lists hidden subcommands too).
+/// Write the files the packages ship, generated from this program.
+#[derive(Parser)]
+#[command(name = "clove generate", bin_name = "clove generate")]
+struct GenerateCli {
+    #[command(subcommand)]
+    what: Generate,
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// Man pages into DIR: clove.1 and one page per subcommand (clove-serve.1, ...).
+    Man { dir: PathBuf },
+    /// Shell completions into DIR: clove.bash, _clove (zsh) and clove.fish.
+    Completions { dir: PathBuf },
+    /// The default config file, every key commented with its default, on stdout.
+    Config,
+}
+
 /// Prints a line to stdout, ignoring a closed pipe (`clove ... | head` must not panic).
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -262,6 +282,13 @@ fn main() -> ExitCode {
             let rest: Vec<String> = args.filter_map(|s| s.into_string().ok()).collect();
             clove::supervisor::logfile::copy_main(&rest);
         }
+        Some(a) if a == "generate" => {
+            let cli = GenerateCli::parse_from(std::env::args_os().skip(1));
+            return generate(cli.what).unwrap_or_else(|msg| {
+                eprintln!("clove: {msg}");
+                ExitCode::from(2)
+            });
+        }
         _ => {}
     }
     let cli = Cli::parse();
@@ -281,9 +308,24 @@ fn init_logging() {
         .unwrap_or_else(|_| "info".into());
     let mut b = env_logger::Builder::new();
     b.parse_filters(&filter).target(env_logger::Target::Stderr);
-    // Under systemd the journal adds its own timestamps.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.format_timestamp(None);
+    // Under systemd the journal adds its own timestamps, and takes each line's priority from
+    // a `<N>` prefix (sd-daemon(3)).
+    if clove::systemd::under_journald() {
+        b.format(|buf, r| {
+            let priority = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(
+                buf,
+                "<{priority}>{} {}: {}",
+                r.level(),
+                r.target(),
+                r.args()
+            )
+        });
     }
     let _ = b.try_init();
 }
@@ -659,6 +701,33 @@ fn agent_call(
         eprintln!("clove: {}", v["error"].as_str().unwrap_or("request failed"));
         Ok(ExitCode::from(1))
     }
+}
+
+/// `clove generate ...`: what the packages ship, generated from the clap definitions and the
+/// config defaults so that it cannot drift from the program.
+fn generate(what: Generate) -> Result<ExitCode, String> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| format!("cannot write man pages to {}: {e}", dir.display()))?;
+        }
+        Generate::Completions { dir } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "clove", &dir)
+                    .map_err(|e| format!("cannot write {shell} completions: {e}"))?;
+            }
+        }
+        Generate::Config => {
+            let text = clove::config_doc::default_config().map_err(|e| e.to_string())?;
+            print!("{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `clove state ...`.

@@ -226,6 +226,8 @@ pub struct Reactor {
     accept_retry: Option<Instant>,
     next_slow_check: Option<Instant>,
     my_uid: u32,
+    /// systemd's watchdog and status timer, when running under systemd (`Type=notify`).
+    heartbeat: Option<crate::systemd::Heartbeat>,
     pub stats: Stats,
 }
 
@@ -260,8 +262,14 @@ impl Reactor {
             accept_retry: None,
             next_slow_check: None,
             my_uid: nix::unistd::geteuid().as_raw(),
+            heartbeat: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Sends systemd watchdog pings and status from this loop, so they stop when it stops.
+    pub fn set_heartbeat(&mut self, heartbeat: crate::systemd::Heartbeat) {
+        self.heartbeat = Some(heartbeat);
     }
 
     /// Starts accepting on a bound listener.
@@ -359,6 +367,9 @@ impl Reactor {
         if let Some(t) = self.next_slow_check {
             consider(t);
         }
+        if let Some(h) = &self.heartbeat {
+            consider(h.deadline());
+        }
         if let Some(at_ms) = self.kernel.store.next_expiry() {
             let now_ms = crate::clock::now_ms();
             consider(now + Duration::from_millis(at_ms.saturating_sub(now_ms)));
@@ -390,6 +401,9 @@ impl Reactor {
         }
         if self.next_slow_check.is_some_and(|t| t <= now) {
             self.check_slow_clients(now);
+        }
+        if let Some(h) = self.heartbeat.as_mut() {
+            h.tick(now);
         }
     }
 

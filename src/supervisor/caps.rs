@@ -144,6 +144,9 @@ pub fn drop_all(creds: Option<Creds>, need_bounding: bool) -> Result<(), String>
     Ok(())
 }
 
+/// `sandbox.agent_user` when the file does not set it.
+pub const DEFAULT_AGENT_USER: &str = "nobody";
+
 /// The user and group sandboxed agents of a root daemon run as: `sandbox.agent_user` given
 /// as a name or a numeric uid (default `nobody`, or 65534 where there is no such user).
 /// Root itself is refused: a process of uid 0 owns every root-owned file and cgroup, with or
@@ -151,7 +154,7 @@ pub fn drop_all(creds: Option<Creds>, need_bounding: bool) -> Result<(), String>
 pub fn resolve_agent_user(name: Option<&str>) -> Result<Creds, String> {
     use nix::unistd::{Uid, User};
     let creds = match name {
-        None => match User::from_name("nobody") {
+        None => match User::from_name(DEFAULT_AGENT_USER) {
             Ok(Some(u)) => Creds {
                 uid: u.uid.as_raw(),
                 gid: u.gid.as_raw(),
