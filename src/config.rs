@@ -62,6 +62,8 @@ pub struct RawConfig {
 pub struct RawLimits {
     pub mailbox_len: Option<usize>,
     pub mailbox_max_bytes: Option<usize>,
+    /// Bytes of message bodies all mailboxes together may hold (a shared body counts once).
+    pub mailboxes_total_bytes: Option<usize>,
     pub event_queue_len: Option<usize>,
     pub event_queue_bytes: Option<usize>,
     pub state_max_keys: Option<usize>,
@@ -219,7 +221,9 @@ fn kernel_config(
     audit: AuditConfig,
     errors: &mut Vec<String>,
 ) -> KernelConfig {
-    use crate::kernel::ipc::{DEFAULT_MAX_NAME_BYTES, MAX_NAME_BYTES_LIMIT};
+    use crate::kernel::ipc::{
+        DEFAULT_MAILBOXES_TOTAL_BYTES, DEFAULT_MAX_NAME_BYTES, MAX_NAME_BYTES_LIMIT,
+    };
     KernelConfig {
         mailbox_len: positive(errors, "limits.mailbox_len", l.mailbox_len, 1024, 1 << 24),
         mailbox_max_bytes: positive(
@@ -228,6 +232,15 @@ fn kernel_config(
             l.mailbox_max_bytes,
             16 << 20,
             1 << 34,
+        ),
+        // Counted once per body however many mailboxes share it, so a BROADCAST to every
+        // agent costs its size once; see `kernel::ipc`.
+        mailboxes_total_bytes: positive(
+            errors,
+            "limits.mailboxes_total_bytes",
+            l.mailboxes_total_bytes,
+            DEFAULT_MAILBOXES_TOTAL_BYTES,
+            1 << 40,
         ),
         event_queue_len: positive(
             errors,

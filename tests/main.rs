@@ -17,6 +17,7 @@ mod identity;
 mod ipc_ops;
 mod lifecycle;
 mod limits_config;
+mod memory_budgets;
 mod perms_ops;
 mod python_client;
 mod smoke;

@@ -162,6 +162,7 @@ impl Kernel {
             ipc: Arc::new(Mutex::new(ipc::Ipc::with_limits(
                 config.mailbox_len,
                 config.mailbox_max_bytes,
+                config.mailboxes_total_bytes,
                 config.max_name_bytes,
             ))),
             events: Arc::new(Mutex::new(events::EventBus::with_limits(
