@@ -429,6 +429,31 @@ mod tests {
     }
 
     #[test]
+    fn daemon_wide_memory_budgets_have_defaults_and_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.pending_reply_total_bytes, 128 << 20);
+        assert_eq!(c.kernel.mailboxes_total_bytes, 128 << 20);
+        let c = parse(
+            "[server]\npending_reply_total_bytes = 1048576\nmax_pending_reply_bytes = 65536\n\
+             [limits]\nmailboxes_total_bytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.pending_reply_total_bytes, 1 << 20);
+        assert_eq!(c.kernel.mailboxes_total_bytes, 1000);
+        // The budget of all connections cannot be smaller than what one may hold.
+        let e = parse("[server]\npending_reply_total_bytes = 1048576\n").unwrap_err();
+        assert!(
+            e.0[0].starts_with("server.pending_reply_total_bytes: 1048576 is less than")
+                && e.0[0].contains("server.max_pending_reply_bytes = 4194304"),
+            "{e}"
+        );
+        let e =
+            parse("[server]\npending_reply_total_bytes = 0\n[limits]\nmailboxes_total_bytes = 0\n")
+                .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
     fn a_store_outside_the_state_dir_is_blocked_too() {
         let c = parse("[store]\npath = \"/data/clove/s.db\"\n").unwrap();
         let std = c.kernel.level("standard").unwrap();

@@ -4,11 +4,28 @@
 //! the number of connections. The RSS checks run with the defaults, which are the promise to a
 //! login node.
 
-use crate::harness::{Client, Daemon, op, wait_for};
+use crate::harness::{Client, Daemon, frame, op, read_frame, wait_for};
 use serde_json::json;
-use std::time::Duration;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024;
+
+/// The largest RSS (KiB) seen until it has stopped growing for `quiet`, or `limit` passed.
+fn rss_settled(d: &Daemon, quiet: Duration, limit: Duration) -> u64 {
+    let start = Instant::now();
+    let mut peak = d.rss_kib();
+    let mut last_growth = Instant::now();
+    while start.elapsed() < limit && last_growth.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = d.rss_kib();
+        if now > peak + MIB {
+            last_growth = Instant::now();
+        }
+        peak = peak.max(now);
+    }
+    peak
+}
 
 #[test]
 fn broadcasts_to_300_mailboxes_hold_one_copy_of_each_body() {
@@ -93,4 +110,60 @@ fn mail_beyond_the_daemon_wide_budget_is_refused_naming_the_key() {
     assert_eq!(b.ok(op::RECV, json!({"max": 10}))["count"], 2);
     a.ok(op::SEND, json!({"to_name": "c", "message": body(5)}));
     a.ok(op::BROADCAST, json!({"message": body(6)}));
+}
+
+#[test]
+fn clients_that_do_not_read_their_replies_stay_within_the_pending_reply_budget() {
+    // Before the fix, 300 connections pipelining 10 FETCHes of 1 MB without reading held
+    // 1,465 MiB: 4 MiB (and one reply more) per connection, for up to 4096 connections.
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.ok(
+        op::STORE,
+        json!({"key": "big", "value": "v".repeat(1_000_000)}),
+    );
+    let before = d.rss_kib();
+    let mut fetches = Vec::new();
+    for _ in 0..10 {
+        fetches.extend(frame(0, op::FETCH, br#"{"key":"big"}"#));
+    }
+    let hogs: Vec<_> = (0..300)
+        .map(|_| {
+            let mut s = d.raw();
+            s.write_all(&fetches).unwrap();
+            s
+        })
+        .collect();
+    let peak = rss_settled(&d, Duration::from_millis(1500), Duration::from_secs(8));
+    let grown = peak.saturating_sub(before);
+    // The default budget (server.pending_reply_total_bytes, 128 MiB) plus slack.
+    assert!(
+        grown < (128 + 32) * MIB,
+        "RSS grew by {} MiB for 300 connections that do not read",
+        grown / MIB
+    );
+    // A client that reads is still served, big replies included.
+    let t = Instant::now();
+    let r = c.ok(op::FETCH, json!({"key": "big"}));
+    assert_eq!(r["value"].as_str().map(str::len), Some(1_000_000));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a reading client waited {:?} behind 300 that do not read",
+        t.elapsed()
+    );
+    let q = c.ok(op::HELLO, json!({}))["queues"]["replies"].clone();
+    assert_eq!(q["key"], "server.pending_reply_total_bytes", "{q}");
+    assert!(
+        q["bytes"].as_u64().unwrap() <= q["capacity"].as_u64().unwrap() + (2 << 20),
+        "{q}"
+    );
+    // Whatever the daemon did send a connection that does not read is correct and in order.
+    for mut s in hogs.into_iter().take(5) {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        for _ in 0..10 {
+            let Ok(f) = read_frame(&mut s) else { break };
+            assert_eq!(f.op, op::FETCH);
+            assert_eq!(f.json()["value"].as_str().map(str::len), Some(1_000_000));
+        }
+    }
 }

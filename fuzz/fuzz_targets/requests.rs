@@ -51,6 +51,7 @@ fn world() -> &'static World {
             )),
             config: config.ops.clone(),
             completion_queue: Box::new(|| (0, 1)),
+            pending_replies: Box::new(|| (0, 1)),
             kernel,
         };
         World { ops: Arc::new(ops), back: Arc::new(Discard), caller }

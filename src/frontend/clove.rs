@@ -55,7 +55,7 @@ impl CloveProto {
             if *budget == 0 {
                 return (off, Stop::Budget);
             }
-            if io.pending_out() >= env.max_pending_out {
+            if env.output.full(io.pending_out(), io.held_out()) {
                 return (off, Stop::OutputFull);
             }
             let (frame, used) = match clove::decode(&input[off..], self.max_payload) {

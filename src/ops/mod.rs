@@ -64,6 +64,9 @@ pub struct Ops {
     pub commands: CommandRunner,
     /// The reactor's completion queue (`server.completion_queue`).
     pub completion_queue: QueueProbe,
+    /// Unsent reply bytes of all connections, and their budget
+    /// (`server.pending_reply_total_bytes`).
+    pub pending_replies: QueueProbe,
 }
 
 use Route::{Inline, Worker};

@@ -1,5 +1,6 @@
 //! The `[server]` config section: the Unix socket, who may connect, and the reactor's limits
-//! (connections, frame size, pending replies, pipelining, slow clients, queues).
+//! (connections, frame size, pending replies per connection and in all, pipelining, slow
+//! clients, queues).
 
 use crate::settings::positive;
 use serde::Deserialize;
@@ -28,6 +29,8 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     pub max_frame_bytes: Option<u64>,
     pub max_pending_reply_bytes: Option<usize>,
+    /// Unsent reply bytes of all connections together.
+    pub pending_reply_total_bytes: Option<usize>,
     pub max_pipelined: Option<usize>,
     pub slow_client_timeout_ms: Option<u64>,
     /// Replies produced off the reactor thread waiting for it; a full queue makes the sender
@@ -47,6 +50,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_frame_bytes: u64,
     pub max_pending_reply_bytes: usize,
+    /// Unsent reply bytes of all connections together; see `frontend::OutputBudget`.
+    pub pending_reply_total_bytes: usize,
     pub max_pipelined: usize,
     pub slow_client_timeout: Duration,
     pub completion_queue: usize,
@@ -93,6 +98,7 @@ impl ServerConfig {
                 4 << 20,
                 1 << 32,
             ),
+            pending_reply_total_bytes: pending_reply_total_bytes(s, errors),
             max_pipelined: positive(
                 errors,
                 "server.max_pipelined",
@@ -110,6 +116,30 @@ impl ServerConfig {
             ),
         }
     }
+}
+
+/// The default of `server.pending_reply_total_bytes`. Every connection may hold
+/// `max_pending_reply_bytes` (4 MiB) of unsent replies, but 4096 of them would be 16 GiB: the
+/// daemon-wide budget is what bounds the memory held for clients that do not read, and a login
+/// node is shared, so it is 128 MiB (32 connections at their own cap).
+pub const DEFAULT_PENDING_REPLY_TOTAL_BYTES: usize = 128 << 20;
+
+fn pending_reply_total_bytes(s: &RawServer, errors: &mut Vec<String>) -> usize {
+    let total = positive(
+        errors,
+        "server.pending_reply_total_bytes",
+        s.pending_reply_total_bytes,
+        DEFAULT_PENDING_REPLY_TOTAL_BYTES,
+        1 << 40,
+    );
+    let own = s.max_pending_reply_bytes.unwrap_or(4 << 20);
+    if total < own {
+        errors.push(format!(
+            "server.pending_reply_total_bytes: {total} is less than one connection may hold \
+             (server.max_pending_reply_bytes = {own})"
+        ));
+    }
+    total
 }
 
 fn socket_mode(text: Option<&str>, errors: &mut Vec<String>) -> u32 {

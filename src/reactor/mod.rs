@@ -7,6 +7,11 @@
 //! * a connection with a request at a worker is not read until the reply comes back;
 //! * a connection whose unsent replies exceed `max_pending_reply_bytes` is not read either, and
 //!   is dropped when it makes no write progress for `slow_client_timeout`;
+//! * the reply bytes of all connections together are bounded by `pending_reply_total_bytes`
+//!   (see [`OutputBudget`]): past three quarters of it, connections with unsent replies are
+//!   paused like the above; at the whole of it, every connection waits, and paused ones that
+//!   make no progress are dropped after at most a second instead of `slow_client_timeout`,
+//!   so clients that do not read cannot hold the budget and shut the others out;
 //! * at most `max_pipelined` requests are taken from one connection per turn, then others get
 //!   theirs (the connection is re-queued);
 //! * a full worker queue pauses the connection, never buffers without bound.
@@ -18,7 +23,7 @@
 pub mod config;
 pub mod conn;
 
-use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Proto, Stop};
+use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, OutputBudget, Proto, Stop};
 use crate::kernel::{Kernel, Peer};
 use crate::ops::Ops;
 use crate::pool::WorkerPool;
@@ -33,7 +38,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Wakes the reactor when completions are queued or shutdown is requested.
@@ -53,6 +58,9 @@ const SCRATCH: usize = 256 * 1024;
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 /// How often paused connections are checked while any exist.
 const SLOW_CHECK: Duration = Duration::from_millis(100);
+/// How long a paused connection may read nothing while others wait for room in the daemon-wide
+/// reply budget (`server.pending_reply_total_bytes`), if `slow_client_timeout_ms` is longer.
+const PRESSED_SLOW_CLIENT: Duration = Duration::from_secs(1);
 /// Retry interval while connections wait for room in the worker queue or accept is throttled.
 const RETRY: Duration = Duration::from_millis(5);
 
@@ -219,7 +227,16 @@ pub struct Reactor {
     live: usize,
     ready: VecDeque<ConnId>,
     pool_waiters: Vec<ConnId>,
+    /// Connections with nothing to write that wait for room in the daemon-wide reply budget.
+    budget_waiters: Vec<ConnId>,
     paused: usize,
+    /// Reply bytes all connections hold (the sum of their `Conn::counted`): what
+    /// `server.pending_reply_total_bytes` bounds.
+    pending_total: usize,
+    /// Where connections with unsent replies stop: see [`OutputBudget`].
+    soft_total: usize,
+    /// `pending_total` for HELLO, updated every turn.
+    pending_gauge: Arc<AtomicUsize>,
     scratch: Vec<u8>,
     shutdown: Arc<AtomicBool>,
     accept_retry: Option<Instant>,
@@ -230,6 +247,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Builds a reactor around an existing poll (whose waker the kernel's sink uses).
+    /// `pending_gauge` is kept up to date with the reply bytes held for all connections.
     pub fn new(
         poll: Poll,
         config: ServerConfig,
@@ -237,9 +255,11 @@ impl Reactor {
         pool: WorkerPool,
         completions: (Sink, Receiver<Completion>),
         shutdown: Arc<AtomicBool>,
+        pending_gauge: Arc<AtomicUsize>,
     ) -> Reactor {
         let (sink, completions) = completions;
         Reactor {
+            soft_total: config.pending_reply_total_bytes / 4 * 3,
             poll,
             config,
             kernel: ops.kernel.clone(),
@@ -253,7 +273,10 @@ impl Reactor {
             live: 0,
             ready: VecDeque::new(),
             pool_waiters: Vec::new(),
+            budget_waiters: Vec::new(),
             paused: 0,
+            pending_total: 0,
+            pending_gauge,
             scratch: vec![0; SCRATCH],
             shutdown,
             accept_retry: None,
@@ -326,6 +349,10 @@ impl Reactor {
             self.drain_completions();
             self.run_ready();
             self.run_timers();
+            // After the timers: dropping slow clients is what frees the budget when it is spent.
+            self.wake_budget_waiters();
+            self.pending_gauge
+                .store(self.pending_total, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -381,7 +408,13 @@ impl Reactor {
     }
 
     fn check_slow_clients(&mut self, now: Instant) {
-        let limit = self.config.slow_client_timeout;
+        // While the daemon-wide reply budget is spent and connections wait for room, the
+        // connections holding it that read nothing go sooner: each waiting one waits for them.
+        let limit = if self.budget_waiters.is_empty() {
+            self.config.slow_client_timeout
+        } else {
+            self.config.slow_client_timeout.min(PRESSED_SLOW_CLIENT)
+        };
         let mut victims = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(c) = &s.conn
@@ -518,6 +551,8 @@ impl Reactor {
             want_write: false,
             queued: false,
             waiting_pool: false,
+            waiting_budget: false,
+            counted: 0,
             last_write: Instant::now(),
             paused_since: None,
         });
@@ -579,125 +614,76 @@ impl Reactor {
         if conn.io.out.is_empty() {
             conn.io.out = c.bytes;
         } else {
+            clove::reserve_output(&mut conn.io.out, c.bytes.len());
             conn.io.out.extend_from_slice(&c.bytes);
         }
         if c.kind == CompletionKind::Reply {
             conn.io.busy = false;
         }
+        let (before, held) = (conn.counted, conn.io.held_out());
+        conn.counted = held;
+        self.pending_total = self.pending_total - before + held;
         self.schedule(c.conn);
     }
 
-    /// Does everything a connection can do right now: flush, read, handle requests, flush.
+    /// Does everything a connection can do right now: flush, read, handle requests, flush;
+    /// then settles its interest and flow-control state.
     fn service(&mut self, id: ConnId) {
-        let max_pending_out = self.config.max_pending_reply_bytes;
-        let mut budget = self.config.max_pipelined;
-        let slot = &mut self.slots[id.slot as usize];
-        let Some(conn) = slot.conn.as_mut() else {
+        let Some(conn) = self
+            .slots
+            .get_mut(id.slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
             return;
         };
         let env = Env {
             ops: &self.ops,
             pool: &self.pool,
-            max_pending_out,
+            output: OutputBudget {
+                own_max: self.config.max_pending_reply_bytes,
+                others: self.pending_total - conn.counted,
+                soft: self.soft_total,
+                hard: self.config.pending_reply_total_bytes,
+            },
         };
-        let handled_before = budget;
-        let mut failed = flush(conn).is_err();
-        let mut stop = Stop::NeedInput;
-        while !failed {
-            if !conn.inbuf.is_empty() {
-                let (used, s) = conn
-                    .proto
-                    .process(&conn.inbuf, &mut conn.io, &env, &mut budget);
-                conn.inbuf.drain(..used);
-                stop = s;
-                if s != Stop::NeedInput {
-                    break;
-                }
-            }
-            if conn.io.busy || conn.io.close_after_flush {
-                stop = Stop::Paused;
-                break;
-            }
-            if conn.io.pending_out() >= max_pending_out {
-                stop = Stop::OutputFull;
-                break;
-            }
-            if budget == 0 {
-                stop = Stop::Budget;
-                break;
-            }
-            if conn.read_closed || !conn.readable {
-                break;
-            }
-            match read_once(&mut conn.stream, &mut self.scratch) {
-                Io::Progress(n) => {
-                    // A short read means the socket is drained (epoll(7)); skip the extra
-                    // read that would only return EAGAIN. Not after a shutdown was reported:
-                    // the data and the end-of-file may have come in one edge, and the
-                    // end-of-file must still be read.
-                    if n < self.scratch.len() && !conn.hup_seen {
-                        conn.readable = false;
-                    }
-                    if conn.inbuf.is_empty() {
-                        let (used, s) =
-                            conn.proto
-                                .process(&self.scratch[..n], &mut conn.io, &env, &mut budget);
-                        conn.inbuf.extend_from_slice(&self.scratch[used..n]);
-                        stop = s;
-                        if s != Stop::NeedInput {
-                            break;
-                        }
-                    } else {
-                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
-                    }
-                    if conn.io.pending_out() >= KEEP_OUT_CAPACITY {
-                        failed = flush(conn).is_err();
-                    }
-                }
-                Io::WouldBlock => {
-                    conn.readable = false;
-                    break;
-                }
-                Io::Closed => {
-                    conn.read_closed = true;
-                    break;
-                }
-                Io::Failed(kind) => {
-                    log::debug!("conn={id}: read failed: {kind:?}");
-                    failed = true;
-                }
-            }
-        }
-        self.stats.requests += (handled_before - budget) as u64;
+        let mut budget = self.config.max_pipelined;
+        let (stop, mut failed) = pump(id, conn, &env, &mut self.scratch, &mut budget);
+        self.stats.requests += (self.config.max_pipelined - budget) as u64;
         if !failed {
-            failed = flush(conn).is_err();
+            failed = flush(conn).is_err() || set_interest(&self.poll, id, conn).is_err();
         }
-        let want_write = conn.io.pending_out() > 0;
-        if !failed && want_write != conn.want_write {
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            failed = self
-                .poll
-                .registry()
-                .reregister(
-                    conn.stream.source(),
-                    Token(FIRST_CONN + id.slot as usize),
-                    interest,
-                )
-                .is_err();
-            conn.want_write = want_write;
-        }
+        let held = conn.io.held_out();
+        self.pending_total = self.pending_total - conn.counted + held;
+        conn.counted = held;
         if failed {
             self.close(id);
-            return;
+        } else {
+            self.settle(id, stop);
         }
+    }
+
+    /// After a connection was serviced: pauses or resumes it for its unsent replies, closes it
+    /// when it is done, or queues it to be serviced again.
+    fn settle(&mut self, id: ConnId, mut stop: Stop) {
+        let Some(conn) = self
+            .slots
+            .get_mut(id.slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return;
+        };
         let now = Instant::now();
         let pending = conn.io.pending_out();
+        let output = OutputBudget {
+            own_max: self.config.max_pending_reply_bytes,
+            others: self.pending_total - conn.counted,
+            soft: self.soft_total,
+            hard: self.config.pending_reply_total_bytes,
+        };
         let was_paused = conn.paused_since.is_some();
-        let paused_now = pending >= max_pending_out;
+        // Paused: it has replies to write and may not take more requests until it does. The
+        // slow-client timer watches these.
+        let paused_now = pending > 0 && output.full(pending, conn.counted);
         if paused_now && !was_paused {
             conn.paused_since = Some(now);
             self.paused += 1;
@@ -725,8 +711,34 @@ impl Reactor {
                     self.pool_waiters.push(id);
                 }
             }
+            // Everything it had is written, but the daemon-wide budget is spent: it waits for
+            // room without a socket event to wake it, see `wake_budget_waiters`.
+            Stop::OutputFull if pending == 0 && output.full(0, 0) => {
+                if !conn.waiting_budget {
+                    conn.waiting_budget = true;
+                    self.budget_waiters.push(id);
+                }
+            }
+            Stop::OutputFull if pending == 0 => self.schedule(id),
             Stop::NeedInput | Stop::Paused | Stop::OutputFull => {}
         }
+    }
+
+    /// Connections that stopped for the daemon-wide reply budget with nothing of their own
+    /// to write go on once the budget has room again (in the order they stopped).
+    fn wake_budget_waiters(&mut self) {
+        if self.budget_waiters.is_empty()
+            || self.pending_total >= self.config.pending_reply_total_bytes
+        {
+            return;
+        }
+        for id in std::mem::take(&mut self.budget_waiters) {
+            if let Some(c) = self.conn_mut(id) {
+                c.waiting_budget = false;
+            }
+            self.schedule(id);
+        }
+        self.run_ready();
     }
 
     fn close(&mut self, id: ConnId) {
@@ -743,6 +755,7 @@ impl Reactor {
         if conn.paused_since.is_some() {
             self.paused -= 1;
         }
+        self.pending_total -= conn.counted;
         let _ = self.poll.registry().deregister(conn.stream.source());
         self.kernel.disconnect(conn.io.caller);
         self.free.push(id.slot);
@@ -765,6 +778,97 @@ impl Reactor {
     pub fn connections(&self) -> usize {
         self.live
     }
+}
+
+/// Flushes, then reads and hands input to the connection's protocol until it stops: for want
+/// of input, for its flow control or at the end of its request budget. Returns why it
+/// stopped, and whether the socket failed.
+fn pump(
+    id: ConnId,
+    conn: &mut Conn,
+    env: &Env,
+    scratch: &mut [u8],
+    budget: &mut usize,
+) -> (Stop, bool) {
+    if flush(conn).is_err() {
+        return (Stop::NeedInput, true);
+    }
+    loop {
+        if !conn.inbuf.is_empty() {
+            let (used, s) = conn.proto.process(&conn.inbuf, &mut conn.io, env, budget);
+            conn.inbuf.drain(..used);
+            if s != Stop::NeedInput {
+                return (s, false);
+            }
+        }
+        if conn.io.busy || conn.io.close_after_flush {
+            return (Stop::Paused, false);
+        }
+        if env.output.full(conn.io.pending_out(), conn.io.held_out()) {
+            return (Stop::OutputFull, false);
+        }
+        if *budget == 0 {
+            return (Stop::Budget, false);
+        }
+        if conn.read_closed || !conn.readable {
+            return (Stop::NeedInput, false);
+        }
+        match read_once(&mut conn.stream, scratch) {
+            Io::Progress(n) => {
+                // A short read means the socket is drained (epoll(7)); skip the extra read
+                // that would only return EAGAIN. Not after a shutdown was reported: the data
+                // and the end-of-file may have come in one edge, and the end-of-file must
+                // still be read.
+                if n < scratch.len() && !conn.hup_seen {
+                    conn.readable = false;
+                }
+                if conn.inbuf.is_empty() {
+                    let (used, s) = conn.proto.process(&scratch[..n], &mut conn.io, env, budget);
+                    conn.inbuf.extend_from_slice(&scratch[used..n]);
+                    if s != Stop::NeedInput {
+                        return (s, false);
+                    }
+                } else {
+                    conn.inbuf.extend_from_slice(&scratch[..n]);
+                }
+                if conn.io.pending_out() >= KEEP_OUT_CAPACITY && flush(conn).is_err() {
+                    return (Stop::NeedInput, true);
+                }
+            }
+            Io::WouldBlock => {
+                conn.readable = false;
+                return (Stop::NeedInput, false);
+            }
+            Io::Closed => {
+                conn.read_closed = true;
+                return (Stop::NeedInput, false);
+            }
+            Io::Failed(kind) => {
+                log::debug!("conn={id}: read failed: {kind:?}");
+                return (Stop::NeedInput, true);
+            }
+        }
+    }
+}
+
+/// Registers WRITABLE interest only while replies wait to be written (see `Conn::want_write`).
+fn set_interest(poll: &Poll, id: ConnId, conn: &mut Conn) -> io::Result<()> {
+    let want_write = conn.io.pending_out() > 0;
+    if want_write == conn.want_write {
+        return Ok(());
+    }
+    let interest = if want_write {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    poll.registry().reregister(
+        conn.stream.source(),
+        Token(FIRST_CONN + id.slot as usize),
+        interest,
+    )?;
+    conn.want_write = want_write;
+    Ok(())
 }
 
 /// Writes as much pending output as the socket takes.
