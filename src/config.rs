@@ -454,6 +454,62 @@ mod tests {
     }
 
     #[test]
+    fn connection_caps_have_defaults_and_the_reserve_leaves_room_for_others() {
+        let c = parse("").unwrap();
+        let l = c.server.conn_limits();
+        assert_eq!(
+            (
+                l.max_connections,
+                l.owner_reserved,
+                l.per_caller,
+                l.per_uid,
+                l.descendants
+            ),
+            (4096, 16, 64, 256, 256)
+        );
+        assert_eq!(
+            c.server.agent_idle_timeout,
+            std::time::Duration::from_secs(600)
+        );
+        let c = parse(
+            "[server]\nmax_connections = 8\nowner_reserved_connections = 0\n\
+             agent_idle_timeout_secs = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.owner_reserved_connections, 0);
+        assert_eq!(
+            c.server.agent_idle_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        // A small max_connections takes a smaller default reserve.
+        assert_eq!(
+            parse("[server]\nmax_connections = 4\n")
+                .unwrap()
+                .server
+                .owner_reserved_connections,
+            3
+        );
+        let e = parse(
+            "[server]\nmax_connections = 8\nowner_reserved_connections = 8\n\
+             max_connections_per_caller = 0\nagent_idle_timeout_secs = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.0[0].contains("server.max_connections_per_caller"), "{e}");
+        assert!(
+            e.0.iter().any(|m| m.starts_with(
+                "server.owner_reserved_connections: 8 must be less than server.max_connections (8)"
+            )),
+            "{e}"
+        );
+        assert!(
+            e.0.iter()
+                .any(|m| m.starts_with("server.agent_idle_timeout_secs")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_store_outside_the_state_dir_is_blocked_too() {
         let c = parse("[store]\npath = \"/data/clove/s.db\"\n").unwrap();
         let std = c.kernel.level("standard").unwrap();

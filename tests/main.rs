@@ -7,6 +7,7 @@ mod harness;
 
 mod agent_restart;
 mod connect_timeouts;
+mod connection_slots;
 mod durability;
 mod event_ops;
 mod exec_fs_ops;

@@ -39,7 +39,10 @@ fn world() -> &'static World {
         )
         .expect("valid fuzz config");
         let kernel = Arc::new(Kernel::new(config.kernel.clone(), config.store_limits));
-        let caller = kernel.connect(Peer { pid: 0, uid: 0, gid: 0 });
+        let caller = kernel
+            .connect(Peer { pid: 0, uid: 0, gid: 0 }, 0, &clove::kernel::conns::ConnLimits::NONE)
+            .expect("no caps")
+            .caller;
         let ops = Ops {
             llm: clove::llm::LlmService::start(&kernel, config.llm.clone()).expect("llm"),
             http: clove::http::HttpService::start(&kernel, config.http.clone()).expect("http"),

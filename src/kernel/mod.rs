@@ -10,6 +10,7 @@ pub mod access;
 pub mod asyncq;
 pub mod audit;
 pub mod config;
+pub mod conns;
 pub mod events;
 pub mod identity;
 pub mod ipc;
@@ -19,6 +20,7 @@ pub mod state;
 
 use crate::store::StateStore;
 use config::KernelConfig;
+use conns::{ConnCounts, ConnLimits, Holder, Refused};
 use parking_lot::Mutex;
 use perms::Permissions;
 use std::collections::HashMap;
@@ -59,6 +61,15 @@ pub struct Caller {
     /// Live connections bound to this caller.
     pub conns: usize,
     pub peer: Peer,
+    /// Whom its connections count against (see [`conns`]).
+    pub holder: Holder,
+}
+
+/// A connection the kernel accepted: the caller it speaks as and whom it counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub caller: CallerId,
+    pub holder: Holder,
 }
 
 /// The way back to a caller's connection, supplied by its front-end with every call: the
@@ -130,6 +141,11 @@ pub struct Kernel {
     /// The supervised processes of agents (their launcher, or their main process inside a
     /// sandbox), kept by the supervisor: a connecting process below one speaks as the agent.
     agent_pids: Mutex<HashMap<i32, CallerId>>,
+    /// Connections per other user and of the daemon's descendants (agents count in their
+    /// records).
+    conn_counts: Mutex<ConnCounts>,
+    /// The daemon's own uid: its owner's processes may use the reserved connection slots.
+    owner_uid: u32,
     pub started: Instant,
     pub audit: Arc<audit::Audit>,
 }
@@ -175,6 +191,8 @@ impl Kernel {
             callers: Mutex::new(HashMap::new()),
             exec_groups: Mutex::new(HashMap::new()),
             agent_pids: Mutex::new(HashMap::new()),
+            conn_counts: Mutex::new(ConnCounts::default()),
+            owner_uid: nix::unistd::geteuid().as_raw(),
             started: Instant::now(),
             audit,
         }
@@ -191,35 +209,42 @@ impl Kernel {
         }
     }
 
-    /// Registers a new connection and returns the caller id it speaks as (see
-    /// [`identity`]): a supervised agent's process speaks as the agent; anything else gets a
-    /// new client id whose permissions depend on where the process comes from.
-    pub fn connect(&self, peer: Peer) -> CallerId {
-        let perms = match identity::classify(self, peer.pid) {
+    /// Registers a new connection, `live` being the number open before it: finds the caller
+    /// it speaks as (see [`identity`]): a supervised agent's process speaks as the agent;
+    /// anything else gets a new client id whose permissions depend on where the process comes
+    /// from. Then whom it counts against (see [`conns`]): it is refused when that holder has
+    /// its maximum, or when only the owner's reserved slots are left and it is not the owner's.
+    pub fn connect(
+        &self,
+        peer: Peer,
+        live: usize,
+        limits: &ConnLimits,
+    ) -> Result<Admitted, Refused> {
+        let (holder, perms) = match identity::classify(self, peer.pid) {
             identity::Origin::Agent(agent) => {
-                let bound = self
-                    .with_caller(agent, |c| {
-                        if c.kind == CallerKind::Agent {
-                            c.conns += 1;
-                            true
-                        } else {
-                            false
-                        }
-                    })
-                    .unwrap_or(false);
-                if bound {
+                if let Some(admitted) = self.bind_agent(agent, live, limits)? {
                     log::debug!("pid {} connected as agent {agent}", peer.pid);
-                    return agent;
+                    return Ok(admitted);
                 }
                 // The agent is gone (its record removed): its leftovers are nobody's.
-                self.unattributed_perms(peer.pid)
+                (Holder::Descendant, self.unattributed_perms(peer.pid))
             }
-            identity::Origin::ExecOf(perms) => perms,
-            identity::Origin::Unattributed => self.unattributed_perms(peer.pid),
+            identity::Origin::ExecOf(perms) => (Holder::Descendant, perms),
+            identity::Origin::Unattributed => {
+                (Holder::Descendant, self.unattributed_perms(peer.pid))
+            }
             identity::Origin::Outside => {
-                Arc::new(self.config.level_or_minimal(&self.config.client_level))
+                let holder = if peer.uid == self.owner_uid {
+                    Holder::Owner
+                } else {
+                    Holder::OtherUser(peer.uid)
+                };
+                let perms = Arc::new(self.config.level_or_minimal(&self.config.client_level));
+                (holder, perms)
             }
         };
+        conns::check_reserve(holder, live, limits)?;
+        self.conn_counts.lock().take(holder, limits)?;
         let id = self.allocate_id();
         self.callers.lock().insert(
             id,
@@ -230,9 +255,39 @@ impl Kernel {
                 calls_made: 0,
                 conns: 1,
                 peer,
+                holder,
             },
         );
-        id
+        Ok(Admitted { caller: id, holder })
+    }
+
+    /// Binds a connection to the live agent `agent`, within its cap and the reserve;
+    /// `None` when there is no such agent.
+    fn bind_agent(
+        &self,
+        agent: CallerId,
+        live: usize,
+        limits: &ConnLimits,
+    ) -> Result<Option<Admitted>, Refused> {
+        let mut callers = self.callers.lock();
+        let Some(c) = callers
+            .get_mut(&agent)
+            .filter(|c| c.kind == CallerKind::Agent)
+        else {
+            return Ok(None);
+        };
+        if c.conns >= limits.per_caller {
+            return Err(Refused::PerCaller {
+                agent,
+                max: limits.per_caller,
+            });
+        }
+        conns::check_reserve(c.holder, live, limits)?;
+        c.conns += 1;
+        Ok(Some(Admitted {
+            caller: agent,
+            holder: c.holder,
+        }))
     }
 
     /// The permissions of a process the daemon started that belongs to no live agent or
@@ -255,16 +310,16 @@ impl Kernel {
                 Some(c) => {
                     c.conns = c.conns.saturating_sub(1);
                     if c.conns == 0 && c.kind == CallerKind::Client {
-                        callers.remove(&caller);
-                        true
+                        callers.remove(&caller).map(|c| c.holder)
                     } else {
-                        false
+                        None
                     }
                 }
-                None => false,
+                None => None,
             }
         };
-        if gone {
+        if let Some(holder) = gone {
+            self.conn_counts.lock().give_back(holder);
             self.ipc.lock().forget(caller);
             self.events.lock().forget(caller);
             self.asyncq.lock().forget(caller);
@@ -288,6 +343,7 @@ impl Kernel {
                     uid: nix::unistd::geteuid().as_raw(),
                     gid: nix::unistd::getegid().as_raw(),
                 },
+                holder: Holder::Agent(id),
             },
         );
     }

@@ -113,6 +113,10 @@ pub struct Conn {
     pub waiting_budget: bool,
     /// Its reply bytes (`ConnIo::held_out`) as last added to the reactor's daemon-wide total.
     pub counted: usize,
+    /// It speaks as a supervised agent: closed after `agent_idle_timeout` with nothing going on.
+    pub agent: bool,
+    /// When the connection last read something (or was created).
+    pub last_read: Instant,
     /// When the connection last made write progress (or was created).
     pub last_write: Instant,
     /// When the connection got paused for unsent replies; `None` when not paused.

@@ -1,6 +1,7 @@
 //! The reactor: one thread, one `mio::Poll`, every client socket.
 //!
-//! It accepts connections (checking peer credentials and the connection limit), reads into a
+//! It accepts connections (checking peer credentials and the connection caps, which the kernel
+//! applies when it attributes a connection, see [`crate::kernel::conns`]), reads into a
 //! shared scratch buffer, hands input to each connection's protocol front-end, writes replies,
 //! and applies flow control:
 //!
@@ -24,7 +25,8 @@ pub mod config;
 pub mod conn;
 
 use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, OutputBudget, Proto, Stop};
-use crate::kernel::{Kernel, Peer};
+use crate::kernel::conns::Holder;
+use crate::kernel::{Admitted, Kernel, Peer};
 use crate::ops::Ops;
 use crate::pool::WorkerPool;
 use crate::proto::clove;
@@ -208,6 +210,10 @@ pub struct Stats {
     pub accepted: u64,
     pub refused_uid: u64,
     pub refused_full: u64,
+    /// Refused by a cap on whom a connection counts against (`crate::kernel::conns`).
+    pub refused_caps: u64,
+    /// Connections of agents closed for being idle.
+    pub closed_idle: u64,
     pub dropped_slow: u64,
     pub requests: u64,
 }
@@ -241,6 +247,9 @@ pub struct Reactor {
     shutdown: Arc<AtomicBool>,
     accept_retry: Option<Instant>,
     next_slow_check: Option<Instant>,
+    /// Live connections of agents (closed when idle), and when to look for idle ones next.
+    agent_conns: usize,
+    next_idle_check: Option<Instant>,
     my_uid: u32,
     pub stats: Stats,
 }
@@ -281,6 +290,8 @@ impl Reactor {
             shutdown,
             accept_retry: None,
             next_slow_check: None,
+            agent_conns: 0,
+            next_idle_check: None,
             my_uid: nix::unistd::geteuid().as_raw(),
             stats: Stats::default(),
         }
@@ -375,6 +386,9 @@ impl Reactor {
         if let Some(t) = self.next_slow_check {
             consider(t);
         }
+        if let Some(t) = self.next_idle_check {
+            consider(t);
+        }
         if let Some(at_ms) = self.kernel.store.next_expiry() {
             let now_ms = crate::clock::now_ms();
             consider(now + Duration::from_millis(at_ms.saturating_sub(now_ms)));
@@ -404,6 +418,9 @@ impl Reactor {
         }
         if self.next_slow_check.is_some_and(|t| t <= now) {
             self.check_slow_clients(now);
+        }
+        if self.next_idle_check.is_some_and(|t| t <= now) {
+            self.close_idle_agent_connections(now);
         }
     }
 
@@ -438,6 +455,39 @@ impl Reactor {
         self.next_slow_check = (self.paused > 0).then(|| now + SLOW_CHECK);
     }
 
+    /// Closes connections of agents that have had nothing going on (no request at a worker,
+    /// no reply to write, nothing read) for `agent_idle_timeout`: an agent runs untrusted code,
+    /// and idle connections it leaves open would hold slots. Plain clients' are kept.
+    fn close_idle_agent_connections(&mut self, now: Instant) {
+        let limit = self.config.agent_idle_timeout;
+        let mut idle = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(c) = &s.conn
+                && c.agent
+                && !c.io.busy
+                && c.io.pending_out() == 0
+                && now.duration_since(c.last_read.max(c.last_write)) >= limit
+            {
+                idle.push((
+                    ConnId {
+                        slot: i as u32,
+                        generation: s.generation,
+                    },
+                    c.io.caller,
+                ));
+            }
+        }
+        for (id, caller) in idle {
+            log::info!(
+                "conn={id} caller={caller}: agent connection idle for {limit:?} \
+                 (server.agent_idle_timeout_secs); closing it"
+            );
+            self.stats.closed_idle += 1;
+            self.close(id);
+        }
+        self.next_idle_check = (self.agent_conns > 0).then(|| now + idle_check_every(limit));
+    }
+
     fn accept_unix(&mut self) {
         loop {
             let Some(listener) = self.unix_listener.as_ref() else {
@@ -459,6 +509,8 @@ impl Reactor {
         }
     }
 
+    /// Checks a new connection (peer credentials, the connection caps) and attributes it to
+    /// a caller, or refuses it with an error frame.
     fn admit(&mut self, mut stream: mio::net::UnixStream) {
         let peer = match peer_of(&stream) {
             Ok(p) => p,
@@ -480,6 +532,7 @@ impl Reactor {
             );
             return;
         }
+        // Before attributing it, which reads /proc: a full daemon refuses cheaply.
         if self.live >= self.config.max_connections {
             self.stats.refused_full += 1;
             log::warn!(
@@ -490,12 +543,28 @@ impl Reactor {
             refuse(
                 &mut stream,
                 &format!(
-                    "too many connections: the daemon holds its maximum of {}",
+                    "too many connections: the daemon holds its maximum of {} \
+                     (server.max_connections)",
                     self.config.max_connections
                 ),
             );
             return;
         }
+        match self
+            .kernel
+            .connect(peer, self.live, &self.config.conn_limits())
+        {
+            Ok(admitted) => self.install(stream, peer, admitted),
+            Err(why) => {
+                self.stats.refused_caps += 1;
+                log::warn!("refused connection from pid {}: {why}", peer.pid);
+                refuse(&mut stream, &why.to_string());
+            }
+        }
+    }
+
+    /// Gives an admitted connection a slot and registers it with the poll.
+    fn install(&mut self, stream: mio::net::UnixStream, peer: Peer, admitted: Admitted) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -516,9 +585,10 @@ impl Reactor {
         ) {
             log::error!("cannot register connection: {e}");
             self.free.push(slot);
+            self.kernel.disconnect(admitted.caller);
             return;
         }
-        let caller = self.kernel.connect(peer);
+        let caller = admitted.caller;
         log::debug!(
             "conn={id} caller={caller} pid={} uid={} connected",
             peer.pid,
@@ -528,6 +598,8 @@ impl Reactor {
             sink: self.sink.clone(),
             conn: id,
         });
+        let agent = matches!(admitted.holder, Holder::Agent(_));
+        let now = Instant::now();
         self.slots[slot as usize].conn = Some(Conn {
             stream,
             io: ConnIo {
@@ -553,11 +625,19 @@ impl Reactor {
             waiting_pool: false,
             waiting_budget: false,
             counted: 0,
-            last_write: Instant::now(),
+            agent,
+            last_read: now,
+            last_write: now,
             paused_since: None,
         });
         self.live += 1;
         self.stats.accepted += 1;
+        if agent {
+            self.agent_conns += 1;
+            if self.next_idle_check.is_none() {
+                self.next_idle_check = Some(now + idle_check_every(self.config.agent_idle_timeout));
+            }
+        }
         // Data may already be waiting; the edge for it may have fired before registration.
         self.schedule(id);
     }
@@ -756,6 +836,9 @@ impl Reactor {
             self.paused -= 1;
         }
         self.pending_total -= conn.counted;
+        if conn.agent {
+            self.agent_conns -= 1;
+        }
         let _ = self.poll.registry().deregister(conn.stream.source());
         self.kernel.disconnect(conn.io.caller);
         self.free.push(id.slot);
@@ -778,6 +861,12 @@ impl Reactor {
     pub fn connections(&self) -> usize {
         self.live
     }
+}
+
+/// How often agents' connections are checked for idleness: a quarter of the timeout, so one
+/// is closed at most a quarter late, but at least every 10 ms and at most every 10 s.
+fn idle_check_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(10))
 }
 
 /// Flushes, then reads and hands input to the connection's protocol until it stops: for want
@@ -815,6 +904,7 @@ fn pump(
         }
         match read_once(&mut conn.stream, scratch) {
             Io::Progress(n) => {
+                conn.last_read = Instant::now();
                 // A short read means the socket is drained (epoll(7)); skip the extra read
                 // that would only return EAGAIN. Not after a shutdown was reported: the data
                 // and the end-of-file may have come in one edge, and the end-of-file must
