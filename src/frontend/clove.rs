@@ -62,7 +62,10 @@ impl CloveProto {
                 Ok(Some(f)) => f,
                 Ok(None) => return (off, Stop::NeedInput),
                 Err(e) => {
-                    log::warn!("conn={} caller={}: {e}", io.label, io.caller);
+                    env.warnings.warn(
+                        module_path!(),
+                        format_args!("conn={} caller={}: {e}", io.label, io.caller),
+                    );
                     clove::encode_into(&mut io.out, io.caller, e.op(), &error(e.to_string()));
                     io.close_after_flush = true;
                     // Nothing after a broken frame can be trusted: drop it all.

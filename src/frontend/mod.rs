@@ -8,6 +8,7 @@
 //! variant here.
 
 pub mod clove;
+pub mod warnings;
 
 use crate::kernel::{CallerId, Peer};
 use crate::ops::Ops;
@@ -28,6 +29,8 @@ pub trait Outbox: Send + Sync {
 pub struct Env<'a> {
     pub ops: &'a Arc<Ops>,
     pub pool: &'a WorkerPool,
+    /// The rate limit for warnings about single connections (a peer's doing).
+    pub warnings: &'a warnings::Warnings,
     /// When to stop producing replies: see [`OutputBudget::full`].
     pub output: OutputBudget,
 }

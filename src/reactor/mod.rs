@@ -24,6 +24,7 @@
 pub mod config;
 pub mod conn;
 
+use crate::frontend::warnings::Warnings;
 use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, OutputBudget, Proto, Stop};
 use crate::kernel::conns::Holder;
 use crate::kernel::{Admitted, Kernel, Peer};
@@ -51,6 +52,10 @@ pub const UNIX_LISTENER: Token = Token(1);
 pub const ROUTER_LISTENER: Token = Token(2);
 /// Reserved for the relay's WebSocket listener.
 pub const RELAY_LISTENER: Token = Token(3);
+/// Connections accepted per turn of the loop at most, refused ones included (each costs
+/// reading /proc to attribute it, and a write when refused): 64 take a few milliseconds, so
+/// the clients already connected are served at least that often during a storm of new ones.
+const ACCEPTS_PER_TURN: usize = 64;
 /// Connection tokens start here: token = FIRST_CONN + slot.
 const FIRST_CONN: usize = 16;
 
@@ -251,6 +256,11 @@ pub struct Reactor {
     agent_conns: usize,
     next_idle_check: Option<Instant>,
     my_uid: u32,
+    /// The rate limit for warnings about single connections.
+    warnings: Warnings,
+    /// The listener may have connections waiting: its last accept did not see `WouldBlock`
+    /// (edge-triggered, so no new event will say so).
+    accept_pending: bool,
     pub stats: Stats,
 }
 
@@ -293,6 +303,8 @@ impl Reactor {
             agent_conns: 0,
             next_idle_check: None,
             my_uid: nix::unistd::geteuid().as_raw(),
+            warnings: Warnings::new(),
+            accept_pending: false,
             stats: Stats::default(),
         }
     }
@@ -331,7 +343,7 @@ impl Reactor {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
-                    UNIX_LISTENER => self.accept_unix(),
+                    UNIX_LISTENER => self.accept_pending = true,
                     Token(t) if t >= FIRST_CONN => {
                         let slot = (t - FIRST_CONN) as u32;
                         let Some(s) = self.slots.get_mut(slot as usize) else {
@@ -357,6 +369,11 @@ impl Reactor {
                     Token(_) => {}
                 }
             }
+            // New connections after the established ones have had their events, and only a
+            // bounded number per turn.
+            if self.accept_pending {
+                self.accept_unix();
+            }
             self.drain_completions();
             self.run_ready();
             self.run_timers();
@@ -369,7 +386,7 @@ impl Reactor {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.accept_pending {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -387,6 +404,9 @@ impl Reactor {
             consider(t);
         }
         if let Some(t) = self.next_idle_check {
+            consider(t);
+        }
+        if let Some(t) = self.warnings.next_tick() {
             consider(t);
         }
         if let Some(at_ms) = self.kernel.store.next_expiry() {
@@ -422,6 +442,7 @@ impl Reactor {
         if self.next_idle_check.is_some_and(|t| t <= now) {
             self.close_idle_agent_connections(now);
         }
+        self.warnings.tick(now);
     }
 
     fn check_slow_clients(&mut self, now: Instant) {
@@ -445,9 +466,11 @@ impl Reactor {
             }
         }
         for id in victims {
-            log::warn!(
-                "conn={id}: client has not read its replies for {:?}; dropping it",
-                limit
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "conn={id}: client has not read its replies for {limit:?}; dropping it"
+                ),
             );
             self.stats.dropped_slow += 1;
             self.close(id);
@@ -478,7 +501,8 @@ impl Reactor {
             }
         }
         for (id, caller) in idle {
-            log::info!(
+            // Routine, and as frequent as an agent makes connections: not worth an info line.
+            log::debug!(
                 "conn={id} caller={caller}: agent connection idle for {limit:?} \
                  (server.agent_idle_timeout_secs); closing it"
             );
@@ -488,13 +512,26 @@ impl Reactor {
         self.next_idle_check = (self.agent_conns > 0).then(|| now + idle_check_every(limit));
     }
 
+    /// Accepts up to [`ACCEPTS_PER_TURN`] connections. With more waiting, `accept_pending`
+    /// stays set and the next turn (which polls without waiting) takes the next ones, after
+    /// the established connections have been served: a storm of new connections cannot keep
+    /// the loop accepting while the clients already connected wait.
     fn accept_unix(&mut self) {
+        self.accept_pending = false;
+        let mut accepted = 0;
         loop {
             let Some(listener) = self.unix_listener.as_ref() else {
                 return;
             };
+            if accepted == ACCEPTS_PER_TURN {
+                self.accept_pending = true;
+                return;
+            }
             match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, _)) => {
+                    accepted += 1;
+                    self.admit(stream);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -515,16 +552,21 @@ impl Reactor {
         let peer = match peer_of(&stream) {
             Ok(p) => p,
             Err(e) => {
-                log::warn!("cannot read peer credentials: {e}; refusing connection");
+                self.warnings.warn(
+                    module_path!(),
+                    format_args!("cannot read peer credentials: {e}; refusing connection"),
+                );
                 return;
             }
         };
         if peer.uid != self.my_uid && !self.config.allowed_uids.contains(&peer.uid) {
             self.stats.refused_uid += 1;
-            log::warn!(
-                "refused connection from uid {} (pid {}): not an allowed user",
-                peer.uid,
-                peer.pid
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "refused connection from uid {} (pid {}): not an allowed user",
+                    peer.uid, peer.pid
+                ),
             );
             refuse(
                 &mut stream,
@@ -535,10 +577,12 @@ impl Reactor {
         // Before attributing it, which reads /proc: a full daemon refuses cheaply.
         if self.live >= self.config.max_connections {
             self.stats.refused_full += 1;
-            log::warn!(
-                "refused connection from pid {}: {} connections open (server.max_connections)",
-                peer.pid,
-                self.live
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "refused connection from pid {}: {} connections open (server.max_connections)",
+                    peer.pid, self.live
+                ),
             );
             refuse(
                 &mut stream,
@@ -557,7 +601,10 @@ impl Reactor {
             Ok(admitted) => self.install(stream, peer, admitted),
             Err(why) => {
                 self.stats.refused_caps += 1;
-                log::warn!("refused connection from pid {}: {why}", peer.pid);
+                self.warnings.warn(
+                    module_path!(),
+                    format_args!("refused connection from pid {}: {why}", peer.pid),
+                );
                 refuse(&mut stream, &why.to_string());
             }
         }
@@ -719,6 +766,7 @@ impl Reactor {
         let env = Env {
             ops: &self.ops,
             pool: &self.pool,
+            warnings: &self.warnings,
             output: OutputBudget {
                 own_max: self.config.max_pending_reply_bytes,
                 others: self.pending_total - conn.counted,
