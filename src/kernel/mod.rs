@@ -220,6 +220,8 @@ impl Kernel {
         live: usize,
         limits: &ConnLimits,
     ) -> Result<Admitted, Refused> {
+        // `None`: the permissions of a process the daemon started that belongs to no live
+        // agent or command, found (and logged) only once the connection is admitted.
         let (holder, perms) = match identity::classify(self, peer.pid) {
             identity::Origin::Agent(agent) => {
                 if let Some(admitted) = self.bind_agent(agent, live, limits)? {
@@ -227,12 +229,10 @@ impl Kernel {
                     return Ok(admitted);
                 }
                 // The agent is gone (its record removed): its leftovers are nobody's.
-                (Holder::Descendant, self.unattributed_perms(peer.pid))
+                (Holder::Descendant, None)
             }
-            identity::Origin::ExecOf(perms) => (Holder::Descendant, perms),
-            identity::Origin::Unattributed => {
-                (Holder::Descendant, self.unattributed_perms(peer.pid))
-            }
+            identity::Origin::ExecOf(perms) => (Holder::Descendant, Some(perms)),
+            identity::Origin::Unattributed => (Holder::Descendant, None),
             identity::Origin::Outside => {
                 let holder = if peer.uid == self.owner_uid {
                     Holder::Owner
@@ -240,11 +240,12 @@ impl Kernel {
                     Holder::OtherUser(peer.uid)
                 };
                 let perms = Arc::new(self.config.level_or_minimal(&self.config.client_level));
-                (holder, perms)
+                (holder, Some(perms))
             }
         };
         conns::check_reserve(holder, live, limits)?;
         self.conn_counts.lock().take(holder, limits)?;
+        let perms = perms.unwrap_or_else(|| self.unattributed_perms(peer.pid));
         let id = self.allocate_id();
         self.callers.lock().insert(
             id,

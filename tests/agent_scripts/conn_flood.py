@@ -56,10 +56,17 @@ def flood(path, out, count):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
+        except OSError as e:
+            refusal = "connect failed: %s" % e
+            break
+        try:
             send(s, HELLO, {})
+        except BrokenPipeError:
+            pass  # refused at once: the error frame is still there to read
+        try:
             r = reply(s)
         except OSError as e:
-            r = {"success": False, "error": "connect failed: %s" % e}
+            r = {"success": False, "error": "no reply: %s" % e}
         if r is None or r.get("success") is not True:
             refusal = "closed without a reply" if r is None else r.get("error")
             s.close()
