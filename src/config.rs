@@ -62,6 +62,8 @@ pub struct RawConfig {
 pub struct RawLimits {
     pub mailbox_len: Option<usize>,
     pub mailbox_max_bytes: Option<usize>,
+    /// Bytes of message bodies all mailboxes together may hold (a shared body counts once).
+    pub mailboxes_total_bytes: Option<usize>,
     pub event_queue_len: Option<usize>,
     pub event_queue_bytes: Option<usize>,
     pub state_max_keys: Option<usize>,
@@ -221,7 +223,9 @@ fn kernel_config(
     audit: AuditConfig,
     errors: &mut Vec<String>,
 ) -> KernelConfig {
-    use crate::kernel::ipc::{DEFAULT_MAX_NAME_BYTES, MAX_NAME_BYTES_LIMIT};
+    use crate::kernel::ipc::{
+        DEFAULT_MAILBOXES_TOTAL_BYTES, DEFAULT_MAX_NAME_BYTES, MAX_NAME_BYTES_LIMIT,
+    };
     KernelConfig {
         mailbox_len: positive(errors, "limits.mailbox_len", l.mailbox_len, 1024, 1 << 24),
         mailbox_max_bytes: positive(
@@ -230,6 +234,15 @@ fn kernel_config(
             l.mailbox_max_bytes,
             16 << 20,
             1 << 34,
+        ),
+        // Counted once per body however many mailboxes share it, so a BROADCAST to every
+        // agent costs its size once; see `kernel::ipc`.
+        mailboxes_total_bytes: positive(
+            errors,
+            "limits.mailboxes_total_bytes",
+            l.mailboxes_total_bytes,
+            DEFAULT_MAILBOXES_TOTAL_BYTES,
+            1 << 40,
         ),
         event_queue_len: positive(
             errors,
@@ -431,6 +444,87 @@ mod tests {
         ] {
             assert!(e.0.iter().any(|m| m.starts_with(key)), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn daemon_wide_memory_budgets_have_defaults_and_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.pending_reply_total_bytes, 128 << 20);
+        assert_eq!(c.kernel.mailboxes_total_bytes, 128 << 20);
+        let c = parse(
+            "[server]\npending_reply_total_bytes = 1048576\nmax_pending_reply_bytes = 65536\n\
+             [limits]\nmailboxes_total_bytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.pending_reply_total_bytes, 1 << 20);
+        assert_eq!(c.kernel.mailboxes_total_bytes, 1000);
+        // The budget of all connections cannot be smaller than what one may hold.
+        let e = parse("[server]\npending_reply_total_bytes = 1048576\n").unwrap_err();
+        assert!(
+            e.0[0].starts_with("server.pending_reply_total_bytes: 1048576 is less than")
+                && e.0[0].contains("server.max_pending_reply_bytes = 4194304"),
+            "{e}"
+        );
+        let e =
+            parse("[server]\npending_reply_total_bytes = 0\n[limits]\nmailboxes_total_bytes = 0\n")
+                .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn connection_caps_have_defaults_and_the_reserve_leaves_room_for_others() {
+        let c = parse("").unwrap();
+        let l = c.server.conn_limits();
+        assert_eq!(
+            (
+                l.max_connections,
+                l.owner_reserved,
+                l.per_caller,
+                l.per_uid,
+                l.descendants
+            ),
+            (4096, 16, 64, 256, 256)
+        );
+        assert_eq!(
+            c.server.agent_idle_timeout,
+            std::time::Duration::from_secs(600)
+        );
+        let c = parse(
+            "[server]\nmax_connections = 8\nowner_reserved_connections = 0\n\
+             agent_idle_timeout_secs = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.owner_reserved_connections, 0);
+        assert_eq!(
+            c.server.agent_idle_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        // A small max_connections takes a smaller default reserve.
+        assert_eq!(
+            parse("[server]\nmax_connections = 4\n")
+                .unwrap()
+                .server
+                .owner_reserved_connections,
+            3
+        );
+        let e = parse(
+            "[server]\nmax_connections = 8\nowner_reserved_connections = 8\n\
+             max_connections_per_caller = 0\nagent_idle_timeout_secs = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.0[0].contains("server.max_connections_per_caller"), "{e}");
+        assert!(
+            e.0.iter().any(|m| m.starts_with(
+                "server.owner_reserved_connections: 8 must be less than server.max_connections (8)"
+            )),
+            "{e}"
+        );
+        assert!(
+            e.0.iter()
+                .any(|m| m.starts_with("server.agent_idle_timeout_secs")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -436,3 +436,27 @@ fn exec_limits_are_checked_at_start() {
         assert!(text.contains(key), "{toml}: {text}");
     }
 }
+
+/// Item 9 of the security review (the flaky `long_commands_hold_no_worker`): a finished
+/// command's reply went out before its running slot was given back, so a caller at
+/// `exec.max_running_per_caller` that sent its next EXEC as soon as it read a reply could be
+/// refused, and HELLO could count the finished command as still running. Back-to-back EXECs
+/// at a limit of one, each checked by HELLO right after its reply, catch that window.
+#[test]
+fn a_caller_at_its_running_limit_may_exec_again_as_soon_as_it_has_the_reply() {
+    let d = Daemon::with_config("[exec]\nmax_running_per_caller = 1\n");
+    let mut c = d.client();
+    for i in 0..300 {
+        let r = c.call(op::EXEC, json!({"command": "true"}));
+        assert_eq!(
+            r["success"], true,
+            "EXEC {i} right after the previous reply: {r}"
+        );
+        let h = c.ok(op::HELLO, json!({}));
+        assert_eq!(
+            h["queues"]["exec"]["running"], 0,
+            "after the reply of EXEC {i}, HELLO still counts it running: {}",
+            h["queues"]["exec"]
+        );
+    }
+}

@@ -7,6 +7,8 @@ mod harness;
 
 mod agent_restart;
 mod connect_timeouts;
+mod connection_slots;
+mod connection_storm;
 mod durability;
 mod event_ops;
 mod exec_fs_ops;
@@ -18,6 +20,7 @@ mod identity;
 mod ipc_ops;
 mod lifecycle;
 mod limits_config;
+mod memory_budgets;
 mod perms_ops;
 mod python_client;
 mod sandbox_escape;

@@ -39,7 +39,10 @@ fn world() -> &'static World {
         )
         .expect("valid fuzz config");
         let kernel = Arc::new(Kernel::new(config.kernel.clone(), config.store_limits));
-        let caller = kernel.connect(Peer { pid: 0, uid: 0, gid: 0 });
+        let caller = kernel
+            .connect(Peer { pid: 0, uid: 0, gid: 0 }, 0, &clove::kernel::conns::ConnLimits::NONE)
+            .expect("no caps")
+            .caller;
         let ops = Ops {
             llm: clove::llm::LlmService::start(&kernel, config.llm.clone()).expect("llm"),
             http: clove::http::HttpService::start(&kernel, config.http.clone()).expect("http"),
@@ -51,6 +54,7 @@ fn world() -> &'static World {
             )),
             config: config.ops.clone(),
             completion_queue: Box::new(|| (0, 1)),
+            pending_replies: Box::new(|| (0, 1)),
             services: Vec::new(),
             kernel,
         };

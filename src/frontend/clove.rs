@@ -55,14 +55,17 @@ impl CloveProto {
             if *budget == 0 {
                 return (off, Stop::Budget);
             }
-            if io.pending_out() >= env.max_pending_out {
+            if env.output.full(io.pending_out(), io.held_out()) {
                 return (off, Stop::OutputFull);
             }
             let (frame, used) = match clove::decode(&input[off..], self.max_payload) {
                 Ok(Some(f)) => f,
                 Ok(None) => return (off, Stop::NeedInput),
                 Err(e) => {
-                    log::warn!("conn={} caller={}: {e}", io.label, io.caller);
+                    env.warnings.warn(
+                        module_path!(),
+                        format_args!("conn={} caller={}: {e}", io.label, io.caller),
+                    );
                     clove::encode_into(&mut io.out, io.caller, e.op(), &error(e.to_string()));
                     io.close_after_flush = true;
                     // Nothing after a broken frame can be trusted: drop it all.

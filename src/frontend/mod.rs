@@ -8,6 +8,7 @@
 //! variant here.
 
 pub mod clove;
+pub mod warnings;
 
 use crate::kernel::{CallerId, Peer};
 use crate::ops::Ops;
@@ -28,8 +29,39 @@ pub trait Outbox: Send + Sync {
 pub struct Env<'a> {
     pub ops: &'a Arc<Ops>,
     pub pool: &'a WorkerPool,
-    /// Stop producing replies once this many bytes are waiting to be written.
-    pub max_pending_out: usize,
+    /// The rate limit for warnings about single connections (a peer's doing).
+    pub warnings: &'a warnings::Warnings,
+    /// When to stop producing replies: see [`OutputBudget::full`].
+    pub output: OutputBudget,
+}
+
+/// How many unsent reply bytes a connection may have before it stops taking requests: its
+/// own cap, and its part of the daemon-wide budget for all connections together.
+///
+/// Replies cannot be sized before they are made (a FETCH reply is as large as the value), so
+/// the checks are made before each request and the last reply may go past them, by one reply.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputBudget {
+    /// This connection's cap (`server.max_pending_reply_bytes`).
+    pub own_max: usize,
+    /// Reply bytes every other connection holds (see [`ConnIo::held_out`]).
+    pub others: usize,
+    /// Connections that have unsent replies stop taking requests once all connections
+    /// together hold this many (three quarters of `server.pending_reply_total_bytes`).
+    pub soft: usize,
+    /// Connections with nothing unsent stop at `server.pending_reply_total_bytes` itself: the
+    /// quarter above `soft` is kept for clients that read their replies, so those that do not
+    /// cannot shut everyone else out by filling the budget.
+    pub hard: usize,
+}
+
+impl OutputBudget {
+    /// True when a connection with `pending` unsent reply bytes, in an output buffer of `held`
+    /// bytes (its written part not yet released), must not take another request now.
+    pub fn full(&self, pending: usize, held: usize) -> bool {
+        let total = self.others.saturating_add(held);
+        pending >= self.own_max || total >= if pending > 0 { self.soft } else { self.hard }
+    }
 }
 
 /// Why a front-end stopped consuming input.
@@ -43,7 +75,8 @@ pub enum Stop {
     PoolFull,
     /// The per-turn request budget is spent; continue on a later turn.
     Budget,
-    /// Too many reply bytes are waiting to be written.
+    /// Too many reply bytes are waiting to be written, on this connection or on all of them
+    /// together ([`OutputBudget`]).
     OutputFull,
 }
 
@@ -66,6 +99,17 @@ impl ConnIo {
     /// Reply bytes not yet written to the socket.
     pub fn pending_out(&self) -> usize {
         self.out.len() - self.out_pos
+    }
+
+    /// Reply bytes the connection's output buffer holds: those not yet written, and those
+    /// written but not yet released (a buffer is compacted only when that is cheap). This is
+    /// what the daemon-wide budget counts, since it is memory held all the same.
+    pub fn held_out(&self) -> usize {
+        if self.pending_out() == 0 {
+            0
+        } else {
+            self.out.len()
+        }
     }
 }
 
@@ -109,5 +153,31 @@ impl Proto {
                 let _ = io;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutputBudget;
+
+    #[test]
+    fn output_budget_keeps_the_last_quarter_for_connections_that_read() {
+        let b = |others| OutputBudget {
+            own_max: 100,
+            others,
+            soft: 750,
+            hard: 1000,
+        };
+        // A connection's own cap, whatever the others hold.
+        assert!(!b(0).full(99, 99));
+        assert!(b(0).full(100, 100));
+        // Over three quarters, a connection with unsent replies waits (its written but
+        // unreleased bytes count too)...
+        assert!(!b(700).full(49, 49));
+        assert!(b(700).full(40, 50));
+        // ...one that has written everything goes on up to the whole budget.
+        assert!(!b(999).full(0, 0));
+        assert!(b(1000).full(0, 0));
+        assert!(b(usize::MAX).full(1, 1));
     }
 }

@@ -1,5 +1,6 @@
 //! The kernel's settings: the `[permissions]` section and the kernel's share of `[limits]`
-//! (mailboxes, event queues, async results, names and permission rules), plus `[audit]`.
+//! (mailboxes and their daemon-wide budget, event queues, async results, names and permission
+//! rules), plus `[audit]`.
 
 use super::audit::AuditConfig;
 use super::perms::{self, Permissions, PermsPatch};
@@ -29,6 +30,9 @@ pub struct RawPermissions {
 pub struct KernelConfig {
     pub mailbox_len: usize,
     pub mailbox_max_bytes: usize,
+    /// Bytes of message bodies all mailboxes together may hold, each shared body counted once
+    /// (`limits.mailboxes_total_bytes`).
+    pub mailboxes_total_bytes: usize,
     pub event_queue_len: usize,
     /// Bytes of event data one subscriber's queue may hold (`limits.event_queue_bytes`).
     pub event_queue_bytes: usize,

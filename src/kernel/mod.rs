@@ -10,6 +10,7 @@ pub mod access;
 pub mod asyncq;
 pub mod audit;
 pub mod config;
+pub mod conns;
 pub mod events;
 pub mod identity;
 pub mod ipc;
@@ -19,6 +20,7 @@ pub mod state;
 
 use crate::store::StateStore;
 use config::KernelConfig;
+use conns::{ConnCounts, ConnLimits, Holder, Refused};
 use parking_lot::Mutex;
 use perms::Permissions;
 use std::collections::HashMap;
@@ -60,6 +62,15 @@ pub struct Caller {
     /// Live connections bound to this caller.
     pub conns: usize,
     pub peer: Peer,
+    /// Whom its connections count against (see [`conns`]).
+    pub holder: Holder,
+}
+
+/// A connection the kernel accepted: the caller it speaks as and whom it counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub caller: CallerId,
+    pub holder: Holder,
 }
 
 /// The way back to a caller's connection, supplied by its front-end with every call: the
@@ -133,6 +144,11 @@ pub struct Kernel {
     /// Pid namespaces of sandboxed agents, each with a descriptor that keeps the namespace
     /// (and so its inode number) alive while it is registered.
     agent_pid_ns: Mutex<HashMap<identity::NsId, (CallerId, OwnedFd)>>,
+    /// Connections per other user and of the daemon's descendants (agents count in their
+    /// records).
+    conn_counts: Mutex<ConnCounts>,
+    /// The daemon's own uid: its owner's processes may use the reserved connection slots.
+    owner_uid: u32,
     pub started: Instant,
     pub audit: Arc<audit::Audit>,
 }
@@ -165,6 +181,7 @@ impl Kernel {
             ipc: Arc::new(Mutex::new(ipc::Ipc::with_limits(
                 config.mailbox_len,
                 config.mailbox_max_bytes,
+                config.mailboxes_total_bytes,
                 config.max_name_bytes,
             ))),
             events: Arc::new(Mutex::new(events::EventBus::with_limits(
@@ -177,6 +194,8 @@ impl Kernel {
             callers: Mutex::new(HashMap::new()),
             leaders: Mutex::new(HashMap::new()),
             agent_pid_ns: Mutex::new(HashMap::new()),
+            conn_counts: Mutex::new(ConnCounts::default()),
+            owner_uid: nix::unistd::geteuid().as_raw(),
             started: Instant::now(),
             audit,
         }
@@ -193,57 +212,43 @@ impl Kernel {
         }
     }
 
-    /// Registers a new connection and returns the caller id it speaks as (see
-    /// [`identity`]): a supervised agent's process speaks as the agent; anything else gets a
-    /// new client id whose permissions depend on where the process comes from.
-    pub fn connect(&self, peer: Peer) -> CallerId {
-        let perms = match identity::classify(self, peer.pid) {
-            identity::Origin::Agent(agent) => match self.bind_agent(agent, peer) {
-                Some(id) => return id,
+    /// Registers a new connection, `live` being the number open before it: finds the caller
+    /// it speaks as (see [`identity`]): a supervised agent's process speaks as the agent;
+    /// anything else gets a new client id whose permissions depend on where the process comes
+    /// from. Then whom it counts against (see [`conns`]): it is refused when that holder has
+    /// its maximum, or when only the owner's reserved slots are left and it is not the owner's.
+    pub fn connect(
+        &self,
+        peer: Peer,
+        live: usize,
+        limits: &ConnLimits,
+    ) -> Result<Admitted, Refused> {
+        // `None`: the permissions of a process the daemon started that belongs to no live
+        // agent or command, found (and logged) only once the connection is admitted.
+        let (holder, perms) = match identity::classify(self, peer.pid) {
+            identity::Origin::Agent(agent) => {
+                if let Some(admitted) = self.bind_agent(agent, live, limits)? {
+                    log::debug!("pid {} connected as agent {agent}", peer.pid);
+                    return Ok(admitted);
+                }
                 // The agent is gone (its record removed): its leftovers are nobody's.
-                None => self.unattributed_perms(peer.pid),
-            },
-            identity::Origin::ExecOf(perms) => perms,
-            identity::Origin::Unattributed => self.unattributed_perms(peer.pid),
+                (Holder::Descendant, None)
+            }
+            identity::Origin::ExecOf(perms) => (Holder::Descendant, Some(perms)),
+            identity::Origin::Unattributed => (Holder::Descendant, None),
             identity::Origin::Outside => {
-                Arc::new(self.config.level_or_minimal(&self.config.client_level))
+                let holder = if peer.uid == self.owner_uid {
+                    Holder::Owner
+                } else {
+                    Holder::OtherUser(peer.uid)
+                };
+                let perms = Arc::new(self.config.level_or_minimal(&self.config.client_level));
+                (holder, Some(perms))
             }
         };
-        self.new_client(perms, peer)
-    }
-
-    /// Registers a connection that only a live agent's process may open: one that came in
-    /// through the agents' socket, or from the uid sandboxed agents run as
-    /// (`sandbox.agent_user`, when the daemon is root). Anything else (another daemon's
-    /// agents, a system service of that user, a leftover of an agent) gets `None` and is
-    /// refused.
-    pub fn connect_agent_only(&self, peer: Peer) -> Option<CallerId> {
-        match identity::classify(self, peer.pid) {
-            identity::Origin::Agent(agent) => self.bind_agent(agent, peer),
-            _ => None,
-        }
-    }
-
-    /// Binds one more connection to a live agent's record.
-    fn bind_agent(&self, agent: CallerId, peer: Peer) -> Option<CallerId> {
-        let bound = self
-            .with_caller(agent, |c| {
-                if c.kind == CallerKind::Agent {
-                    c.conns += 1;
-                    true
-                } else {
-                    false
-                }
-            })
-            .unwrap_or(false);
-        if bound {
-            log::debug!("pid {} connected as agent {agent}", peer.pid);
-        }
-        bound.then_some(agent)
-    }
-
-    /// A new plain client with `perms`.
-    fn new_client(&self, perms: Arc<Permissions>, peer: Peer) -> CallerId {
+        conns::check_reserve(holder, live, limits)?;
+        self.conn_counts.lock().take(holder, limits)?;
+        let perms = perms.unwrap_or_else(|| self.unattributed_perms(peer.pid));
         let id = self.allocate_id();
         self.callers.lock().insert(
             id,
@@ -254,9 +259,56 @@ impl Kernel {
                 calls_made: 0,
                 conns: 1,
                 peer,
+                holder,
             },
         );
-        id
+        Ok(Admitted { caller: id, holder })
+    }
+
+    /// Registers a connection that only a live agent's process may open: one that came in
+    /// through the agents' socket, or from the uid sandboxed agents run as
+    /// (`sandbox.agent_user`, when the daemon is root). Anything else (another daemon's
+    /// agents, a system service of that user, a leftover of an agent) gets `Ok(None)` and is
+    /// refused.
+    pub fn connect_agent_only(
+        &self,
+        peer: Peer,
+        live: usize,
+        limits: &ConnLimits,
+    ) -> Result<Option<Admitted>, Refused> {
+        match identity::classify(self, peer.pid) {
+            identity::Origin::Agent(agent) => self.bind_agent(agent, live, limits),
+            _ => Ok(None),
+        }
+    }
+
+    /// Binds a connection to the live agent `agent`, within its cap and the reserve;
+    /// `None` when there is no such agent.
+    fn bind_agent(
+        &self,
+        agent: CallerId,
+        live: usize,
+        limits: &ConnLimits,
+    ) -> Result<Option<Admitted>, Refused> {
+        let mut callers = self.callers.lock();
+        let Some(c) = callers
+            .get_mut(&agent)
+            .filter(|c| c.kind == CallerKind::Agent)
+        else {
+            return Ok(None);
+        };
+        if c.conns >= limits.per_caller {
+            return Err(Refused::PerCaller {
+                agent,
+                max: limits.per_caller,
+            });
+        }
+        conns::check_reserve(c.holder, live, limits)?;
+        c.conns += 1;
+        Ok(Some(Admitted {
+            caller: agent,
+            holder: c.holder,
+        }))
     }
 
     /// The permissions of a process the daemon started that belongs to no live agent or
@@ -283,16 +335,16 @@ impl Kernel {
                 Some(c) => {
                     c.conns = c.conns.saturating_sub(1);
                     if c.conns == 0 && c.kind == CallerKind::Client {
-                        callers.remove(&caller);
-                        true
+                        callers.remove(&caller).map(|c| c.holder)
                     } else {
-                        false
+                        None
                     }
                 }
-                None => false,
+                None => None,
             }
         };
-        if gone {
+        if let Some(holder) = gone {
+            self.conn_counts.lock().give_back(holder);
             self.ipc.lock().forget(caller);
             self.events.lock().forget(caller);
             self.asyncq.lock().forget(caller);
@@ -316,6 +368,7 @@ impl Kernel {
                     uid: nix::unistd::geteuid().as_raw(),
                     gid: nix::unistd::getegid().as_raw(),
                 },
+                holder: Holder::Agent(id),
             },
         );
     }

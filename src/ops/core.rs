@@ -47,6 +47,18 @@ fn queues(o: &Ops) -> Value {
     let mut q = json!({
         "completion": {"queued": queued, "capacity": capacity, "key": "server.completion_queue"},
     });
+    let (bytes, capacity) = (o.pending_replies)();
+    q["replies"] = json!({
+        "bytes": bytes,
+        "capacity": capacity,
+        "key": "server.pending_reply_total_bytes",
+    });
+    let (bytes, capacity) = o.kernel.ipc.lock().total_bytes();
+    q["mailboxes"] = json!({
+        "bytes": bytes,
+        "capacity": capacity,
+        "key": "limits.mailboxes_total_bytes",
+    });
     q["exec"] = json!({
         "running": o.commands.running(),
         "capacity": o.config.exec.max_running,

@@ -114,7 +114,7 @@ pub fn send(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
     if !k.is_caller(to) {
         return Outcome::Reply(error(format!("no agent has id {to}")));
     }
-    if let Err(e) = k.ipc.lock().deliver(call.caller, to, message) {
+    if let Err(e) = k.ipc.lock().send(call.caller, to, message) {
         return Outcome::Reply(error(e.to_string()));
     }
     k.events.lock().publish(
@@ -152,7 +152,7 @@ pub fn recv(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
         .map(|m| Out {
             from: m.from,
             from_name: m.from_name.as_deref(),
-            message: &m.body,
+            message: m.body.raw(),
             age_ms: now.duration_since(m.at).as_millis() as u64,
         })
         .collect();
@@ -191,14 +191,20 @@ pub fn broadcast(o: &Ops, call: &Call, payload: &[u8]) -> Outcome {
     {
         let mut ipc = k.ipc.lock();
         let mut targets = ipc.registered();
+        targets.retain(|to| *to != call.caller || req.include_self);
         targets.sort_unstable();
-        for to in targets {
-            if to == call.caller && !req.include_self {
-                continue;
-            }
-            match ipc.deliver(call.caller, to, message) {
-                Ok(()) => delivered.push(to),
-                Err(_) => failed += 1,
+        if !targets.is_empty() {
+            // One copy of the body for every mailbox, charged once to the daemon-wide budget.
+            let body = match ipc.body(message) {
+                Ok(b) => b,
+                Err(e) => return Outcome::Reply(error(e.to_string())),
+            };
+            let from_name = ipc.sender_name(call.caller);
+            for to in targets {
+                match ipc.deliver(call.caller, from_name.clone(), to, &body) {
+                    Ok(()) => delivered.push(to),
+                    Err(_) => failed += 1,
+                }
             }
         }
     }

@@ -71,6 +71,9 @@ pub struct Ops {
     pub commands: CommandRunner,
     /// The reactor's completion queue (`server.completion_queue`).
     pub completion_queue: QueueProbe,
+    /// Unsent reply bytes of all connections, and their budget
+    /// (`server.pending_reply_total_bytes`).
+    pub pending_replies: QueueProbe,
     /// Figures of the other services and listeners, by name.
     pub services: Vec<ServiceProbe>,
 }

@@ -139,9 +139,27 @@ pub fn decode(buf: &[u8], max_payload: u64) -> Result<Option<(Frame<'_>, usize)>
     }
 }
 
+/// Output buffers up to this size grow the usual way (doubling); see [`reserve_output`].
+const DOUBLING_UP_TO: usize = 64 * 1024;
+
+/// Makes room for `additional` more bytes at the end of an output buffer. Small buffers double
+/// as usual; a large one grows by an eighth (or what is needed), still amortised O(1), so a
+/// connection holding megabytes of unsent replies does not hold nearly as much again in spare
+/// capacity, which no budget of unsent bytes would see.
+pub fn reserve_output(out: &mut Vec<u8>, additional: usize) {
+    if out.capacity() - out.len() >= additional {
+        return;
+    }
+    if out.len() < DOUBLING_UP_TO {
+        out.reserve(additional);
+    } else {
+        out.reserve_exact(additional.max(out.len() / 8));
+    }
+}
+
 /// Appends one frame (header + payload) to `out`.
 pub fn encode_into(out: &mut Vec<u8>, agent_id: u32, op: u8, payload: &[u8]) {
-    out.reserve(HEADER_LEN + payload.len());
+    reserve_output(out, HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&agent_id.to_le_bytes());
     out.push(op);
@@ -168,6 +186,38 @@ mod tests {
         assert_eq!(frame.header.agent_id, 7);
         assert_eq!(frame.header.op, 0x30);
         assert_eq!(frame.payload, b"{\"key\":\"a\"}");
+    }
+
+    #[test]
+    fn large_output_buffers_grow_by_an_eighth_and_small_ones_double() {
+        let mut small = Vec::with_capacity(100);
+        small.extend_from_slice(&[0; 100]);
+        reserve_output(&mut small, 1);
+        assert!(small.capacity() >= 200, "{}", small.capacity());
+        let mut big = vec![0u8; 4 << 20];
+        reserve_output(&mut big, 1 << 20);
+        assert!(
+            big.capacity() >= 5 << 20 && big.capacity() < 6 << 20,
+            "{}",
+            big.capacity()
+        );
+        // Many small appends to a large buffer reallocate a bounded number of times.
+        let mut grows = 0;
+        let mut cap = big.capacity();
+        for _ in 0..100_000 {
+            encode_into(&mut big, 1, 0, b"0123456789");
+            if big.capacity() != cap {
+                grows += 1;
+                cap = big.capacity();
+            }
+        }
+        assert!(grows <= 3, "{grows} reallocations");
+        assert!(
+            big.capacity() - big.len() <= big.len() / 8 + 27,
+            "{} {}",
+            big.capacity(),
+            big.len()
+        );
     }
 
     #[test]

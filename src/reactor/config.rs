@@ -1,7 +1,9 @@
 //! The `[server]` config section: the Unix socket, who may connect, and the reactor's limits
-//! (connections, frame size, pending replies, pipelining, slow clients, queues).
+//! (connections, frame size, pending replies per connection and in all, pipelining, slow
+//! clients, queues).
 
-use crate::settings::positive;
+use crate::kernel::conns::ConnLimits;
+use crate::settings::{positive, secs};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,8 +28,20 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub job_queue: Option<usize>,
     pub max_connections: Option<usize>,
+    /// Connections one agent may hold (all its processes together).
+    pub max_connections_per_caller: Option<usize>,
+    /// Connections the plain clients of one other allowed user may hold together.
+    pub max_connections_per_uid: Option<usize>,
+    /// Connections the processes the daemon started that speak as no agent may hold together.
+    pub max_connections_descendants: Option<usize>,
+    /// The last slots of `max_connections`, kept for the owner's own processes.
+    pub owner_reserved_connections: Option<usize>,
+    /// Seconds after which an agent's connection with nothing going on is closed.
+    pub agent_idle_timeout_secs: Option<f64>,
     pub max_frame_bytes: Option<u64>,
     pub max_pending_reply_bytes: Option<usize>,
+    /// Unsent reply bytes of all connections together.
+    pub pending_reply_total_bytes: Option<usize>,
     pub max_pipelined: Option<usize>,
     pub slow_client_timeout_ms: Option<u64>,
     /// Replies produced off the reactor thread waiting for it; a full queue makes the sender
@@ -45,14 +59,34 @@ pub struct ServerConfig {
     pub workers: usize,
     pub job_queue: usize,
     pub max_connections: usize,
+    pub max_connections_per_caller: usize,
+    pub max_connections_per_uid: usize,
+    pub max_connections_descendants: usize,
+    pub owner_reserved_connections: usize,
+    /// An agent's connection with no request in progress, no reply to write and nothing read
+    /// for this long is closed (plain clients' connections are not).
+    pub agent_idle_timeout: Duration,
     pub max_frame_bytes: u64,
     pub max_pending_reply_bytes: usize,
+    /// Unsent reply bytes of all connections together; see `frontend::OutputBudget`.
+    pub pending_reply_total_bytes: usize,
     pub max_pipelined: usize,
     pub slow_client_timeout: Duration,
     pub completion_queue: usize,
 }
 
 impl ServerConfig {
+    /// The caps the kernel checks when it attributes a new connection.
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            max_connections: self.max_connections,
+            owner_reserved: self.owner_reserved_connections,
+            per_caller: self.max_connections_per_caller,
+            per_uid: self.max_connections_per_uid,
+            descendants: self.max_connections_descendants,
+        }
+    }
+
     /// Validates `[server]`; `socket` is the path already chosen from flag, environment and
     /// file.
     pub fn from_raw(s: &RawServer, socket: PathBuf, errors: &mut Vec<String>) -> ServerConfig {
@@ -85,6 +119,34 @@ impl ServerConfig {
                 4096,
                 1 << 20,
             ),
+            max_connections_per_caller: positive(
+                errors,
+                "server.max_connections_per_caller",
+                s.max_connections_per_caller,
+                64,
+                1 << 20,
+            ),
+            max_connections_per_uid: positive(
+                errors,
+                "server.max_connections_per_uid",
+                s.max_connections_per_uid,
+                256,
+                1 << 20,
+            ),
+            max_connections_descendants: positive(
+                errors,
+                "server.max_connections_descendants",
+                s.max_connections_descendants,
+                256,
+                1 << 20,
+            ),
+            owner_reserved_connections: owner_reserved_connections(s, errors),
+            agent_idle_timeout: secs(
+                errors,
+                "server.agent_idle_timeout_secs",
+                s.agent_idle_timeout_secs,
+                600.0,
+            ),
             max_frame_bytes: max_frame_bytes(s.max_frame_bytes, errors),
             max_pending_reply_bytes: positive(
                 errors,
@@ -93,6 +155,7 @@ impl ServerConfig {
                 4 << 20,
                 1 << 32,
             ),
+            pending_reply_total_bytes: pending_reply_total_bytes(s, errors),
             max_pipelined: positive(
                 errors,
                 "server.max_pipelined",
@@ -110,6 +173,46 @@ impl ServerConfig {
             ),
         }
     }
+}
+
+/// `server.owner_reserved_connections`: 16 by default; 0 (no reserve) up to one less than
+/// `max_connections` (the others must have at least one slot).
+fn owner_reserved_connections(s: &RawServer, errors: &mut Vec<String>) -> usize {
+    let max = s.max_connections.unwrap_or(4096);
+    match s.owner_reserved_connections {
+        None => 16.min(max.saturating_sub(1)),
+        Some(n) if n < max => n,
+        Some(n) => {
+            errors.push(format!(
+                "server.owner_reserved_connections: {n} must be less than server.max_connections ({max})"
+            ));
+            0
+        }
+    }
+}
+
+/// The default of `server.pending_reply_total_bytes`. Every connection may hold
+/// `max_pending_reply_bytes` (4 MiB) of unsent replies, but 4096 of them would be 16 GiB: the
+/// daemon-wide budget is what bounds the memory held for clients that do not read, and a login
+/// node is shared, so it is 128 MiB (32 connections at their own cap).
+pub const DEFAULT_PENDING_REPLY_TOTAL_BYTES: usize = 128 << 20;
+
+fn pending_reply_total_bytes(s: &RawServer, errors: &mut Vec<String>) -> usize {
+    let total = positive(
+        errors,
+        "server.pending_reply_total_bytes",
+        s.pending_reply_total_bytes,
+        DEFAULT_PENDING_REPLY_TOTAL_BYTES,
+        1 << 40,
+    );
+    let own = s.max_pending_reply_bytes.unwrap_or(4 << 20);
+    if total < own {
+        errors.push(format!(
+            "server.pending_reply_total_bytes: {total} is less than one connection may hold \
+             (server.max_pending_reply_bytes = {own})"
+        ));
+    }
+    total
 }
 
 fn socket_mode(text: Option<&str>, errors: &mut Vec<String>) -> u32 {

@@ -3,8 +3,8 @@
 //! The reactor owns every `Conn`. A connection never closes itself: its handlers report what
 //! should happen and the reactor acts. Readiness (what the OS said) is kept apart from
 //! interest (what the connection can take right now): a connection stops being read while a
-//! request of its own is at a worker, while its unsent replies exceed the configured limit, or
-//! while it is closing.
+//! request of its own is at a worker, while its unsent replies exceed the configured limit
+//! (its own, or its part of the daemon-wide budget), or while it is closing.
 
 use super::listen::Admission;
 use crate::frontend::{ConnIo, Proto};
@@ -114,6 +114,14 @@ pub struct Conn {
     pub queued: bool,
     /// Set while the connection waits for room in the worker queue.
     pub waiting_pool: bool,
+    /// Set while the connection waits for room in the daemon-wide reply budget.
+    pub waiting_budget: bool,
+    /// Its reply bytes (`ConnIo::held_out`) as last added to the reactor's daemon-wide total.
+    pub counted: usize,
+    /// It speaks as a supervised agent: closed after `agent_idle_timeout` with nothing going on.
+    pub agent: bool,
+    /// When the connection last read something (or was created).
+    pub last_read: Instant,
     /// When the connection last made write progress (or was created).
     pub last_write: Instant,
     /// When the connection got paused for unsent replies; `None` when not paused.

@@ -1,12 +1,18 @@
 //! The reactor: one thread, one `mio::Poll`, every client socket.
 //!
-//! It accepts connections (checking peer credentials and the connection limit), reads into a
+//! It accepts connections (checking peer credentials and the connection caps, which the kernel
+//! applies when it attributes a connection, see [`crate::kernel::conns`]), reads into a
 //! shared scratch buffer, hands input to each connection's protocol front-end, writes replies,
 //! and applies flow control:
 //!
 //! * a connection with a request at a worker is not read until the reply comes back;
 //! * a connection whose unsent replies exceed `max_pending_reply_bytes` is not read either, and
 //!   is dropped when it makes no write progress for `slow_client_timeout`;
+//! * the reply bytes of all connections together are bounded by `pending_reply_total_bytes`
+//!   (see [`OutputBudget`]): past three quarters of it, connections with unsent replies are
+//!   paused like the above; at the whole of it, every connection waits, and paused ones that
+//!   make no progress are dropped after at most a second instead of `slow_client_timeout`,
+//!   so clients that do not read cannot hold the budget and shut the others out;
 //! * at most `max_pipelined` requests are taken from one connection per turn, then others get
 //!   theirs (the connection is re-queued);
 //! * a full worker queue pauses the connection, never buffers without bound.
@@ -19,8 +25,10 @@ pub mod config;
 pub mod conn;
 pub mod listen;
 
-use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Stop};
-use crate::kernel::{CallerId, Kernel, Peer};
+use crate::frontend::warnings::Warnings;
+use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, OutputBudget, Stop};
+use crate::kernel::conns::Holder;
+use crate::kernel::{Admitted, Kernel, Peer};
 use crate::ops::Ops;
 use crate::pool::WorkerPool;
 use crate::proto::clove;
@@ -34,13 +42,17 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Wakes the reactor when completions are queued or shutdown is requested.
 pub const WAKER: Token = Token(0);
 /// Listener tokens: token = FIRST_LISTENER + index in the order listeners were added.
 const FIRST_LISTENER: usize = 1;
+/// Connections accepted per turn of the loop at most, refused ones included (each costs
+/// reading /proc to attribute it, and a write when refused): 64 take a few milliseconds, so
+/// the clients already connected are served at least that often during a storm of new ones.
+const ACCEPTS_PER_TURN: usize = 64;
 /// Connection tokens start here: token = FIRST_CONN + slot.
 const FIRST_CONN: usize = 16;
 /// Most listeners one reactor serves.
@@ -52,6 +64,9 @@ const SCRATCH: usize = 256 * 1024;
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 /// How often paused connections are checked while any exist.
 const SLOW_CHECK: Duration = Duration::from_millis(100);
+/// How long a paused connection may read nothing while others wait for room in the daemon-wide
+/// reply budget (`server.pending_reply_total_bytes`), if `slow_client_timeout_ms` is longer.
+const PRESSED_SLOW_CLIENT: Duration = Duration::from_secs(1);
 /// Retry interval while connections wait for room in the worker queue or accept is throttled.
 const RETRY: Duration = Duration::from_millis(5);
 
@@ -198,10 +213,16 @@ struct Slot {
 pub struct Stats {
     pub accepted: u64,
     pub refused_uid: u64,
-    pub refused_remote: u64,
-    pub dropped_push: u64,
     pub refused_full: u64,
+    /// Refused by a cap on whom a connection counts against (`crate::kernel::conns`).
+    pub refused_caps: u64,
+    /// Connections of agents closed for being idle.
+    pub closed_idle: u64,
     pub dropped_slow: u64,
+    /// Peers on another host refused by a listener that allows none.
+    pub refused_remote: u64,
+    /// Connections dropped for holding more pushed output than their allowance.
+    pub dropped_push: u64,
     pub requests: u64,
 }
 
@@ -220,12 +241,29 @@ pub struct Reactor {
     live: usize,
     ready: VecDeque<ConnId>,
     pool_waiters: Vec<ConnId>,
+    /// Connections with nothing to write that wait for room in the daemon-wide reply budget.
+    budget_waiters: Vec<ConnId>,
     paused: usize,
+    /// Reply bytes all connections hold (the sum of their `Conn::counted`): what
+    /// `server.pending_reply_total_bytes` bounds.
+    pending_total: usize,
+    /// Where connections with unsent replies stop: see [`OutputBudget`].
+    soft_total: usize,
+    /// `pending_total` for HELLO, updated every turn.
+    pending_gauge: Arc<AtomicUsize>,
     scratch: Vec<u8>,
     shutdown: Arc<AtomicBool>,
     accept_retry: Option<Instant>,
     next_slow_check: Option<Instant>,
+    /// Live connections of agents (closed when idle), and when to look for idle ones next.
+    agent_conns: usize,
+    next_idle_check: Option<Instant>,
     my_uid: u32,
+    /// The rate limit for warnings about single connections.
+    warnings: Warnings,
+    /// Listeners that may have connections waiting: their last accept did not see
+    /// `WouldBlock` (edge-triggered, so no new event will say so). A bit per listener.
+    accept_pending: u32,
     /// systemd's watchdog and status timer, when running under systemd (`Type=notify`).
     heartbeat: Option<crate::systemd::Heartbeat>,
     pub stats: Stats,
@@ -233,6 +271,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Builds a reactor around an existing poll (whose waker the kernel's sink uses).
+    /// `pending_gauge` is kept up to date with the reply bytes held for all connections.
     pub fn new(
         poll: Poll,
         config: ServerConfig,
@@ -240,9 +279,11 @@ impl Reactor {
         pool: WorkerPool,
         completions: (Sink, Receiver<Completion>),
         shutdown: Arc<AtomicBool>,
+        pending_gauge: Arc<AtomicUsize>,
     ) -> Reactor {
         let (sink, completions) = completions;
         Reactor {
+            soft_total: config.pending_reply_total_bytes / 4 * 3,
             poll,
             config,
             kernel: ops.kernel.clone(),
@@ -256,12 +297,19 @@ impl Reactor {
             live: 0,
             ready: VecDeque::new(),
             pool_waiters: Vec::new(),
+            budget_waiters: Vec::new(),
             paused: 0,
+            pending_total: 0,
+            pending_gauge,
             scratch: vec![0; SCRATCH],
             shutdown,
             accept_retry: None,
             next_slow_check: None,
+            agent_conns: 0,
+            next_idle_check: None,
             my_uid: nix::unistd::geteuid().as_raw(),
+            warnings: Warnings::new(),
+            accept_pending: 0,
             heartbeat: None,
             stats: Stats::default(),
         }
@@ -315,7 +363,7 @@ impl Reactor {
                 match ev.token() {
                     WAKER => {}
                     Token(t) if (FIRST_LISTENER..FIRST_CONN).contains(&t) => {
-                        self.accept(t - FIRST_LISTENER)
+                        self.accept_pending |= 1 << (t - FIRST_LISTENER)
                     }
                     Token(t) if t >= FIRST_CONN => {
                         let slot = (t - FIRST_CONN) as u32;
@@ -342,15 +390,24 @@ impl Reactor {
                     Token(_) => {}
                 }
             }
+            // New connections after the established ones have had their events, and only a
+            // bounded number per turn.
+            if self.accept_pending != 0 {
+                self.accept_waiting();
+            }
             self.drain_completions();
             self.run_ready();
             self.run_timers();
+            // After the timers: dropping slow clients is what frees the budget when it is spent.
+            self.wake_budget_waiters();
+            self.pending_gauge
+                .store(self.pending_total, Ordering::Relaxed);
         }
         Ok(())
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.accept_pending != 0 {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -365,6 +422,12 @@ impl Reactor {
             consider(t);
         }
         if let Some(t) = self.next_slow_check {
+            consider(t);
+        }
+        if let Some(t) = self.next_idle_check {
+            consider(t);
+        }
+        if let Some(t) = self.warnings.next_tick() {
             consider(t);
         }
         if let Some(h) = &self.heartbeat {
@@ -386,9 +449,8 @@ impl Reactor {
         }
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
-            for i in 0..self.listeners.len() {
-                self.accept(i);
-            }
+            self.accept_pending = (1u32 << self.listeners.len()) - 1;
+            self.accept_waiting();
         }
         if !self.pool_waiters.is_empty() {
             for id in std::mem::take(&mut self.pool_waiters) {
@@ -402,13 +464,23 @@ impl Reactor {
         if self.next_slow_check.is_some_and(|t| t <= now) {
             self.check_slow_clients(now);
         }
+        if self.next_idle_check.is_some_and(|t| t <= now) {
+            self.close_idle_agent_connections(now);
+        }
+        self.warnings.tick(now);
         if let Some(h) = self.heartbeat.as_mut() {
             h.tick(now);
         }
     }
 
     fn check_slow_clients(&mut self, now: Instant) {
-        let limit = self.config.slow_client_timeout;
+        // While the daemon-wide reply budget is spent and connections wait for room, the
+        // connections holding it that read nothing go sooner: each waiting one waits for them.
+        let limit = if self.budget_waiters.is_empty() {
+            self.config.slow_client_timeout
+        } else {
+            self.config.slow_client_timeout.min(PRESSED_SLOW_CLIENT)
+        };
         let mut victims = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(c) = &s.conn
@@ -422,9 +494,11 @@ impl Reactor {
             }
         }
         for id in victims {
-            log::warn!(
-                "conn={id}: client has not read its replies for {:?}; dropping it",
-                limit
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "conn={id}: client has not read its replies for {limit:?}; dropping it"
+                ),
             );
             self.stats.dropped_slow += 1;
             self.close(id);
@@ -432,8 +506,62 @@ impl Reactor {
         self.next_slow_check = (self.paused > 0).then(|| now + SLOW_CHECK);
     }
 
-    fn accept(&mut self, index: usize) {
+    /// Closes connections of agents that have had nothing going on (no request at a worker,
+    /// no reply to write, nothing read) for `agent_idle_timeout`: an agent runs untrusted code,
+    /// and idle connections it leaves open would hold slots. Plain clients' are kept.
+    fn close_idle_agent_connections(&mut self, now: Instant) {
+        let limit = self.config.agent_idle_timeout;
+        let mut idle = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(c) = &s.conn
+                && c.agent
+                && !c.io.busy
+                && c.io.pending_out() == 0
+                && now.duration_since(c.last_read.max(c.last_write)) >= limit
+            {
+                idle.push((
+                    ConnId {
+                        slot: i as u32,
+                        generation: s.generation,
+                    },
+                    c.io.caller,
+                ));
+            }
+        }
+        for (id, caller) in idle {
+            // Routine, and as frequent as an agent makes connections: not worth an info line.
+            log::debug!(
+                "conn={id} caller={caller}: agent connection idle for {limit:?} \
+                 (server.agent_idle_timeout_secs); closing it"
+            );
+            self.stats.closed_idle += 1;
+            self.close(id);
+        }
+        self.next_idle_check = (self.agent_conns > 0).then(|| now + idle_check_every(limit));
+    }
+
+    /// Accepts up to [`ACCEPTS_PER_TURN`] connections in all, from the listeners that have
+    /// some waiting. With more waiting, their bits stay set in `accept_pending` and the next
+    /// turn (which polls without waiting) takes the next ones, after the established
+    /// connections have been served: a storm of new connections cannot keep the loop
+    /// accepting while the clients already connected wait.
+    fn accept_waiting(&mut self) {
+        let mut budget = ACCEPTS_PER_TURN;
+        for index in 0..self.listeners.len() {
+            if self.accept_pending & (1 << index) != 0 && budget > 0 {
+                self.accept_pending &= !(1 << index);
+                self.accept(index, &mut budget);
+            }
+        }
+    }
+
+    /// Accepts from one listener until it has no more or `budget` is spent.
+    fn accept(&mut self, index: usize, budget: &mut usize) {
         loop {
+            if *budget == 0 {
+                self.accept_pending |= 1 << index;
+                return;
+            }
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
@@ -448,12 +576,18 @@ impl Reactor {
                 }),
             };
             match accepted {
-                Ok((stream, Ok(peer))) => self.admit(index, stream, peer),
-                Ok((_, Err(e))) => {
-                    log::warn!(
-                        "{}: cannot tell who connected ({e}); refusing the connection",
-                        self.listeners[index].name
-                    );
+                Ok((stream, peer)) => {
+                    *budget -= 1;
+                    match peer {
+                        Ok(peer) => self.admit(index, stream, peer),
+                        Err(e) => self.warnings.warn(
+                            module_path!(),
+                            format_args!(
+                                "{}: cannot tell who connected ({e}); refusing the connection",
+                                self.listeners[index].name
+                            ),
+                        ),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -469,10 +603,10 @@ impl Reactor {
         }
     }
 
-    /// Checks who connected and whether there is room, then makes the connection.
+    /// Checks a new connection (who it is, the connection caps) and attributes it to a
+    /// caller, or refuses it on its listener's wire.
     fn admit(&mut self, index: usize, mut stream: Stream, peer: PeerOf) {
         let name = self.listeners[index].name;
-        let refuse = self.listeners[index].refuse;
         let peer = match peer {
             PeerOf::Known(p) => p,
             PeerOf::Remote(_) if self.listeners[index].allow_remote => Peer {
@@ -482,13 +616,15 @@ impl Reactor {
             },
             PeerOf::Remote(addr) => {
                 self.stats.refused_remote += 1;
-                log::warn!("{name}: refused connection from {addr}: not on this host");
-                send_refusal(
+                self.warnings.warn(
+                    module_path!(),
+                    format_args!("{name}: refused connection from {addr}: not on this host"),
+                );
+                return self.refuse(
+                    index,
                     &mut stream,
-                    refuse,
                     "permission denied: connect from this host",
                 );
-                return;
             }
         };
         let admission = self.listeners[index].admission;
@@ -504,57 +640,86 @@ impl Reactor {
             Admission::IdOnly => user,
         };
         if !may_try {
-            return self.refuse_uid(index, &mut stream, peer);
-        }
-        if self.live >= self.config.max_connections {
-            self.stats.refused_full += 1;
-            log::warn!(
-                "{name}: refused connection from pid {}: {} connections open (server.max_connections)",
-                peer.pid,
-                self.live
-            );
-            send_refusal(
-                &mut stream,
-                refuse,
-                &format!(
-                    "too many connections: the daemon holds its maximum of {}",
-                    self.config.max_connections
+            self.stats.refused_uid += 1;
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "{name}: refused connection from uid {} (pid {}): not an allowed user",
+                    peer.uid, peer.pid
                 ),
             );
-            return;
+            return self.refuse(
+                index,
+                &mut stream,
+                "permission denied: your user may not use this daemon",
+            );
         }
-        let caller = match admission {
-            Admission::IdOnly => self.kernel.allocate_id(),
-            Admission::Caller if user => self.kernel.connect(peer),
+        // Before attributing it, which reads /proc: a full daemon refuses cheaply.
+        if self.live >= self.config.max_connections {
+            self.stats.refused_full += 1;
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "{name}: refused connection from pid {}: {} connections open \
+                     (server.max_connections)",
+                    peer.pid, self.live
+                ),
+            );
+            let msg = format!(
+                "too many connections: the daemon holds its maximum of {} \
+                 (server.max_connections)",
+                self.config.max_connections
+            );
+            return self.refuse(index, &mut stream, &msg);
+        }
+        match self.attribute(admission, user, peer) {
+            Ok(admitted) => self.install(index, stream, peer, admitted),
+            Err(why) => {
+                self.stats.refused_caps += 1;
+                self.warnings.warn(
+                    module_path!(),
+                    format_args!("{name}: refused connection from pid {}: {why}", peer.pid),
+                );
+                self.refuse(index, &mut stream, &why);
+            }
+        }
+    }
+
+    /// Who a connection admitted so far speaks as, within the connection caps.
+    fn attribute(
+        &mut self,
+        admission: Admission,
+        user: bool,
+        peer: Peer,
+    ) -> Result<Admitted, String> {
+        let limits = self.config.conn_limits();
+        match admission {
+            Admission::IdOnly => Ok(Admitted {
+                caller: self.kernel.allocate_id(),
+                holder: Holder::Owner,
+            }),
+            Admission::Caller if user => self
+                .kernel
+                .connect(peer, self.live, &limits)
+                .map_err(|e| e.to_string()),
             Admission::Caller | Admission::AgentsOnly => {
-                match self.kernel.connect_agent_only(peer) {
-                    Some(caller) => caller,
-                    None => return self.refuse_uid(index, &mut stream, peer),
+                match self.kernel.connect_agent_only(peer, self.live, &limits) {
+                    Ok(Some(admitted)) => Ok(admitted),
+                    Ok(None) => Err("permission denied: your user may not use this daemon".into()),
+                    Err(e) => Err(e.to_string()),
                 }
             }
-        };
-        self.open(index, stream, peer, caller);
+        }
     }
 
-    /// Refuses a peer whose user may not use this listener.
-    fn refuse_uid(&mut self, index: usize, stream: &mut Stream, peer: Peer) {
-        self.stats.refused_uid += 1;
-        log::warn!(
-            "{}: refused connection from uid {} (pid {}): not an allowed user",
-            self.listeners[index].name,
-            peer.uid,
-            peer.pid
-        );
-        send_refusal(
-            stream,
-            self.listeners[index].refuse,
-            "permission denied: your user may not use this daemon",
-        );
+    /// Best-effort refusal, in the listener's wire format, to a connection we will not keep.
+    fn refuse(&self, index: usize, stream: &mut Stream, msg: &str) {
+        use std::io::Write;
+        let _ = stream.write(&(self.listeners[index].refuse)(msg));
     }
 
-    /// Registers an admitted connection (already known to the kernel as `caller`) and gives
-    /// it a slot.
-    fn open(&mut self, index: usize, mut stream: Stream, peer: Peer, caller: CallerId) {
+    /// Gives an admitted connection a slot and registers it with the poll.
+    fn install(&mut self, index: usize, mut stream: Stream, peer: Peer, admitted: Admitted) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -567,18 +732,20 @@ impl Reactor {
         };
         let generation = self.slots[slot as usize].generation;
         let id = ConnId { slot, generation };
+        let admission = self.listeners[index].admission;
         if let Err(e) = self.poll.registry().register(
             stream.source(),
             Token(FIRST_CONN + slot as usize),
             Interest::READABLE,
         ) {
             log::error!("cannot register connection: {e}");
-            if self.listeners[index].admission != Admission::IdOnly {
-                self.kernel.disconnect(caller);
-            }
             self.free.push(slot);
+            if admission != Admission::IdOnly {
+                self.kernel.disconnect(admitted.caller);
+            }
             return;
         }
+        let caller = admitted.caller;
         let listener = &self.listeners[index];
         log::debug!(
             "conn={id} caller={caller} pid={} uid={} connected to {}",
@@ -591,7 +758,9 @@ impl Reactor {
             conn: id,
         });
         let proto = (listener.make)(outbox);
-        let (admission, max_pending_push) = (listener.admission, listener.max_pending_push);
+        let max_pending_push = listener.max_pending_push;
+        let agent = matches!(admitted.holder, Holder::Agent(_));
+        let now = Instant::now();
         self.slots[slot as usize].conn = Some(Conn {
             stream,
             io: ConnIo {
@@ -614,11 +783,21 @@ impl Reactor {
             want_write: false,
             queued: false,
             waiting_pool: false,
-            last_write: Instant::now(),
+            waiting_budget: false,
+            counted: 0,
+            agent,
+            last_read: now,
+            last_write: now,
             paused_since: None,
         });
         self.live += 1;
         self.stats.accepted += 1;
+        if agent {
+            self.agent_conns += 1;
+            if self.next_idle_check.is_none() {
+                self.next_idle_check = Some(now + idle_check_every(self.config.agent_idle_timeout));
+            }
+        }
         // Data may already be waiting; the edge for it may have fired before registration.
         self.schedule(id);
     }
@@ -673,11 +852,15 @@ impl Reactor {
         if c.kind == CompletionKind::Push
             && conn.io.pending_out() + c.bytes.len() > conn.max_pending_push
         {
+            let held = conn.io.pending_out() + c.bytes.len();
             let limit = conn.max_pending_push;
-            log::warn!(
-                "conn={}: {} bytes of events waiting, over its allowance of {limit}; dropping it",
-                c.conn,
-                conn.io.pending_out() + c.bytes.len()
+            self.warnings.warn(
+                module_path!(),
+                format_args!(
+                    "conn={}: {held} bytes of events waiting, over its allowance of {limit}; \
+                     dropping it",
+                    c.conn
+                ),
             );
             self.stats.dropped_push += 1;
             self.close(c.conn);
@@ -690,125 +873,77 @@ impl Reactor {
         if conn.io.out.is_empty() {
             conn.io.out = c.bytes;
         } else {
+            clove::reserve_output(&mut conn.io.out, c.bytes.len());
             conn.io.out.extend_from_slice(&c.bytes);
         }
         if c.kind == CompletionKind::Reply {
             conn.io.busy = false;
         }
+        let (before, held) = (conn.counted, conn.io.held_out());
+        conn.counted = held;
+        self.pending_total = self.pending_total - before + held;
         self.schedule(c.conn);
     }
 
-    /// Does everything a connection can do right now: flush, read, handle requests, flush.
+    /// Does everything a connection can do right now: flush, read, handle requests, flush;
+    /// then settles its interest and flow-control state.
     fn service(&mut self, id: ConnId) {
-        let max_pending_out = self.config.max_pending_reply_bytes;
-        let mut budget = self.config.max_pipelined;
-        let slot = &mut self.slots[id.slot as usize];
-        let Some(conn) = slot.conn.as_mut() else {
+        let Some(conn) = self
+            .slots
+            .get_mut(id.slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
             return;
         };
         let env = Env {
             ops: &self.ops,
             pool: &self.pool,
-            max_pending_out,
+            warnings: &self.warnings,
+            output: OutputBudget {
+                own_max: self.config.max_pending_reply_bytes,
+                others: self.pending_total - conn.counted,
+                soft: self.soft_total,
+                hard: self.config.pending_reply_total_bytes,
+            },
         };
-        let handled_before = budget;
-        let mut failed = flush(conn).is_err();
-        let mut stop = Stop::NeedInput;
-        while !failed {
-            if !conn.inbuf.is_empty() {
-                let (used, s) = conn
-                    .proto
-                    .process(&conn.inbuf, &mut conn.io, &env, &mut budget);
-                conn.inbuf.drain(..used);
-                stop = s;
-                if s != Stop::NeedInput {
-                    break;
-                }
-            }
-            if conn.io.busy || conn.io.close_after_flush {
-                stop = Stop::Paused;
-                break;
-            }
-            if conn.io.pending_out() >= max_pending_out {
-                stop = Stop::OutputFull;
-                break;
-            }
-            if budget == 0 {
-                stop = Stop::Budget;
-                break;
-            }
-            if conn.read_closed || !conn.readable {
-                break;
-            }
-            match read_once(&mut conn.stream, &mut self.scratch) {
-                Io::Progress(n) => {
-                    // A short read means the socket is drained (epoll(7)); skip the extra
-                    // read that would only return EAGAIN. Not after a shutdown was reported:
-                    // the data and the end-of-file may have come in one edge, and the
-                    // end-of-file must still be read.
-                    if n < self.scratch.len() && !conn.hup_seen {
-                        conn.readable = false;
-                    }
-                    if conn.inbuf.is_empty() {
-                        let (used, s) =
-                            conn.proto
-                                .process(&self.scratch[..n], &mut conn.io, &env, &mut budget);
-                        conn.inbuf.extend_from_slice(&self.scratch[used..n]);
-                        stop = s;
-                        if s != Stop::NeedInput {
-                            break;
-                        }
-                    } else {
-                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
-                    }
-                    if conn.io.pending_out() >= KEEP_OUT_CAPACITY {
-                        failed = flush(conn).is_err();
-                    }
-                }
-                Io::WouldBlock => {
-                    conn.readable = false;
-                    break;
-                }
-                Io::Closed => {
-                    conn.read_closed = true;
-                    break;
-                }
-                Io::Failed(kind) => {
-                    log::debug!("conn={id}: read failed: {kind:?}");
-                    failed = true;
-                }
-            }
-        }
-        self.stats.requests += (handled_before - budget) as u64;
+        let mut budget = self.config.max_pipelined;
+        let (stop, mut failed) = pump(id, conn, &env, &mut self.scratch, &mut budget);
+        self.stats.requests += (self.config.max_pipelined - budget) as u64;
         if !failed {
-            failed = flush(conn).is_err();
+            failed = flush(conn).is_err() || set_interest(&self.poll, id, conn).is_err();
         }
-        let want_write = conn.io.pending_out() > 0;
-        if !failed && want_write != conn.want_write {
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            failed = self
-                .poll
-                .registry()
-                .reregister(
-                    conn.stream.source(),
-                    Token(FIRST_CONN + id.slot as usize),
-                    interest,
-                )
-                .is_err();
-            conn.want_write = want_write;
-        }
+        let held = conn.io.held_out();
+        self.pending_total = self.pending_total - conn.counted + held;
+        conn.counted = held;
         if failed {
             self.close(id);
-            return;
+        } else {
+            self.settle(id, stop);
         }
+    }
+
+    /// After a connection was serviced: pauses or resumes it for its unsent replies, closes it
+    /// when it is done, or queues it to be serviced again.
+    fn settle(&mut self, id: ConnId, mut stop: Stop) {
+        let Some(conn) = self
+            .slots
+            .get_mut(id.slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return;
+        };
         let now = Instant::now();
         let pending = conn.io.pending_out();
+        let output = OutputBudget {
+            own_max: self.config.max_pending_reply_bytes,
+            others: self.pending_total - conn.counted,
+            soft: self.soft_total,
+            hard: self.config.pending_reply_total_bytes,
+        };
         let was_paused = conn.paused_since.is_some();
-        let paused_now = pending >= max_pending_out;
+        // Paused: it has replies to write and may not take more requests until it does. The
+        // slow-client timer watches these.
+        let paused_now = pending > 0 && output.full(pending, conn.counted);
         if paused_now && !was_paused {
             conn.paused_since = Some(now);
             self.paused += 1;
@@ -836,8 +971,34 @@ impl Reactor {
                     self.pool_waiters.push(id);
                 }
             }
+            // Everything it had is written, but the daemon-wide budget is spent: it waits for
+            // room without a socket event to wake it, see `wake_budget_waiters`.
+            Stop::OutputFull if pending == 0 && output.full(0, 0) => {
+                if !conn.waiting_budget {
+                    conn.waiting_budget = true;
+                    self.budget_waiters.push(id);
+                }
+            }
+            Stop::OutputFull if pending == 0 => self.schedule(id),
             Stop::NeedInput | Stop::Paused | Stop::OutputFull => {}
         }
+    }
+
+    /// Connections that stopped for the daemon-wide reply budget with nothing of their own
+    /// to write go on once the budget has room again (in the order they stopped).
+    fn wake_budget_waiters(&mut self) {
+        if self.budget_waiters.is_empty()
+            || self.pending_total >= self.config.pending_reply_total_bytes
+        {
+            return;
+        }
+        for id in std::mem::take(&mut self.budget_waiters) {
+            if let Some(c) = self.conn_mut(id) {
+                c.waiting_budget = false;
+            }
+            self.schedule(id);
+        }
+        self.run_ready();
     }
 
     fn close(&mut self, id: ConnId) {
@@ -853,6 +1014,10 @@ impl Reactor {
         slot.generation = slot.generation.wrapping_add(1);
         if conn.paused_since.is_some() {
             self.paused -= 1;
+        }
+        self.pending_total -= conn.counted;
+        if conn.agent {
+            self.agent_conns -= 1;
         }
         let _ = self.poll.registry().deregister(conn.stream.source());
         conn.proto.closed(&mut conn.io);
@@ -879,6 +1044,104 @@ impl Reactor {
     pub fn connections(&self) -> usize {
         self.live
     }
+}
+
+/// How often agents' connections are checked for idleness: a quarter of the timeout, so one
+/// is closed at most a quarter late, but at least every 10 ms and at most every 10 s.
+fn idle_check_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(10))
+}
+
+/// Flushes, then reads and hands input to the connection's protocol until it stops: for want
+/// of input, for its flow control or at the end of its request budget. Returns why it
+/// stopped, and whether the socket failed.
+fn pump(
+    id: ConnId,
+    conn: &mut Conn,
+    env: &Env,
+    scratch: &mut [u8],
+    budget: &mut usize,
+) -> (Stop, bool) {
+    if flush(conn).is_err() {
+        return (Stop::NeedInput, true);
+    }
+    loop {
+        if !conn.inbuf.is_empty() {
+            let (used, s) = conn.proto.process(&conn.inbuf, &mut conn.io, env, budget);
+            conn.inbuf.drain(..used);
+            if s != Stop::NeedInput {
+                return (s, false);
+            }
+        }
+        if conn.io.busy || conn.io.close_after_flush {
+            return (Stop::Paused, false);
+        }
+        if env.output.full(conn.io.pending_out(), conn.io.held_out()) {
+            return (Stop::OutputFull, false);
+        }
+        if *budget == 0 {
+            return (Stop::Budget, false);
+        }
+        if conn.read_closed || !conn.readable {
+            return (Stop::NeedInput, false);
+        }
+        match read_once(&mut conn.stream, scratch) {
+            Io::Progress(n) => {
+                conn.last_read = Instant::now();
+                // A short read means the socket is drained (epoll(7)); skip the extra read
+                // that would only return EAGAIN. Not after a shutdown was reported: the data
+                // and the end-of-file may have come in one edge, and the end-of-file must
+                // still be read.
+                if n < scratch.len() && !conn.hup_seen {
+                    conn.readable = false;
+                }
+                if conn.inbuf.is_empty() {
+                    let (used, s) = conn.proto.process(&scratch[..n], &mut conn.io, env, budget);
+                    conn.inbuf.extend_from_slice(&scratch[used..n]);
+                    if s != Stop::NeedInput {
+                        return (s, false);
+                    }
+                } else {
+                    conn.inbuf.extend_from_slice(&scratch[..n]);
+                }
+                if conn.io.pending_out() >= KEEP_OUT_CAPACITY && flush(conn).is_err() {
+                    return (Stop::NeedInput, true);
+                }
+            }
+            Io::WouldBlock => {
+                conn.readable = false;
+                return (Stop::NeedInput, false);
+            }
+            Io::Closed => {
+                conn.read_closed = true;
+                return (Stop::NeedInput, false);
+            }
+            Io::Failed(kind) => {
+                log::debug!("conn={id}: read failed: {kind:?}");
+                return (Stop::NeedInput, true);
+            }
+        }
+    }
+}
+
+/// Registers WRITABLE interest only while replies wait to be written (see `Conn::want_write`).
+fn set_interest(poll: &Poll, id: ConnId, conn: &mut Conn) -> io::Result<()> {
+    let want_write = conn.io.pending_out() > 0;
+    if want_write == conn.want_write {
+        return Ok(());
+    }
+    let interest = if want_write {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    poll.registry().reregister(
+        conn.stream.source(),
+        Token(FIRST_CONN + id.slot as usize),
+        interest,
+    )?;
+    conn.want_write = want_write;
+    Ok(())
 }
 
 /// Writes as much pending output as the socket takes.
@@ -911,12 +1174,6 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
         io.out_pos = 0;
     }
     Ok(())
-}
-
-/// Best-effort refusal to a connection we will not keep, in its listener's wire format.
-fn send_refusal(stream: &mut Stream, refuse: listen::Refusal, msg: &str) {
-    use std::io::Write;
-    let _ = stream.write(&refuse(msg));
 }
 
 /// A refusal on the Clove wire: one error frame.
