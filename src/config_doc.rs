@@ -160,10 +160,17 @@ fn tables(c: &Config, model: (usize, Duration)) -> Vec<Table> {
             .key("max_pending_reply_bytes", int(c.server.max_pending_reply_bytes), "Unsent reply bytes per connection before it is paused.")
             .key("max_pipelined", int(c.server.max_pipelined), "Requests taken from one connection before others are served.")
             .key("slow_client_timeout_ms", millis(c.server.slow_client_timeout), "A paused connection that reads nothing for this long is dropped.")
-            .key("completion_queue", int(c.server.completion_queue), "Replies from workers waiting for the event loop (full: senders wait)."),
+            .key("completion_queue", int(c.server.completion_queue), "Replies from workers waiting for the event loop (full: senders wait).")
+            .key("pending_reply_total_bytes", int(c.server.pending_reply_total_bytes), "Unsent reply bytes of all connections together; near it, connections with unsent replies stop being read, and those that read nothing are dropped sooner.")
+            .key("max_connections_per_caller", int(c.server.max_connections_per_caller), "Connections one agent (all its processes together) may hold.")
+            .key("max_connections_per_uid", int(c.server.max_connections_per_uid), "Connections of plain clients of one other allowed user.")
+            .key("max_connections_descendants", int(c.server.max_connections_descendants), "Connections of processes the daemon started that speak as no agent.")
+            .key("owner_reserved_connections", int(c.server.owner_reserved_connections), "The last slots of max_connections, kept for the owner's own processes.")
+            .key("agent_idle_timeout_secs", secs(c.server.agent_idle_timeout), "An agent's connection with nothing going on for this long is closed (plain clients' never are)."),
         Table::new("limits", "Bounds on what callers may keep in the daemon.")
             .key("mailbox_len", int(c.kernel.mailbox_len), "Messages waiting per agent.")
             .key("mailbox_max_bytes", int(c.kernel.mailbox_max_bytes), "Bytes waiting per agent.")
+            .key("mailboxes_total_bytes", int(c.kernel.mailboxes_total_bytes), "Bytes of messages waiting in all mailboxes together (a message sent to many counts once).")
             .key("event_queue_len", int(c.kernel.event_queue_len), "Events waiting per subscriber (the oldest are dropped, and counted).")
             .key("event_queue_bytes", int(c.kernel.event_queue_bytes), "Bytes of event data waiting per subscriber (same rule).")
             .key("state_max_keys", int(c.store_limits.max_keys), "Keys in the state store.")
@@ -626,8 +633,8 @@ mod tests {
         assert!(uncommented.contains("\ntimeout_secs = 120.0\n"));
         assert_eq!(format!("{:?}", validate(&uncommented)), want);
         // Changing an uncommented value changes the config: the lines are really read.
-        let changed = uncommented.replace("\nmax_connections = 4096\n", "\nmax_connections = 7\n");
-        assert_eq!(validate(&changed).server.max_connections, 7);
+        let changed = uncommented.replace("\nmax_connections = 4096\n", "\nmax_connections = 77\n");
+        assert_eq!(validate(&changed).server.max_connections, 77);
     }
 
     #[test]

@@ -265,11 +265,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os();
     match args.nth(1) {
         Some(a) if a == clove::supervisor::launch::SUBCOMMAND => {
-            let spec = args
-                .next()
-                .and_then(|s| s.into_string().ok())
-                .unwrap_or_default();
-            clove::supervisor::launch::main(&spec);
+            clove::supervisor::launch::main();
         }
         Some(a) if a == clove::supervisor::enter::SUBCOMMAND => {
             let spec = args

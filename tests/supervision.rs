@@ -760,6 +760,33 @@ fn host_mounts() -> Vec<String> {
     v
 }
 
+/// The command lines of the daemon's children that are agent launchers.
+fn launchers_of(daemon: i32) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid: Option<i32> = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if ppid != Some(daemon) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if argv.get(1).map(String::as_str) == Some("__launch") {
+            out.push(argv);
+        }
+    }
+    out
+}
+
 #[test]
 fn sandboxed_agent_has_its_own_mounts_pids_and_hostname() {
     let d = Daemon::with_config(FAST);
@@ -809,6 +836,13 @@ time.sleep(3600)
         "the host's mounts changed: added {added:?}, removed {removed:?}"
     );
     assert!(alive(r["pid"].as_i64().unwrap()), "the agent still runs");
+    // Its launcher (the daemon's child) got its spec over its control socket: `ps` shows
+    // `clove __launch`, not hundreds of characters of JSON.
+    let launchers = launchers_of(d.pid());
+    assert!(!launchers.is_empty(), "no launcher under the daemon");
+    for argv in &launchers {
+        assert_eq!(argv.len(), 2, "the launcher's command line: {argv:?}");
+    }
     // Its own pid namespace: it is pid 2 under the namespace's init, and its /proc shows only
     // the processes of the namespace.
     let pid = report["pid"].as_i64().unwrap();

@@ -1,5 +1,5 @@
 //! The agent launcher: a small single-threaded program (our own binary, run as
-//! `clove __launch SPEC`) that builds an agent's sandbox and execs its interpreter.
+//! `clove __launch`) that builds an agent's sandbox and execs its interpreter.
 //!
 //! Why a separate process: a new pid namespace only applies to the *children* of the process
 //! that unshares, and namespace, mount and fork work is unsafe in the daemon's multi-threaded
@@ -28,9 +28,12 @@
 //! Unsandboxed (or when namespaces are unavailable and not required) the launcher does the
 //! last step itself and execs directly, so the agent *is* the supervised process.
 //!
-//! The launcher talks to the supervisor through fd 3 (close-on-exec in the agent): one JSON
-//! line `{"isolation": {...}}` when the sandbox is ready, `{"error": "..."}` when it is not;
-//! end-of-file without an error means the interpreter was exec'd.
+//! The launcher talks to the supervisor through a control socket (its stdin when started,
+//! moved to a close-on-exec fd). First it waits for its spec, which the supervisor sends only
+//! once it has recorded the launcher's pid (so nothing the agent starts can connect before the
+//! daemon knows whose it is), and which keeps the spec off the command line. Then it reports:
+//! one JSON line `{"isolation": {...}}` when the sandbox is ready, `{"error": "..."}` when it
+//! is not; end-of-file without an error means the interpreter was exec'd.
 
 use super::caps::{self, Creds};
 use serde::{Deserialize, Serialize};
@@ -117,23 +120,23 @@ impl Reporter {
     }
 }
 
-/// The report pipe, which the supervisor passes as our stdin: taken to a close-on-exec fd
+/// Most bytes of launch spec accepted (the arguments an agent may be given are bounded far
+/// below this by `agents.max_args_bytes`).
+const MAX_SPEC: u64 = 4 << 20;
+
+/// The control socket, which the supervisor passes as our stdin: taken to a close-on-exec fd
 /// (its end-of-file tells the supervisor that the interpreter was exec'd), and stdin becomes
 /// /dev/null. Passing it as stdin rather than at a fixed fd lets the supervisor start us with
 /// plain posix_spawn (no code between fork and exec, no copy of the daemon's page tables).
-fn take_report_pipe() -> Option<std::fs::File> {
+fn take_control() -> Option<std::fs::File> {
     use std::os::fd::AsRawFd;
-    // SAFETY: fcntl/fstat on fd 0 only inspect it.
-    let writable_pipe = unsafe {
+    // SAFETY: fstat on fd 0 only inspects it.
+    let socket = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        let flags = libc::fcntl(0, libc::F_GETFL);
-        flags >= 0
-            && flags & libc::O_ACCMODE == libc::O_WRONLY
-            && libc::fstat(0, &mut st) == 0
-            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+        libc::fstat(0, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
     };
     // SAFETY: F_DUPFD_CLOEXEC makes a new fd that we own from here on.
-    let report = writable_pipe
+    let control = socket
         .then(|| unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })
         .filter(|fd| *fd >= 0)
         // SAFETY: the fd was just made by F_DUPFD_CLOEXEC and nothing else owns it.
@@ -142,12 +145,27 @@ fn take_report_pipe() -> Option<std::fs::File> {
         // SAFETY: dup2 onto fd 0; `null` is closed when dropped, fd 0 stays.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
-    report
+    control
 }
 
-/// Entry point of `clove __launch SPEC`. Never returns.
-pub fn main(spec_json: &str) -> ! {
-    let mut rep = Reporter(take_report_pipe());
+/// Waits for the spec on the control socket: the supervisor sends it once it has recorded our
+/// pid (so whatever we start is known as the agent's before it can connect), then half-closes.
+fn read_spec(control: Option<&std::fs::File>) -> Result<String, String> {
+    use std::io::Read;
+    let Some(mut c) = control else {
+        return Err("no control socket on stdin (run by the daemon only)".into());
+    };
+    let mut text = String::new();
+    (&mut c)
+        .take(MAX_SPEC)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the launch spec: {e}"))?;
+    Ok(text)
+}
+
+/// Entry point of `clove __launch` (its spec comes on the control socket). Never returns.
+pub fn main() -> ! {
+    let mut rep = Reporter(take_control());
     // A session of our own, first: the daemon attributes connections by session, and a
     // process can never join another session, only leave its own. (Our pid becomes the
     // session and process group id, which the supervisor signals.)
@@ -156,7 +174,11 @@ pub fn main(spec_json: &str) -> ! {
         let e = std::io::Error::last_os_error();
         rep.fail(EXIT_SETUP, format!("cannot start a session: {e}"));
     }
-    let spec: LaunchSpec = match serde_json::from_str(spec_json) {
+    let spec_json = match read_spec(rep.0.as_ref()) {
+        Ok(text) => text,
+        Err(e) => rep.fail(EXIT_SETUP, e),
+    };
+    let spec: LaunchSpec = match serde_json::from_str(&spec_json) {
         Ok(s) => s,
         Err(e) => rep.fail(EXIT_SETUP, format!("bad launch spec: {e}")),
     };

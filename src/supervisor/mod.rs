@@ -1055,8 +1055,12 @@ impl Supervisor {
                         a.confinement = None;
                     }
                 }
+                // Recorded: the launcher may go on.
+                if let Err(e) = spawn::release(&s.control, &s.spec) {
+                    log::warn!("agent={id}: cannot send the launcher its spec: {e}");
+                }
                 self.register_pipe(id, PipeKind::Log, s.log);
-                self.register_pipe(id, PipeKind::Report, s.report);
+                self.register_pipe(id, PipeKind::Report, OwnedFd::from(s.control));
                 // A persistent agent's record carries the stamp of its running process, so a
                 // daemon started after a crash can find (and stop) this copy.
                 if self.is_persisted(id)

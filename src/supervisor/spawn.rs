@@ -241,8 +241,10 @@ pub struct Started {
     pub child: Child,
     /// The agent's stdout and stderr.
     pub log: OwnedFd,
-    /// The launcher's report channel.
-    pub report: OwnedFd,
+    /// The launcher's control socket: its spec goes out by [`release`], its reports come back.
+    pub control: std::os::unix::net::UnixStream,
+    /// The launch spec, JSON, for [`release`].
+    pub spec: Vec<u8>,
 }
 
 /// What the supervisor passes to each incarnation.
@@ -302,20 +304,24 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
             .map(|s| (s.to_path_buf(), inc.socket.to_path_buf())),
     };
     let launch_json =
-        serde_json::to_string(&launch).map_err(|e| format!("cannot encode launch spec: {e}"))?;
+        serde_json::to_vec(&launch).map_err(|e| format!("cannot encode launch spec: {e}"))?;
     let (log_r, log_w) = pipe().map_err(|e| format!("cannot create log pipe: {e}"))?;
-    let (rep_r, rep_w) = pipe().map_err(|e| format!("cannot create report pipe: {e}"))?;
+    // One socket pair carries the spec to the launcher and its reports back (see
+    // `launch::main`). The spec is sent only by [`release`], after the supervisor has
+    // recorded the launcher: until then it waits, so nothing it starts can connect to the
+    // daemon before the daemon knows whose it is.
+    let (control, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| format!("cannot create the launcher's control socket: {e}"))?;
     let log_w2 = log_w
         .try_clone()
         .map_err(|e| format!("cannot duplicate log pipe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.arg(launch::SUBCOMMAND)
-        .arg(launch_json)
         .current_dir(&spec.cwd)
-        // The launcher takes the report pipe off its stdin (see `launch::main`). With no
+        // The launcher takes its control socket off its stdin (see `launch::main`). With no
         // pre_exec code, std starts it with posix_spawn: no copy of the daemon's page tables
         // and no copy-on-write faults in the reactor afterwards.
-        .stdin(Stdio::from(rep_w))
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(log_w))
         .stderr(Stdio::from(log_w2))
         // No process group here: the launcher starts a session (and with it a group) of its
@@ -338,8 +344,21 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
     Ok(Started {
         child,
         log: log_r,
-        report: rep_r,
+        control,
+        spec: launch_json,
     })
+}
+
+/// Sends the launcher its spec, which lets it go on: call once the launcher's pid is
+/// recorded. The launcher reads the spec to its end (our half-close), so the write cannot wait
+/// for long; a launcher that stopped reading is given a few seconds, then gets nothing (and
+/// fails on a truncated spec).
+pub fn release(control: &std::os::unix::net::UnixStream, spec: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    control.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut w = control;
+    w.write_all(spec)?;
+    control.shutdown(std::net::Shutdown::Write)
 }
 
 /// A hostname from an agent name: letters, digits and '-' only, at most 63 bytes.
