@@ -1582,13 +1582,26 @@ fn launcher_sandboxes_an_unprivileged_agent_in_a_user_namespace() {
     let spec = json!({"program": "/bin/sh", "argv": ["sh", probe, "/nonexistent.sock"],
         "sandboxed": true, "network": false, "hostname": "clove-probe", "require": true,
         "cgroup_procs": [], "rlimit_as": null, "rlimit_nproc": null});
-    let mut launch = std::process::Command::new(&bin);
-    launch
-        .arg("__launch")
-        .arg(spec.to_string())
-        .uid(65534)
-        .gid(65534);
-    let out = crate::agent_support::retry_text_busy("clove __launch", || launch.output());
+    // The launcher reads its spec from the control socket on its stdin, as the supervisor
+    // sends it (then half-closes).
+    let out = crate::agent_support::retry_text_busy("clove __launch", || {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let child = std::process::Command::new(&bin)
+            .arg("__launch")
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .uid(65534)
+            .gid(65534)
+            .spawn()?;
+        std::io::Write::write_all(&mut &ours, spec.to_string().as_bytes())?;
+        ours.shutdown(std::net::Shutdown::Write)?;
+        let out = child.wait_with_output();
+        drop(ours);
+        out
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("namespaces") && !out.status.success() {

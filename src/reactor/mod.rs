@@ -640,19 +640,7 @@ impl Reactor {
             Admission::IdOnly => user,
         };
         if !may_try {
-            self.stats.refused_uid += 1;
-            self.warnings.warn(
-                module_path!(),
-                format_args!(
-                    "{name}: refused connection from uid {} (pid {}): not an allowed user",
-                    peer.uid, peer.pid
-                ),
-            );
-            return self.refuse(
-                index,
-                &mut stream,
-                "permission denied: your user may not use this daemon",
-            );
+            return self.refuse_uid(index, &mut stream, peer);
         }
         // Before attributing it, which reads /proc: a full daemon refuses cheaply.
         if self.live >= self.config.max_connections {
@@ -673,7 +661,9 @@ impl Reactor {
             return self.refuse(index, &mut stream, &msg);
         }
         match self.attribute(admission, user, peer) {
-            Ok(admitted) => self.install(index, stream, peer, admitted),
+            Ok(Some(admitted)) => self.install(index, stream, peer, admitted),
+            // Only a live agent's process could have come in this way.
+            Ok(None) => self.refuse_uid(index, &mut stream, peer),
             Err(why) => {
                 self.stats.refused_caps += 1;
                 self.warnings.warn(
@@ -685,31 +675,47 @@ impl Reactor {
         }
     }
 
-    /// Who a connection admitted so far speaks as, within the connection caps.
+    /// Who a connection admitted so far speaks as, within the connection caps; `None` when
+    /// only a live agent's process may come in this way and it is none.
     fn attribute(
         &mut self,
         admission: Admission,
         user: bool,
         peer: Peer,
-    ) -> Result<Admitted, String> {
+    ) -> Result<Option<Admitted>, String> {
         let limits = self.config.conn_limits();
         match admission {
-            Admission::IdOnly => Ok(Admitted {
+            Admission::IdOnly => Ok(Some(Admitted {
                 caller: self.kernel.allocate_id(),
                 holder: Holder::Owner,
-            }),
+            })),
             Admission::Caller if user => self
                 .kernel
                 .connect(peer, self.live, &limits)
+                .map(Some)
                 .map_err(|e| e.to_string()),
-            Admission::Caller | Admission::AgentsOnly => {
-                match self.kernel.connect_agent_only(peer, self.live, &limits) {
-                    Ok(Some(admitted)) => Ok(admitted),
-                    Ok(None) => Err("permission denied: your user may not use this daemon".into()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
+            Admission::Caller | Admission::AgentsOnly => self
+                .kernel
+                .connect_agent_only(peer, self.live, &limits)
+                .map_err(|e| e.to_string()),
         }
+    }
+
+    /// Refuses a peer whose user may not use this listener (or not this way).
+    fn refuse_uid(&mut self, index: usize, stream: &mut Stream, peer: Peer) {
+        self.stats.refused_uid += 1;
+        self.warnings.warn(
+            module_path!(),
+            format_args!(
+                "{}: refused connection from uid {} (pid {}): not an allowed user",
+                self.listeners[index].name, peer.uid, peer.pid
+            ),
+        );
+        self.refuse(
+            index,
+            stream,
+            "permission denied: your user may not use this daemon",
+        );
     }
 
     /// Best-effort refusal, in the listener's wire format, to a connection we will not keep.
