@@ -162,8 +162,9 @@ fn race_levels(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-/// A private directory outside `/tmp` (so `sandboxed` may neither read nor write it), blocked
-/// for `standard` by the daemon's config.
+/// A private directory, blocked for `standard` and `sandboxed` by the daemon's config (it is
+/// in the build's target directory, which may be anywhere, /tmp included: the block, not the
+/// location, is what keeps it out of reach).
 fn private_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("clove-race-secret")
@@ -172,9 +173,13 @@ fn private_dir() -> tempfile::TempDir {
 }
 
 fn config_blocking(private: &Path) -> String {
-    format!(
-        "[permissions.levels.standard.filesystem]\nblocked = [\"/etc/shadow\", \"/etc/gshadow\", \"{}/**\"]\n",
+    let blocked = format!(
+        "blocked = [\"/etc/shadow\", \"/etc/gshadow\", \"{}/**\"]\n",
         private.display()
+    );
+    format!(
+        "[permissions.levels.standard.filesystem]\n{blocked}\
+         [permissions.levels.sandboxed.filesystem]\n{blocked}"
     )
 }
 
