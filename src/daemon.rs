@@ -84,7 +84,16 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     let sink = Sink::new(tx, waker.clone());
     let kernel = Arc::new(Kernel::with_store(config.kernel.clone(), store));
     let agents = Arc::new(Agents::new(config.agents.clone(), config.sandbox.clone()));
-    let ops = Arc::new(start_ops(&config, &kernel, &agents, &sink)?);
+    let relay = start_relay(&config, &kernel)?;
+    let mut ops = start_ops(&config, &kernel, &agents, &sink)?;
+    if let Some((r, _)) = &relay {
+        let probe = r.clone();
+        ops.services.push(crate::ops::ServiceProbe {
+            name: "relay",
+            report: Box::new(move || probe.report()),
+        });
+    }
+    let ops = Arc::new(ops);
     let pool = WorkerPool::start(config.server.workers, config.server.job_queue)
         .map_err(io_err("cannot start worker threads"))?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -99,6 +108,20 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     reactor
         .add_listener(clove_listener(listener, &config.server))
         .map_err(io_err("cannot register the socket"))?;
+    let mut relay_addr = None;
+    let mut relay_thread = None;
+    if let Some((r, l)) = relay {
+        let l = relay_listener(&r, l);
+        relay_addr = l.local_addr();
+        reactor
+            .add_listener(l)
+            .map_err(io_err("cannot register the relay listener"))?;
+        relay_thread = Some((
+            r.clone(),
+            r.start_timers()
+                .map_err(io_err("cannot start the relay thread"))?,
+        ));
+    }
     start_signal_thread(shutdown.clone(), sink)?;
     // Orphaned descendants of agents are re-parented to us (and reaped by the supervisor)
     // instead of lingering under init.
@@ -132,9 +155,12 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     );
     {
         let mut out = std::io::stdout().lock();
+        let relay = relay_addr
+            .map(|a| format!(" relay={a}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "clove: ready socket={} pid={} version={}",
+            "clove: ready socket={} pid={} version={}{relay}",
             config.server.socket.display(),
             std::process::id(),
             env!("CARGO_PKG_VERSION")
@@ -143,6 +169,10 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     }
     let result = reactor.run();
     log::info!("shutting down");
+    if let Some((r, thread)) = relay_thread {
+        r.stop();
+        let _ = thread.join();
+    }
     kernel.shutdown();
     let stop = config.agents.on_shutdown == crate::supervisor::config::OnShutdown::Stop;
     crate::supervisor::shutdown(&agents, supervisor, stop);
@@ -168,6 +198,59 @@ fn clove_listener(socket: mio::net::UnixListener, server: &ServerConfig) -> List
         // Clove connections are never sent anything they did not ask for.
         max_pending_push: usize::MAX,
         allow_remote: false,
+    }
+}
+
+/// The relay service and its bound listener, unless it is off or its default port is taken.
+fn start_relay(
+    config: &Config,
+    kernel: &Arc<Kernel>,
+) -> Result<Option<(Arc<crate::relay::Relay>, mio::net::TcpListener)>, DaemonError> {
+    let Some(addr) = config.relay.listen else {
+        return Ok(None);
+    };
+    if config.relay.tls.is_some() {
+        return Err(DaemonError::Refused(
+            "relay.tls_cert: TLS on the relay listener is not available yet; terminate TLS in \
+             front of it (or use an ssh tunnel) and listen on loopback"
+                .into(),
+        ));
+    }
+    let place = TcpPlace {
+        key: "relay.listen",
+        addr,
+        explicit: config.relay.listen_explicit,
+    };
+    let Some(listener) = bind_tcp(&place)? else {
+        return Ok(None);
+    };
+    let relay = crate::relay::Relay::new(config.relay.clone(), kernel.clone())
+        .map_err(DaemonError::Refused)?;
+    Ok(Some((relay, listener)))
+}
+
+/// The relay listener: HTTP, Engine.IO and Socket.IO; each connection only gets an id (the
+/// Socket.IO handshake carries its token). Peers on other hosts only when it listens on a
+/// non-loopback address (which the config allows only with TLS or an explicit opt-out).
+fn relay_listener(relay: &Arc<crate::relay::Relay>, socket: mio::net::TcpListener) -> Listener {
+    let allow_remote = socket
+        .local_addr()
+        .map(|a| !a.ip().is_loopback())
+        .unwrap_or(false);
+    let r = relay.clone();
+    Listener {
+        name: "relay",
+        socket: ListenSocket::Tcp(socket),
+        admission: Admission::IdOnly,
+        make: Box::new(move |outbox| {
+            Proto::Relay(Box::new(crate::frontend::relay::RelayProto::new(
+                r.clone(),
+                outbox,
+            )))
+        }),
+        refuse: crate::frontend::relay::refusal,
+        max_pending_push: relay.cfg.max_pending_output,
+        allow_remote,
     }
 }
 

@@ -8,6 +8,7 @@
 //! variant here.
 
 pub mod clove;
+pub mod relay;
 
 use crate::kernel::{CallerId, Peer};
 use crate::ops::Ops;
@@ -22,6 +23,9 @@ pub trait Outbox: Send + Sync {
     fn reply(&self, bytes: Vec<u8>);
     /// Unsolicited output (events a service streams to the connection).
     fn push(&self, bytes: Vec<u8>);
+    /// Unsolicited output after which the connection is closed (once it is written): a
+    /// service ending a session from another thread (a timeout, a replaced socket).
+    fn push_close(&self, bytes: Vec<u8>);
 }
 
 /// What a front-end needs from the reactor while processing input.
@@ -53,6 +57,8 @@ pub struct ConnIo {
     pub label: ConnLabel,
     pub caller: CallerId,
     pub peer: Peer,
+    /// The peer's address, for TCP connections (rate limits and logs of remote peers).
+    pub addr: Option<std::net::SocketAddr>,
     /// Unsent reply bytes start at `out_pos`.
     pub out: Vec<u8>,
     pub out_pos: usize,
@@ -85,6 +91,8 @@ impl std::fmt::Display for ConnLabel {
 /// The protocol spoken on a connection.
 pub enum Proto {
     Clove(clove::CloveProto),
+    /// HTTP, Engine.IO and Socket.IO on the relay listener.
+    Relay(Box<relay::RelayProto>),
 }
 
 impl Proto {
@@ -98,6 +106,7 @@ impl Proto {
     ) -> (usize, Stop) {
         match self {
             Proto::Clove(p) => p.process(input, io, env, budget),
+            Proto::Relay(p) => p.process(input, io, env, budget),
         }
     }
 
@@ -108,6 +117,7 @@ impl Proto {
             Proto::Clove(_) => {
                 let _ = io;
             }
+            Proto::Relay(p) => p.closed(io),
         }
     }
 }

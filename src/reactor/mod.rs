@@ -84,6 +84,8 @@ pub enum CompletionKind {
     Reply,
     /// An unsolicited message (events streamed by a service).
     Push,
+    /// An unsolicited message, after which the connection is closed once it is written.
+    PushClose,
 }
 
 /// Bytes for a connection, produced off the reactor thread.
@@ -120,6 +122,14 @@ impl Outbox for ConnOutbox {
             conn: self.conn,
             bytes,
             kind: CompletionKind::Push,
+        });
+    }
+
+    fn push_close(&self, bytes: Vec<u8>) {
+        self.sink.send(Completion {
+            conn: self.conn,
+            bytes,
+            kind: CompletionKind::PushClose,
         });
     }
 }
@@ -514,6 +524,10 @@ impl Reactor {
 
     /// Registers an admitted connection and gives it a slot.
     fn open(&mut self, index: usize, mut stream: Stream, peer: Peer) {
+        let addr = match &stream {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        };
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -558,6 +572,7 @@ impl Reactor {
                 label: id.label(),
                 caller,
                 peer,
+                addr,
                 out: Vec::new(),
                 out_pos: 0,
                 busy: false,
@@ -630,7 +645,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(c.conn) else {
             return;
         };
-        if c.kind == CompletionKind::Push
+        if c.kind != CompletionKind::Reply
             && conn.io.pending_out() + c.bytes.len() > conn.max_pending_push
         {
             let limit = conn.max_pending_push;
@@ -652,8 +667,10 @@ impl Reactor {
         } else {
             conn.io.out.extend_from_slice(&c.bytes);
         }
-        if c.kind == CompletionKind::Reply {
-            conn.io.busy = false;
+        match c.kind {
+            CompletionKind::Reply => conn.io.busy = false,
+            CompletionKind::PushClose => conn.io.close_after_flush = true,
+            CompletionKind::Push => {}
         }
         self.schedule(c.conn);
     }
