@@ -92,6 +92,11 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
             name: "relay",
             report: Box::new(move || probe.report()),
         });
+        let admin = r.clone();
+        ops.admin.push(crate::ops::ServiceAdmin {
+            name: "relay",
+            handle: Box::new(move |req, done| admin.admin(req, done)),
+        });
     }
     let ops = Arc::new(ops);
     let pool = WorkerPool::start(config.server.workers, config.server.job_queue)
@@ -278,6 +283,7 @@ fn start_ops(
         commands,
         completion_queue: Box::new(move || (probe.queued(), probe.capacity())),
         services: Vec::new(),
+        admin: Vec::new(),
     })
 }
 

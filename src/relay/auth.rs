@@ -99,6 +99,8 @@ pub struct Grant {
     pub verified: bool,
     /// A JWT's id and expiry (for revoke).
     pub jti: Option<(String, u64)>,
+    /// The per-agent token's id (a revoke closes the sockets admitted with it).
+    pub token_id: Option<String>,
 }
 
 /// Who a connected socket is, once the handshake passed.
@@ -110,6 +112,8 @@ pub struct Identity {
     pub role: Role,
     pub verified: bool,
     pub kind: TokenKind,
+    /// The per-agent token (id) or JWT (jti) the socket was admitted with.
+    pub token_id: Option<String>,
 }
 
 /// Why a handshake is refused (for the audit log; the client only ever sees `Unauthorized`).
@@ -312,6 +316,7 @@ impl Auth {
             role: Some(rec.role),
             verified: true,
             jti: None,
+            token_id: Some(rec.id.clone()),
         })
     }
 
@@ -324,6 +329,7 @@ impl Auth {
             role: None,
             verified: false,
             jti: None,
+            token_id: None,
         };
         if let Some(secret) = &self.secrets.default
             && secret_eq(token, secret)
@@ -399,6 +405,7 @@ impl Auth {
             role: s("role").as_deref().and_then(Role::parse),
             verified: claims.get("verified").and_then(Value::as_bool) == Some(true),
             jti: Some((jti.to_owned(), exp * 1000)),
+            token_id: Some(jti.to_owned()),
         })
     }
 
@@ -469,6 +476,7 @@ pub fn bind(
         role,
         verified: grant.verified,
         kind: grant.kind,
+        token_id: grant.token_id.clone(),
     })
 }
 

@@ -18,6 +18,7 @@
 //! be durable (tasks, chat) has its acknowledgement and broadcasts held back until the store
 //! has committed: an ack means committed.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
