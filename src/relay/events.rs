@@ -58,6 +58,7 @@ pub const EVENTS: &[(&str, Handler)] = &[
     ("agent_hello", agent_hello),
     ("approve_task", approve_task),
     ("chat", chat),
+    ("chat_history", chat_history),
     ("command_ack", command_ack),
     ("dispatch", dispatch),
     ("join_room", join_room),
@@ -690,6 +691,30 @@ fn chat(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
         .events
         .push(json!({"event": "chat", "tenant": ctx.tenant, "data": data}));
     ok()
+}
+
+/// `chat_history {limit?}`: the kept messages the caller may see (to everyone, to or from
+/// it, or to a room it is in), oldest first. Not in ClawNet; dashboards use it after a
+/// reconnect.
+fn chat_history(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
+    let limit = arg.get("limit").and_then(Value::as_u64).unwrap_or(100).clamp(1, 1000) as usize;
+    let me = ctx.who();
+    let t = st.tenant(&ctx.tenant);
+    let rooms = t.agents.get(&me).map(|a| a.rooms.clone()).unwrap_or_default();
+    let visible: Vec<Value> = t
+        .chat
+        .iter()
+        .filter(|m| {
+            m.to == "all"
+                || m.to == me
+                || m.from == me
+                || m.to.strip_prefix('#').is_some_and(|r| rooms.contains(r))
+                || ctx.role == Role::Master
+        })
+        .map(|m| m.to_json())
+        .collect();
+    let skip = visible.len().saturating_sub(limit);
+    json!({"success": true, "ok": true, "messages": visible[skip..]})
 }
 
 /// Room names clients may use: not reserved, no separators that could name a tenant.
