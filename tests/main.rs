@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits_config;
 mod perms_ops;
 mod python_client;
+mod relay;
 mod smoke;
 mod state_ops;
 mod supervision;

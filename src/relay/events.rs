@@ -697,10 +697,18 @@ fn chat(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
 /// it, or to a room it is in), oldest first. Not in ClawNet; dashboards use it after a
 /// reconnect.
 fn chat_history(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
-    let limit = arg.get("limit").and_then(Value::as_u64).unwrap_or(100).clamp(1, 1000) as usize;
+    let limit = arg
+        .get("limit")
+        .and_then(Value::as_u64)
+        .unwrap_or(100)
+        .clamp(1, 1000) as usize;
     let me = ctx.who();
     let t = st.tenant(&ctx.tenant);
-    let rooms = t.agents.get(&me).map(|a| a.rooms.clone()).unwrap_or_default();
+    let rooms = t
+        .agents
+        .get(&me)
+        .map(|a| a.rooms.clone())
+        .unwrap_or_default();
     let visible: Vec<Value> = t
         .chat
         .iter()

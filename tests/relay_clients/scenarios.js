@@ -12,7 +12,6 @@ scenarios.core = async (p) => {
   const master = await connect(p.url, { token: p.master }, opts);
   const warden = await connect(p.url, { token: p.warden }, opts);
   const w1 = await connect(p.url, { token: p.worker, agent_id: 'w1', specs: { cpu: 4 } }, opts);
-  out.transport = w1.io.engine.transport.name;
   out.fleet = await waitFor(master, 'fleet_update', (f) => f.some((a) => a.id === 'w1' && a.status === 'online'));
   out.joined = await waitFor(master, 'agent_joined', (d) => d.agent_id === 'w1');
   out.hello = await ack(w1, 'agent_hello', { capabilities: ['shell'] });
@@ -62,6 +61,8 @@ scenarios.core = async (p) => {
   // Wardens see traffic.
   await sleep(100);
   out.traffic_types = [...new Set(received(warden, 'traffic').map((t) => t.type))].sort();
+
+  out.transport = w1.io.engine.transport.name;
 
   // Disconnect: the agent goes offline.
   w1.close();
