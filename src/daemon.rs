@@ -203,6 +203,7 @@ fn clove_listener(socket: mio::net::UnixListener, server: &ServerConfig) -> List
         // Clove connections are never sent anything they did not ask for.
         max_pending_push: usize::MAX,
         allow_remote: false,
+        tls: None,
     }
 }
 
@@ -214,13 +215,6 @@ fn start_relay(
     let Some(addr) = config.relay.listen else {
         return Ok(None);
     };
-    if config.relay.tls.is_some() {
-        return Err(DaemonError::Refused(
-            "relay.tls_cert: TLS on the relay listener is not available yet; terminate TLS in \
-             front of it (or use an ssh tunnel) and listen on loopback"
-                .into(),
-        ));
-    }
     let place = TcpPlace {
         key: "relay.listen",
         addr,
@@ -256,6 +250,7 @@ fn relay_listener(relay: &Arc<crate::relay::Relay>, socket: mio::net::TcpListene
         refuse: crate::frontend::relay::refusal,
         max_pending_push: relay.cfg.max_pending_output,
         allow_remote,
+        tls: relay.cfg.tls.clone(),
     }
 }
 

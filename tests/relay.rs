@@ -1091,3 +1091,66 @@ fn relay_revoking_a_token_closes_its_live_sockets() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 live sockets closed"));
     assert!(raw.closed_by_server());
 }
+
+#[test]
+fn relay_tls_serves_wss_and_https_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let d = relay_daemon(&extra, &[("CLAWNET_SECRET_KEY", "shh")]);
+    let url = format!("https://{}", addr(&d));
+    let o = scenario("tls", json!({"url": url, "secret": "shh", "ca": cert}));
+    for (name, transport) in [
+        ("websocket", "websocket"),
+        ("polling+websocket", "websocket"),
+        ("polling", "polling"),
+    ] {
+        assert_eq!(
+            o[name],
+            json!({"ping": true, "chat": true, "echo": true, "transport": transport}),
+            "{o}"
+        );
+    }
+    // Without trusting the certificate the client refuses the server.
+    assert_ne!(o["refused"], "connected");
+    // Plain HTTP on the TLS port gets nowhere.
+    let r = raw_http(addr(&d), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!r.contains("online"), "{r}");
+    // A certificate that does not load stops the start, naming the keys.
+    let (ok, err) = crate::harness::check_config(&format!(
+        "[relay]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        key.display().to_string(),
+        key.display().to_string()
+    ));
+    assert!(!ok && err.contains("relay.tls_cert"), "{err}");
+}

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod conn;
 pub mod listen;
+pub mod tls;
 
 use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, Stop};
 use crate::kernel::{Kernel, Peer};
@@ -443,6 +444,18 @@ impl Reactor {
                     (Stream::Tcp(s), peer)
                 }),
             };
+            let accepted = match (accepted, &listener.tls) {
+                (Ok((Stream::Tcp(s), peer)), Some(config)) => {
+                    match tls::TlsStream::new(s, config.clone()) {
+                        Ok(t) => Ok((Stream::Tls(Box::new(t)), peer)),
+                        Err(e) => {
+                            log::error!("{}: cannot start TLS: {e}", listener.name);
+                            continue;
+                        }
+                    }
+                }
+                (other, _) => other,
+            };
             match accepted {
                 Ok((stream, Ok(peer))) => self.admit(index, stream, peer),
                 Ok((_, Err(e))) => {
@@ -526,6 +539,7 @@ impl Reactor {
     fn open(&mut self, index: usize, mut stream: Stream, peer: Peer) {
         let addr = match &stream {
             Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.tcp.peer_addr().ok(),
             Stream::Unix(_) => None,
         };
         let slot = match self.free.pop() {
@@ -760,7 +774,7 @@ impl Reactor {
         if !failed {
             failed = flush(conn).is_err();
         }
-        let want_write = conn.io.pending_out() > 0;
+        let want_write = conn.io.pending_out() > 0 || conn.stream.wants_write();
         if !failed && want_write != conn.want_write {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE
@@ -799,6 +813,7 @@ impl Reactor {
             stop = Stop::Budget;
         }
         let done = pending == 0
+            && !conn.stream.wants_write()
             && !conn.io.busy
             && (conn.io.close_after_flush || (conn.read_closed && stop == Stop::NeedInput));
         if done {
@@ -873,6 +888,14 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
             }
             Io::WouldBlock => conn.writable = false,
             Io::Closed | Io::Failed(_) => return Err(()),
+        }
+    }
+    if conn.writable && conn.stream.wants_write() {
+        use std::io::Write;
+        match conn.stream.flush() {
+            Ok(()) => conn.last_write = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
+            Err(_) => return Err(()),
         }
     }
     let io = &mut conn.io;

@@ -79,7 +79,8 @@ pub struct RelayConfig {
     pub listen: Option<SocketAddr>,
     /// The address came from the file, not the built-in default.
     pub listen_explicit: bool,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The listener's certificate and key, when it speaks TLS (`wss://`).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub allow_plaintext_remote: bool,
     pub secrets: SharedSecrets,
     pub ping_interval: Duration,
@@ -121,7 +122,7 @@ impl RelayConfig {
     ) -> RelayConfig {
         let (listen, listen_explicit) = listen(r.listen.as_deref(), errors);
         let tls = match (&r.tls_cert, &r.tls_key) {
-            (Some(c), Some(k)) => Some((state_dir.join(c), state_dir.join(k))),
+            (Some(c), Some(k)) => load_tls(&state_dir.join(c), &state_dir.join(k), errors),
             (None, None) => None,
             _ => {
                 errors.push("relay.tls_cert and relay.tls_key: give both or neither".into());
@@ -229,6 +230,36 @@ impl RelayConfig {
             ),
             fleet_update: ms("fleet_update_ms", r.fleet_update_ms, 50, errors),
             state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+/// Reads the certificate chain and key (PEM) into a server configuration.
+fn load_tls(
+    cert: &Path,
+    key: &Path,
+    errors: &mut Vec<String>,
+) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+    let read = |p: &Path, k: &str, errors: &mut Vec<String>| match std::fs::read(p) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            errors.push(format!("{k}: cannot read {}: {e}", p.display()));
+            None
+        }
+    };
+    let (c, k) = (
+        read(cert, "relay.tls_cert", errors)?,
+        read(key, "relay.tls_key", errors)?,
+    );
+    match crate::tls::server_config(&c, &k) {
+        Ok(config) => Some(std::sync::Arc::new(config)),
+        Err(e) => {
+            errors.push(format!(
+                "relay.tls_cert / relay.tls_key: {}, {}: {e}",
+                cert.display(),
+                key.display()
+            ));
+            None
         }
     }
 }

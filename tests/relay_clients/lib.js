@@ -15,6 +15,7 @@ function connect(url, auth, opts = {}) {
       reconnection: false,
       timeout: opts.timeout || DEFAULT_TIMEOUT,
       forceNew: true,
+      ca: opts.ca ? require('fs').readFileSync(opts.ca) : undefined,
     });
     s.log = [];
     s.disconnects = [];

@@ -261,6 +261,22 @@ scenarios.read_back = async (p) => {
   return { tasks: tasks.map((t) => t.id), chats: history.messages.map((x) => x.localId) };
 };
 
+// wss:// and https:// polling (with the upgrade), trusting the test's own CA.
+scenarios.tls = async (p) => {
+  const out = {};
+  for (const t of [['websocket'], ['polling', 'websocket'], ['polling']]) {
+    const name = t.join('+');
+    const s = await connect(p.url, { token: p.secret, agent_id: 'tls-' + name }, { transports: t, ca: p.ca });
+    const ping = await ack(s, 'latency_ping', {});
+    const chat = await ack(s, 'chat', { to: 'all', msg: 'x'.repeat(100000) });
+    const echo = await waitFor(s, 'chat_update', (m) => m.msg.length === 100000);
+    out[name] = { ping: ping.ok, chat: chat.ok, echo: echo !== null, transport: s.io.engine.transport.name };
+    s.close();
+  }
+  out.refused = await refusal(p.url, { token: p.secret }, { transports: ['websocket'] });
+  return out;
+};
+
 // Connects and idles (for the malformed-input tests: a healthy client alongside).
 scenarios.healthy = async (p) => {
   const s = await connect(p.url, { token: p.master }, { transports: p.transports });
