@@ -49,8 +49,13 @@ pub const MAX_LISTENERS: usize = FIRST_CONN - FIRST_LISTENER;
 
 /// Bytes read from a socket at a time.
 const SCRATCH: usize = 256 * 1024;
-/// Output buffers larger than this are released once empty, so idle connections stay small.
+/// Pending output beyond this is written out while input is still being read, and a buffer
+/// whose written front passes it is compacted.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+/// Output buffers larger than this are released once empty, so idle connections stay small:
+/// a relay client is sent a fleet snapshot of tens of KiB once, and ten thousand of them must
+/// not each keep that much.
+const KEEP_IDLE_OUT: usize = 4096;
 /// How often paused connections are checked while any exist.
 const SLOW_CHECK: Duration = Duration::from_millis(100);
 /// Retry interval while connections wait for room in the worker queue or accept is throttled.
@@ -156,6 +161,13 @@ thread_local! {
     static REACTOR_LOCAL: RefCell<Option<Vec<Completion>>> = const { RefCell::new(None) };
 }
 
+/// Completions the reactor sent itself are waiting for its next turn.
+fn local_completions_waiting() -> bool {
+    REACTOR_LOCAL
+        .try_with(|local| local.borrow().as_ref().is_some_and(|l| !l.is_empty()))
+        .unwrap_or(false)
+}
+
 impl Sink {
     pub fn new(tx: Sender<Completion>, waker: Arc<Waker>) -> Sink {
         Sink { tx, waker }
@@ -172,8 +184,10 @@ impl Sink {
             }
         });
         match c {
-            // Kept for the reactor's next turn; the wake makes sure that turn comes.
-            None => self.wake(),
+            // Kept for the reactor's next turn, which comes at once: the reactor looks at its
+            // own list before it sleeps (see `Reactor::next_timeout`), so no wake-up (a
+            // syscall per reply) is needed.
+            None => {}
             Some(c) => {
                 if self.tx.send(c).is_ok() {
                     self.wake();
@@ -353,7 +367,7 @@ impl Reactor {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || local_completions_waiting() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -711,6 +725,9 @@ impl Reactor {
                     .proto
                     .process(&conn.inbuf, &mut conn.io, &env, &mut budget);
                 conn.inbuf.drain(..used);
+                if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEEP_IDLE_OUT {
+                    conn.inbuf = Vec::new();
+                }
                 stop = s;
                 if s != Stop::NeedInput {
                     break;
@@ -901,7 +918,7 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
     let io = &mut conn.io;
     if io.pending_out() == 0 {
         io.out_pos = 0;
-        if io.out.capacity() > KEEP_OUT_CAPACITY {
+        if io.out.capacity() > KEEP_IDLE_OUT {
             io.out = Vec::new();
         } else {
             io.out.clear();
