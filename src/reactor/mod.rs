@@ -183,16 +183,13 @@ impl Sink {
                 list.extend(c.take());
             }
         });
-        match c {
-            // Kept for the reactor's next turn, which comes at once: the reactor looks at its
-            // own list before it sleeps (see `Reactor::next_timeout`), so no wake-up (a
-            // syscall per reply) is needed.
-            None => {}
-            Some(c) => {
-                if self.tx.send(c).is_ok() {
-                    self.wake();
-                }
-            }
+        // `None`: kept for the reactor's next turn, which comes at once: the reactor looks at
+        // its own list before it sleeps (see `Reactor::next_timeout`), so no wake-up (a
+        // syscall per reply) is needed.
+        if let Some(c) = c
+            && self.tx.send(c).is_ok()
+        {
+            self.wake();
         }
     }
 

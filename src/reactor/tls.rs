@@ -13,7 +13,7 @@
 //! - a short `write` means the socket is full, as on a plain socket: `write` hands rustls
 //!   plaintext and the socket ciphertext until one of them stops.
 //!
-//! Ciphertext held for sending is capped ([`SEND_BUFFER`]): beyond it `write` answers
+//! Ciphertext held for sending is capped (64 KiB): beyond it `write` answers
 //! `WouldBlock`, so unsent output stays in the connection's own (bounded) buffer.
 
 use std::io::{self, Read, Write};

@@ -120,58 +120,24 @@ impl RelayConfig {
         env: &dyn Fn(&str) -> Option<String>,
         errors: &mut Vec<String>,
     ) -> RelayConfig {
-        let (listen, listen_explicit) = listen(r.listen.as_deref(), errors);
-        let tls = match (&r.tls_cert, &r.tls_key) {
-            (Some(c), Some(k)) => load_tls(&state_dir.join(c), &state_dir.join(k), errors),
-            (None, None) => None,
-            _ => {
-                errors.push("relay.tls_cert and relay.tls_key: give both or neither".into());
-                None
-            }
-        };
-        let allow_plaintext_remote = r.allow_plaintext_remote.unwrap_or(false);
-        if let Some(addr) = listen
-            && !addr.ip().is_loopback()
-            && tls.is_none()
-            && !allow_plaintext_remote
-        {
-            errors.push(format!(
-                "relay.listen: {addr} is not a loopback address; remote agents need TLS \
-                 (relay.tls_cert, relay.tls_key) or relay.allow_plaintext_remote = true"
-            ));
-        }
+        let net = Network::from_raw(r, state_dir, errors);
+        let tasks = TaskRules::from_raw(r, env, errors);
+        let secrets = shared_secrets(r, state_dir, env, errors);
         let num = |name: &str, v: Option<usize>, default: usize, max: usize, e: &mut Vec<_>| {
             positive(e, &format!("relay.{name}"), v, default, max)
         };
         let ms = |name: &str, v: Option<u64>, default: u64, e: &mut Vec<String>| {
-            let v = num(name, v.map(|x| x as usize), default as usize, 86_400_000, e);
-            Duration::from_millis(v as u64)
+            Duration::from_millis(
+                num(name, v.map(|x| x as usize), default as usize, 86_400_000, e) as u64,
+            )
         };
-        let env_u64 = |k: &str| env(k).and_then(|v| v.trim().parse::<u64>().ok());
-        let ack_timeout_ms = r
-            .ack_timeout_ms
-            .or_else(|| env_u64("CLAWNET_ACK_TIMEOUT_MS"));
-        let ack_max_retries = r
-            .ack_max_retries
-            .or_else(|| env_u64("CLAWNET_ACK_MAX_RETRIES").map(|n| n.min(100) as u32))
-            .unwrap_or(3);
-        if ack_max_retries > 100 {
-            errors.push("relay.ack_max_retries: at most 100".into());
-        }
-        let list = |v: &Option<Vec<String>>, var: &str| match v {
-            Some(v) => v.clone(),
-            None => env(var).map(|s| split_list(&s)).unwrap_or_default(),
-        };
-        let shell_enabled = r
-            .shell_enabled
-            .unwrap_or_else(|| env("CLAWNET_SHELL_ENABLED").as_deref() == Some("1"));
-        let secrets = shared_secrets(r, state_dir, env, errors);
         let max_payload = num("max_payload", r.max_payload, 1_000_000, 64 << 20, errors);
+        let jwt_secs = r.jwt_ttl_secs.map(|v| v as usize);
         RelayConfig {
-            listen,
-            listen_explicit,
-            tls,
-            allow_plaintext_remote,
+            listen: net.listen,
+            listen_explicit: net.explicit,
+            tls: net.tls,
+            allow_plaintext_remote: net.allow_plaintext_remote,
             secrets,
             ping_interval: ms("ping_interval_ms", r.ping_interval_ms, 25_000, errors),
             ping_timeout: ms("ping_timeout_ms", r.ping_timeout_ms, 20_000, errors),
@@ -209,18 +175,14 @@ impl RelayConfig {
                 16 << 20,
                 errors,
             ),
-            ack_timeout: ms("ack_timeout_ms", ack_timeout_ms, 30_000, errors),
-            ack_max_retries,
-            command_denylist: list(&r.command_denylist, "CLAWNET_COMMAND_DENYLIST"),
-            command_risky: list(&r.command_risky, "CLAWNET_COMMAND_RISKYLIST"),
-            shell_enabled,
-            jwt_ttl: Duration::from_secs(num(
-                "jwt_ttl_secs",
-                r.jwt_ttl_secs.map(|v| v as usize),
-                86_400,
-                31_536_000,
-                errors,
-            ) as u64),
+            ack_timeout: ms("ack_timeout_ms", tasks.ack_timeout_ms, 30_000, errors),
+            ack_max_retries: tasks.ack_max_retries,
+            command_denylist: tasks.denylist,
+            command_risky: tasks.risky,
+            shell_enabled: tasks.shell_enabled,
+            jwt_ttl: Duration::from_secs(
+                num("jwt_ttl_secs", jwt_secs, 86_400, 31_536_000, errors) as u64
+            ),
             auth_failures_per_minute: num(
                 "auth_failures_per_minute",
                 r.auth_failures_per_minute,
@@ -230,6 +192,86 @@ impl RelayConfig {
             ),
             fleet_update: ms("fleet_update_ms", r.fleet_update_ms, 50, errors),
             state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+/// Where the relay listens and how remote peers reach it.
+struct Network {
+    listen: Option<SocketAddr>,
+    explicit: bool,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    allow_plaintext_remote: bool,
+}
+
+impl Network {
+    fn from_raw(r: &RawRelay, state_dir: &Path, errors: &mut Vec<String>) -> Network {
+        let (listen, explicit) = listen(r.listen.as_deref(), errors);
+        let tls = match (&r.tls_cert, &r.tls_key) {
+            (Some(c), Some(k)) => load_tls(&state_dir.join(c), &state_dir.join(k), errors),
+            (None, None) => None,
+            _ => {
+                errors.push("relay.tls_cert and relay.tls_key: give both or neither".into());
+                None
+            }
+        };
+        let allow_plaintext_remote = r.allow_plaintext_remote.unwrap_or(false);
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && tls.is_none()
+            && !allow_plaintext_remote
+        {
+            errors.push(format!(
+                "relay.listen: {addr} is not a loopback address; remote agents need TLS \
+                 (relay.tls_cert, relay.tls_key) or relay.allow_plaintext_remote = true"
+            ));
+        }
+        Network {
+            listen,
+            explicit,
+            tls,
+            allow_plaintext_remote,
+        }
+    }
+}
+
+/// The task rules, each from the file, else ClawNet's variable, else the default.
+struct TaskRules {
+    ack_timeout_ms: Option<u64>,
+    ack_max_retries: u32,
+    denylist: Vec<String>,
+    risky: Vec<String>,
+    shell_enabled: bool,
+}
+
+impl TaskRules {
+    fn from_raw(
+        r: &RawRelay,
+        env: &dyn Fn(&str) -> Option<String>,
+        errors: &mut Vec<String>,
+    ) -> TaskRules {
+        let env_u64 = |k: &str| env(k).and_then(|v| v.trim().parse::<u64>().ok());
+        let ack_max_retries = r
+            .ack_max_retries
+            .or_else(|| env_u64("CLAWNET_ACK_MAX_RETRIES").map(|n| n.min(100) as u32))
+            .unwrap_or(3);
+        if ack_max_retries > 100 {
+            errors.push("relay.ack_max_retries: at most 100".into());
+        }
+        let list = |v: &Option<Vec<String>>, var: &str| match v {
+            Some(v) => v.clone(),
+            None => env(var).map(|s| split_list(&s)).unwrap_or_default(),
+        };
+        TaskRules {
+            ack_timeout_ms: r
+                .ack_timeout_ms
+                .or_else(|| env_u64("CLAWNET_ACK_TIMEOUT_MS")),
+            ack_max_retries: ack_max_retries.min(100),
+            denylist: list(&r.command_denylist, "CLAWNET_COMMAND_DENYLIST"),
+            risky: list(&r.command_risky, "CLAWNET_COMMAND_RISKYLIST"),
+            shell_enabled: r
+                .shell_enabled
+                .unwrap_or_else(|| env("CLAWNET_SHELL_ENABLED").as_deref() == Some("1")),
         }
     }
 }

@@ -253,32 +253,16 @@ fn dispatch(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
         );
     }
     let sender = ctx.who();
-    let targets: Vec<String> = if to == "all" {
-        let t = st.tenant(&ctx.tenant);
-        let mut v: Vec<String> = t
-            .agents
-            .values()
-            .filter(|a| a.role == Role::Worker && a.id != sender)
-            .map(|a| a.id.clone())
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![to.to_owned()]
-    };
+    let targets = dispatch_targets(st, ctx, to, &sender);
     st.counters.dispatches += 1;
     let lower = cmd.to_lowercase();
-    let denied = st
-        .cfg
-        .command_denylist
-        .iter()
-        .find(|d| lower.contains(&d.to_lowercase()))
-        .cloned();
-    let risky = st
-        .cfg
-        .command_risky
-        .iter()
-        .any(|d| lower.contains(&d.to_lowercase()));
+    let listed = |list: &[String]| {
+        list.iter()
+            .find(|d| lower.contains(&d.to_lowercase()))
+            .cloned()
+    };
+    let denied = listed(&st.cfg.command_denylist);
+    let risky = listed(&st.cfg.command_risky).is_some();
     let mut made = Vec::new();
     for target in targets {
         match new_task(st, ctx, &sender, &target, cmd, denied.as_deref(), risky) {
@@ -296,18 +280,36 @@ fn dispatch(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
     if ctx.role == Role::Master {
         mirror_to_masters(st, ctx, &sender, to, &format!("CMD: {cmd}"));
     }
-    st.traffic(
-        &ctx.tenant.clone(),
-        json!({"type": "dispatch", "from": sender, "to": to, "cmd": cmd}),
-    );
+    let record = json!({"type": "dispatch", "from": sender, "to": to, "cmd": cmd});
+    st.traffic(&ctx.tenant.clone(), record);
+    dispatch_reply(&made, denied.as_deref())
+}
+
+/// Who a dispatch goes to: one agent, or every worker of the tenant but the sender.
+fn dispatch_targets(st: &mut State, ctx: &Ctx, to: &str, sender: &str) -> Vec<String> {
+    if to != "all" {
+        return vec![to.to_owned()];
+    }
+    let t = st.tenant(&ctx.tenant);
+    let mut v: Vec<String> = t
+        .agents
+        .values()
+        .filter(|a| a.role == Role::Worker && a.id != sender)
+        .map(|a| a.id.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The dispatch's ack: the tasks made and the first one's id and status (ClawNet's shape),
+/// or the deny-list refusal.
+fn dispatch_reply(made: &[Task], denied: Option<&str>) -> Value {
     let tasks: Vec<Value> = made
         .iter()
         .map(|t| json!({"id": t.id, "to": t.to, "status": t.status}))
         .collect();
     let first = made.first();
-    let status = first
-        .map(|t| t.status.clone())
-        .unwrap_or_else(|| "NO_TARGETS".into());
+    let id = first.map(|t| t.id.clone());
     if let Some(d) = denied {
         let mut r = error_reply(
             "ACCESS_DENIED",
@@ -315,11 +317,11 @@ fn dispatch(st: &mut State, ctx: &mut Ctx, arg: &Value) -> Value {
         );
         r["status"] = json!("REJECTED");
         r["tasks"] = json!(tasks);
-        r["task_id"] = json!(first.map(|t| t.id.clone()));
+        r["task_id"] = json!(id);
         return r;
     }
-    json!({"success": true, "ok": true, "task_id": first.map(|t| t.id.clone()),
-           "id": first.map(|t| t.id.clone()), "status": status, "tasks": tasks})
+    let status = first.map_or("NO_TARGETS", |t| t.status.as_str());
+    json!({"success": true, "ok": true, "task_id": id, "id": id, "status": status, "tasks": tasks})
 }
 
 /// Makes one task of a dispatch and starts it (or holds it for approval, or rejects it).

@@ -273,23 +273,7 @@ pub fn delete(collection: &str, id: String) -> DocWrite {
 /// tasks (open ones resume: queued commands wait for their agent, sent ones are sent again
 /// when it connects) and chat history, each trimmed to its bound.
 pub fn load(st: &mut State, store: &StateStore) {
-    for (_, body) in store.take_docs(TOKENS) {
-        if let Ok(t) = serde_json::from_str::<TokenRecord>(&body) {
-            st.auth.tokens.insert(t.id.clone(), t);
-        }
-    }
-    for (jti, body) in store.take_docs(REVOKED) {
-        if let Some(exp) = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["exp"].as_u64())
-        {
-            st.auth.revoked.insert(jti, exp);
-        }
-    }
-    let tenant_of = |body: &str| -> Option<(String, Value)> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        Some((v.get("tenant")?.as_str()?.to_owned(), v))
-    };
+    load_auth(st, store);
     for (_, body) in store.take_docs(AGENTS) {
         if let Some((t, v)) = tenant_of(&body)
             && let Ok(a) = serde_json::from_value::<Agent>(v)
@@ -297,6 +281,49 @@ pub fn load(st: &mut State, store: &StateStore) {
             st.tenant(&t).agents.insert(a.id.clone(), a);
         }
     }
+    load_tasks(st, store);
+    load_chat(st, store);
+    let (agents, tasks, chats) = st.tenants.values().fold((0, 0, 0), |a, t| {
+        (
+            a.0 + t.agents.len(),
+            a.1 + t.tasks.len(),
+            a.2 + t.chat.len(),
+        )
+    });
+    if agents + tasks + chats + st.auth.tokens.len() > 0 {
+        log::info!(
+            "relay: loaded {} tokens, {agents} agents, {tasks} tasks, {chats} chat messages",
+            st.auth.tokens.len()
+        );
+    }
+}
+
+/// A document's tenant and body.
+fn tenant_of(body: &str) -> Option<(String, Value)> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    Some((v.get("tenant")?.as_str()?.to_owned(), v))
+}
+
+fn load_auth(st: &mut State, store: &StateStore) {
+    for (_, body) in store.take_docs(TOKENS) {
+        if let Ok(t) = serde_json::from_str::<TokenRecord>(&body) {
+            st.auth.tokens.insert(t.id.clone(), t);
+        }
+    }
+    for (jti, body) in store.take_docs(REVOKED) {
+        let exp = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["exp"].as_u64());
+        if let Some(exp) = exp {
+            st.auth.revoked.insert(jti, exp);
+        }
+    }
+}
+
+/// Tasks in the order they were made. A command that was sent but not acknowledged before
+/// the restart may not have reached its agent: it is queued again, and sent when the agent
+/// connects (a command is at-least-once; its id lets the agent tell a repeat).
+fn load_tasks(st: &mut State, store: &StateStore) {
     let mut tasks: Vec<(String, Task)> = store
         .take_docs(TASKS)
         .into_iter()
@@ -307,17 +334,16 @@ pub fn load(st: &mut State, store: &StateStore) {
         .collect();
     tasks.sort_by_key(|(_, t)| t.created_ms);
     for (tenant, mut task) in tasks {
-        if task.status == "SENT" || task.status == "ACKED" {
-            // The agent may not have seen it before the restart: it is sent again when the
-            // agent connects (a command is at-least-once; its id lets the agent dedupe).
-            if task.status == "SENT" {
-                task.status = "QUEUED".into();
-            }
+        if task.status == "SENT" {
+            task.status = "QUEUED".into();
         }
         let tn = st.tenant(&tenant);
         tn.task_order.push_back(task.id.clone());
         tn.tasks.insert(task.id.clone(), task);
     }
+}
+
+fn load_chat(st: &mut State, store: &StateStore) {
     let mut chat: Vec<(String, ChatMsg)> = store
         .take_docs(CHAT)
         .into_iter()
@@ -331,19 +357,5 @@ pub fn load(st: &mut State, store: &StateStore) {
         let tn = st.tenant(&tenant);
         tn.chat_seq = tn.chat_seq.max(m.seq);
         tn.chat.push_back(m);
-    }
-    let (agents, tasks, chats): (usize, usize, usize) =
-        st.tenants.values().fold((0, 0, 0), |a, t| {
-            (
-                a.0 + t.agents.len(),
-                a.1 + t.tasks.len(),
-                a.2 + t.chat.len(),
-            )
-        });
-    if agents + tasks + chats + st.auth.tokens.len() > 0 {
-        log::info!(
-            "relay: loaded {} tokens, {agents} agents, {tasks} tasks, {chats} chat messages",
-            st.auth.tokens.len()
-        );
     }
 }
