@@ -238,6 +238,8 @@ fn relay_seed_presence_events_and_the_shell_relay() {
         "seed_presence",
         json!({"url": url(&d), "secret": "shh-seed"}),
     );
+    assert_eq!(code(&o["hello_observer"]), "INVALID_INPUT", "{o}");
+    assert_eq!(code(&o["join_observer"]), "INVALID_INPUT");
     assert_eq!(o["connect"]["ok"], true, "{o}");
     assert_eq!(o["joined"]["agentId"], "seed-1");
     let seed = o["fleet"]
@@ -1016,8 +1018,25 @@ fn relay_kill9_loses_no_acknowledged_task_or_chat() {
         .collect();
     assert_eq!(acked_tasks.len(), 200);
     assert_eq!(tasks.len(), 50);
-    let survived = acked_tasks.iter().filter(|t| tasks.contains(*t)).count();
-    assert_eq!(survived, 50, "the newest 50 tasks are acknowledged ones");
+    assert!(
+        tasks.iter().all(|t| acked_tasks.contains(t)),
+        "the newest 50 are acknowledged ones"
+    );
+    // And every acknowledged task's command still waits for its agent.
+    let w = make_token(&d, "offline-agent", "worker", &[]);
+    let got = scenario(
+        "receive",
+        json!({"url": url(&d), "token": w, "agent_id": "offline-agent", "wait_ms": 1500}),
+    );
+    let delivered: std::collections::HashSet<&str> = got["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    for t in &acked_tasks {
+        assert!(delivered.contains(t), "acknowledged task {t} lost");
+    }
 }
 
 #[test]

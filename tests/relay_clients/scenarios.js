@@ -78,6 +78,8 @@ scenarios.seed_presence = async (p) => {
   const out = {};
   const dash = await connect(p.url, { token: p.secret, agent_id: 'dash', role: 'master' });
   const s = await connect(p.url, { token: p.secret });
+  out.hello_observer = await ack(s, 'agent_hello', {});
+  out.join_observer = await ack(s, 'join_room', { room: 'ops' });
   out.connect = await ack(s, 'agent_connect', { agentId: 'seed-1', metadata: { hostname: 'h1' } });
   out.joined = await waitFor(dash, 'agent_joined', (d) => d.agentId === 'seed-1');
   out.fleet = await waitFor(dash, 'fleet_update', (f) => f.some((a) => a.id === 'seed-1' && a.status === 'online'));
