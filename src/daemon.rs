@@ -250,7 +250,7 @@ fn relay_listener(relay: &Arc<crate::relay::Relay>, socket: mio::net::TcpListene
         refuse: crate::frontend::relay::refusal,
         max_pending_push: relay.cfg.max_pending_output,
         allow_remote,
-        tls: relay.cfg.tls.clone(),
+        tls: relay.cfg.tls.as_ref().map(|t| t.config.clone()),
     }
 }
 

@@ -80,7 +80,7 @@ pub struct RelayConfig {
     /// The address came from the file, not the built-in default.
     pub listen_explicit: bool,
     /// The listener's certificate and key, when it speaks TLS (`wss://`).
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<ServerTls>,
     pub allow_plaintext_remote: bool,
     pub secrets: SharedSecrets,
     pub ping_interval: Duration,
@@ -196,11 +196,25 @@ impl RelayConfig {
     }
 }
 
+/// A listener's TLS configuration, and the certificate file it came from (what `Debug`
+/// shows: the configuration itself is long and says nothing more to a reader).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+    pub cert: PathBuf,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerTls({})", self.cert.display())
+    }
+}
+
 /// Where the relay listens and how remote peers reach it.
 struct Network {
     listen: Option<SocketAddr>,
     explicit: bool,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
     allow_plaintext_remote: bool,
 }
 
@@ -281,7 +295,7 @@ fn load_tls(
     cert: &Path,
     key: &Path,
     errors: &mut Vec<String>,
-) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+) -> Option<ServerTls> {
     let read = |p: &Path, k: &str, errors: &mut Vec<String>| match std::fs::read(p) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -294,7 +308,10 @@ fn load_tls(
         read(key, "relay.tls_key", errors)?,
     );
     match crate::tls::server_config(&c, &k) {
-        Ok(config) => Some(std::sync::Arc::new(config)),
+        Ok(config) => Some(ServerTls {
+            config: std::sync::Arc::new(config),
+            cert: cert.to_path_buf(),
+        }),
         Err(e) => {
             errors.push(format!(
                 "relay.tls_cert / relay.tls_key: {}, {}: {e}",

@@ -286,14 +286,6 @@ impl State {
         PollGet::Body(polling_response(&packets, persist))
     }
 
-    /// Whether `conn` still holds a GET of session `sid` (its answer not yet sent).
-    pub fn hold_pending(&self, sid: &str, conn: ConnKey) -> bool {
-        let Some(s) = self.session_key(sid).and_then(|k| self.sessions.get(&k)) else {
-            return false;
-        };
-        matches!(&s.wire, Wire::Polling { waiting: Some(w), .. } if w.conn == conn)
-    }
-
     /// A polling POST: its packets, handled in order.
     pub fn poll_post(&mut self, sid: &str, body: &[u8]) -> Result<(), (u16, String)> {
         let Some(key) = self.session_key(sid) else {

@@ -228,9 +228,8 @@ fn agent_disconnect(st: &mut State, ctx: &mut Ctx, _: &Value) -> Value {
         return ok();
     };
     st.socket_gone(key, sock.clone(), "agent_disconnect");
-    if !sock.id.verified {
-        sock.id.agent_id = None;
-    }
+    // The socket stays, as an observer (a bound token still binds its next connection).
+    sock.id.agent_id = None;
     st.readmit_observer(key, sock);
     ctx.agent = None;
     ok()
