@@ -160,6 +160,9 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerCo
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("no usable private key: {e}"))?;
+    // ring is the one provider this build has. Newer rustls marks ring's provider deprecated
+    // for its lack of post-quantum key exchange; the classical groups are what it offers.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

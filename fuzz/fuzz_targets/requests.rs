@@ -52,7 +52,7 @@ fn world() -> &'static World {
             config: config.ops.clone(),
             completion_queue: Box::new(|| (0, 1)),
             services: Vec::new(),
-        admin: Vec::new(),
+            admin: Vec::new(),
             kernel,
         };
         World { ops: Arc::new(ops), back: Arc::new(Discard), caller }

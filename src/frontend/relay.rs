@@ -113,13 +113,25 @@ impl RelayProto {
         env: &Env,
         budget: &mut usize,
     ) -> (usize, Stop) {
+        self.process_input(input, io, env.max_pending_out, budget)
+    }
+
+    /// [`RelayProto::process`] with only what it uses of the environment (the fuzz target
+    /// drives it without a reactor).
+    pub fn process_input(
+        &mut self,
+        input: &[u8],
+        io: &mut ConnIo,
+        max_pending_out: usize,
+        budget: &mut usize,
+    ) -> (usize, Stop) {
         let mut used = 0;
         loop {
             match &mut self.state {
                 ConnState::Done => return (input.len(), Stop::Paused),
                 ConnState::Ws(_) => {
                     self.ws_input(&input[used..], io);
-                    let stop = if io.pending_out() >= env.max_pending_out {
+                    let stop = if io.pending_out() >= max_pending_out {
                         Stop::OutputFull
                     } else {
                         Stop::NeedInput
@@ -139,7 +151,7 @@ impl RelayProto {
             if used == input.len() {
                 return (used, Stop::NeedInput);
             }
-            if io.pending_out() >= env.max_pending_out {
+            if io.pending_out() >= max_pending_out {
                 return (used, Stop::OutputFull);
             }
             if *budget == 0 {

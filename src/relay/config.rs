@@ -291,11 +291,7 @@ impl TaskRules {
 }
 
 /// Reads the certificate chain and key (PEM) into a server configuration.
-fn load_tls(
-    cert: &Path,
-    key: &Path,
-    errors: &mut Vec<String>,
-) -> Option<ServerTls> {
+fn load_tls(cert: &Path, key: &Path, errors: &mut Vec<String>) -> Option<ServerTls> {
     let read = |p: &Path, k: &str, errors: &mut Vec<String>| match std::fs::read(p) {
         Ok(b) => Some(b),
         Err(e) => {
