@@ -28,8 +28,13 @@ fn relay() -> &'static Arc<Relay> {
     R.get_or_init(|| {
         let dir = std::path::Path::new("/tmp/clove-fuzz-relay");
         std::fs::create_dir_all(dir).expect("state dir");
+        // Short timers, run by the relay's own thread: sessions the input opens and leaves
+        // are closed soon, so the state stays small however long the fuzzer runs.
         let raw = clove::relay::config::RawRelay {
             max_payload: Some(4096),
+            ping_interval_ms: Some(20),
+            ping_timeout_ms: Some(20),
+            connect_timeout_ms: Some(50),
             ..Default::default()
         };
         let mut errors = Vec::new();
@@ -38,7 +43,9 @@ fn relay() -> &'static Arc<Relay> {
         assert!(errors.is_empty(), "{errors:?}");
         let config = clove::config::Config::defaults();
         let kernel = Arc::new(Kernel::new(config.kernel.clone(), config.store_limits));
-        Relay::new(cfg, kernel).expect("relay")
+        let relay = Relay::new(cfg, kernel).expect("relay");
+        relay.start_timers().expect("relay timer thread");
+        relay
     })
 }
 
