@@ -657,7 +657,194 @@ impl State {
 mod tests {
     use super::*;
     use crate::proto::http::MemoryStream;
+    use crate::relay::State;
+    use crate::relay::auth::Auth;
+    use crate::relay::config::{RawRelay, RelayConfig};
+    use parking_lot::Mutex;
+    use std::time::Duration;
     use tungstenite::protocol::{Role, WebSocket};
+
+    /// A connection that records what the relay sends it.
+    #[derive(Default)]
+    struct Recorder {
+        got: Mutex<Vec<(String, &'static str)>>,
+    }
+
+    impl Link for Recorder {
+        fn push(&self, bytes: Vec<u8>) {
+            self.got
+                .lock()
+                .push((String::from_utf8_lossy(&bytes).into_owned(), "push"));
+        }
+        fn push_close(&self, bytes: Vec<u8>) {
+            self.got
+                .lock()
+                .push((String::from_utf8_lossy(&bytes).into_owned(), "close"));
+        }
+        fn respond(&self, bytes: Vec<u8>, _close: bool) {
+            self.got
+                .lock()
+                .push((String::from_utf8_lossy(&bytes).into_owned(), "respond"));
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<(String, &'static str)> {
+            std::mem::take(&mut *self.got.lock())
+        }
+    }
+
+    fn state(raw: RawRelay) -> State {
+        let mut errors = Vec::new();
+        let cfg =
+            RelayConfig::from_raw_env(&raw, std::path::Path::new("/tmp"), &|_| None, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let auth = Auth::new(cfg.secrets.clone(), &[1; 32], cfg.jwt_ttl, 10);
+        State::new(std::sync::Arc::new(cfg), auth)
+    }
+
+    /// Carries out what the state collected, as `Relay::with` does.
+    fn apply(st: &mut State) {
+        for o in std::mem::take(&mut st.fx.sends) {
+            match (o.respond, o.close) {
+                (true, c) => o.link.respond(o.bytes, c),
+                (false, true) => o.link.push_close(o.bytes),
+                (false, false) => o.link.push(o.bytes),
+            }
+        }
+    }
+
+    fn open_polling(st: &mut State) -> String {
+        let body = st.open_polling("t", Persist::KeepAlive).unwrap();
+        let text = String::from_utf8(body).unwrap();
+        text.split("\"sid\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_held_poll_is_answered_by_the_next_packet() {
+        let mut st = state(RawRelay::default());
+        let sid = open_polling(&mut st);
+        let key = st.session_key(&sid).unwrap();
+        let get = std::sync::Arc::new(Recorder::default());
+        assert!(matches!(
+            st.poll_get(&sid, 7, get.clone(), Persist::KeepAlive),
+            PollGet::Held
+        ));
+        st.send_packets(key, vec![Packet::message("2[\"x\"]")]);
+        apply(&mut st);
+        let got = get.take();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].0.ends_with("\r\n\r\n42[\"x\"]") && got[0].1 == "respond",
+            "{got:?}"
+        );
+        // Nothing held now: packets queue and the next GET takes them at once.
+        st.send_packets(
+            key,
+            vec![Packet::bare(PacketType::Noop), Packet::message("3")],
+        );
+        match st.poll_get(&sid, 7, get.clone(), Persist::KeepAlive) {
+            PollGet::Body(b) => assert!(String::from_utf8(b).unwrap().ends_with("6\u{1e}43")),
+            _ => panic!("queued packets were not returned"),
+        }
+        assert!(matches!(
+            st.poll_get(&sid, 7, get.clone(), Persist::KeepAlive),
+            PollGet::Held
+        ));
+        // A second GET while one is held ends the session (engine.io's rule).
+        assert!(matches!(
+            st.poll_get(&sid, 8, get.clone(), Persist::KeepAlive),
+            PollGet::Refused(ErrorCode::BadRequest)
+        ));
+        assert!(
+            st.session_key(&sid).is_none(),
+            "overlapping GETs close the session"
+        );
+    }
+
+    #[test]
+    fn the_upgrade_probe_frees_the_held_poll_and_moves_the_queue() {
+        let mut st = state(RawRelay::default());
+        let sid = open_polling(&mut st);
+        let key = st.session_key(&sid).unwrap();
+        let get = std::sync::Arc::new(Recorder::default());
+        let ws = std::sync::Arc::new(Recorder::default());
+        assert!(matches!(
+            st.poll_get(&sid, 1, get.clone(), Persist::KeepAlive),
+            PollGet::Held
+        ));
+        st.ws_probe(&sid, 2, ws.clone()).unwrap();
+        st.ws_packet(&sid, 2, Packet::Text(PacketType::Ping, "probe".into()));
+        apply(&mut st);
+        let probe = ws.take();
+        assert_eq!(probe.len(), 1);
+        assert!(probe[0].0.ends_with("3probe"));
+        assert!(
+            get.take()[0].0.ends_with("\r\n\r\n6"),
+            "the held GET got a noop"
+        );
+        // Output sent before the upgrade completes waits in the polling queue, then moves.
+        st.send_packets(key, vec![Packet::message("2[\"late\"]")]);
+        st.ws_packet(&sid, 2, Packet::bare(PacketType::Upgrade));
+        apply(&mut st);
+        let moved = ws.take();
+        assert!(
+            moved.iter().any(|(b, _)| b.contains("42[\"late\"]")),
+            "{moved:?}"
+        );
+        assert_eq!(st.counters.upgrades, 1);
+        assert!(matches!(
+            st.poll_get(&sid, 1, get, Persist::KeepAlive),
+            PollGet::Refused(ErrorCode::BadRequest)
+        ));
+    }
+
+    #[test]
+    fn a_client_that_does_not_pong_or_poll_is_closed() {
+        let raw = RawRelay {
+            ping_interval_ms: Some(10),
+            ping_timeout_ms: Some(1000),
+            max_pending_output: Some(2_000_001),
+            ..Default::default()
+        };
+        let mut st = state(raw);
+        let sid = open_polling(&mut st);
+        let now = Instant::now();
+        st.fire_due(now + Duration::from_millis(15));
+        assert!(st.session_key(&sid).is_some(), "pinged, not yet late");
+        st.fire_due(now + Duration::from_millis(2000));
+        assert!(st.session_key(&sid).is_none(), "closed after pingTimeout");
+        assert_eq!(st.counters.ping_timeouts, 1);
+        // A polling client that never comes for its output is closed at the output bound.
+        let sid = open_polling(&mut st);
+        let key = st.session_key(&sid).unwrap();
+        for _ in 0..3 {
+            st.send_packets(key, vec![Packet::message("x".repeat(900_000))]);
+        }
+        assert!(st.session_key(&sid).is_none());
+        assert_eq!(st.counters.dropped_slow, 1);
+    }
+
+    #[test]
+    fn sessions_are_bounded() {
+        let mut st = state(RawRelay {
+            max_sessions: Some(2),
+            ..Default::default()
+        });
+        open_polling(&mut st);
+        open_polling(&mut st);
+        assert_eq!(
+            st.open_polling("t", Persist::KeepAlive).unwrap_err(),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(st.counters.refused_sessions, 1);
+    }
 
     #[test]
     fn server_frames_are_read_by_a_websocket_client() {

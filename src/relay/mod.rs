@@ -169,6 +169,28 @@ pub struct State {
 }
 
 impl State {
+    /// Empty state: no sessions, tenants or timers.
+    pub fn new(cfg: Arc<RelayConfig>, auth: Auth) -> State {
+        State {
+            cfg,
+            auth,
+            sessions: HashMap::new(),
+            by_sid: HashMap::new(),
+            next_key: 0,
+            tenants: HashMap::new(),
+            timers: Timers::default(),
+            fx: Effects::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Fires every timer due at `now` (the relay thread's work, for tests without it).
+    pub fn fire_due(&mut self, now: Instant) {
+        while let Some(t) = self.timers.pop_due(now) {
+            self.fire(t);
+        }
+    }
+
     /// The tenant named `name`, made on first use.
     pub fn tenant(&mut self, name: &str) -> &mut Tenant {
         self.tenants
@@ -211,17 +233,7 @@ impl Relay {
             cfg.jwt_ttl,
             cfg.auth_failures_per_minute,
         );
-        let mut state = State {
-            cfg: cfg.clone(),
-            auth,
-            sessions: HashMap::new(),
-            by_sid: HashMap::new(),
-            next_key: 0,
-            tenants: HashMap::new(),
-            timers: Timers::default(),
-            fx: Effects::default(),
-            counters: Counters::default(),
-        };
+        let mut state = State::new(cfg.clone(), auth);
         tenant::load(&mut state, &kernel.store);
         state
             .timers
