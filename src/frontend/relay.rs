@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
-/// Bytes tungstenite reads at a time per connection (kept small: idle connections are many).
-const WS_READ_BUFFER: usize = 4096;
+/// Bytes tungstenite reads at a time per connection. It allocates this much per connection
+/// up front and the reads are copies from memory, so it is kept small: idle connections are
+/// many (a larger message grows the buffer as needed).
+const WS_READ_BUFFER: usize = 512;
 
 /// A connection's way back, for the relay: the reactor's outbox, and whether the connection
 /// holds a request whose answer is still to come.
