@@ -78,6 +78,9 @@ pub struct Session {
     pub source: String,
     /// Bumped whenever the ping schedule changes, so stale timers are ignored.
     pub ping_gen: u64,
+    /// The session's pending timers (ping or pong, and the handshake deadline), cancelled
+    /// when it closes so a flood of short sessions leaves no timers behind.
+    pub timers: [Option<super::TimerKey>; 2],
     pub awaiting_pong: bool,
     pub opened: Instant,
     /// The Socket.IO connection, once the handshake passed.
@@ -173,9 +176,11 @@ impl State {
             max_attachment_bytes: self.cfg.max_payload,
         };
         self.by_sid.insert(sid.clone(), key);
-        self.timers
+        let ping = self
+            .timers
             .add(now + self.cfg.ping_interval, super::Timer::Ping(key, 0));
-        self.timers
+        let connect = self
+            .timers
             .add(now + self.cfg.connect_timeout, super::Timer::Connect(key));
         self.counters.sessions_opened += 1;
         Ok(self.sessions.entry(key).or_insert(Session {
@@ -186,6 +191,7 @@ impl State {
             decoder: socketio::Decoder::new(limits),
             source: source.to_owned(),
             ping_gen: 0,
+            timers: [Some(ping), Some(connect)],
             awaiting_pong: false,
             opened: now,
             socket: None,
@@ -479,8 +485,13 @@ impl State {
             s.awaiting_pong = false;
             s.ping_gen += 1;
             let g = s.ping_gen;
-            self.timers
-                .add(Instant::now() + interval, super::Timer::Ping(key, g));
+            if let Some(pong) = s.timers[0].take() {
+                self.timers.cancel(pong);
+            }
+            s.timers[0] = Some(
+                self.timers
+                    .add(Instant::now() + interval, super::Timer::Ping(key, g)),
+            );
         }
     }
 
@@ -494,8 +505,10 @@ impl State {
             return;
         }
         s.awaiting_pong = true;
-        self.timers
-            .add(Instant::now() + timeout, super::Timer::Pong(key, g));
+        s.timers[0] = Some(
+            self.timers
+                .add(Instant::now() + timeout, super::Timer::Pong(key, g)),
+        );
         self.send_packets(key, vec![Packet::bare(PacketType::Ping)]);
     }
 
@@ -612,6 +625,9 @@ impl State {
             return;
         };
         self.by_sid.remove(&s.sid);
+        for t in s.timers.iter_mut().filter_map(Option::take) {
+            self.timers.cancel(t);
+        }
         self.counters.sessions_closed += 1;
         log::debug!("relay: session {} closed: {why}", s.sid);
         match &mut s.wire {
@@ -844,6 +860,13 @@ mod tests {
             ErrorCode::Forbidden
         );
         assert_eq!(st.counters.refused_sessions, 1);
+        // A closed session leaves no timer behind.
+        assert_eq!(st.timers.len(), 4);
+        let keys: Vec<u64> = st.sessions.keys().copied().collect();
+        for k in keys {
+            st.close_session(k, "test");
+        }
+        assert!(st.timers.is_empty());
     }
 
     #[test]

@@ -410,7 +410,7 @@ pub fn send_command(st: &mut State, tenant: &str, id: &str, outs: &mut Vec<(Vec<
     outs.push((vec![session], event_text("command", cmd)));
     let attempt = task.retries;
     st.counters.commands_sent += 1;
-    st.timers.add(
+    let _ = st.timers.add(
         Instant::now() + timeout,
         super::Timer::AckRetry(tenant.to_owned(), id.to_owned(), attempt),
     );

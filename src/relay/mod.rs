@@ -78,8 +78,11 @@ pub struct Timers {
     pub moved_earlier: bool,
 }
 
+/// A timer's place in the queue, to cancel it.
+pub type TimerKey = (Instant, u64);
+
 impl Timers {
-    pub fn add(&mut self, at: Instant, t: Timer) {
+    pub fn add(&mut self, at: Instant, t: Timer) -> TimerKey {
         if self
             .queue
             .keys()
@@ -90,6 +93,12 @@ impl Timers {
         }
         self.seq += 1;
         self.queue.insert((at, self.seq), t);
+        (at, self.seq)
+    }
+
+    /// Removes a timer that has not fired yet (nothing happens when it has).
+    pub fn cancel(&mut self, key: TimerKey) {
+        self.queue.remove(&key);
     }
 
     fn next(&self) -> Option<Instant> {
@@ -235,7 +244,7 @@ impl Relay {
         );
         let mut state = State::new(cfg.clone(), auth);
         tenant::load(&mut state, &kernel.store);
-        state
+        let _ = state
             .timers
             .add(Instant::now() + Duration::from_secs(60), Timer::Prune);
         socket::ensure_master_token(&mut state, &kernel.store)?;
@@ -487,7 +496,8 @@ impl State {
             Timer::Fleet(tenant) => self.flush_fleet(&tenant),
             Timer::Prune => {
                 self.auth.prune(crate::clock::now_ms());
-                self.timers
+                let _ = self
+                    .timers
                     .add(Instant::now() + Duration::from_secs(60), Timer::Prune);
             }
         }

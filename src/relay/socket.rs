@@ -99,6 +99,10 @@ impl State {
         }
         let sio_sid = auth::uuid_v4().replace('-', "");
         self.counters.handshakes += 1;
+        // The handshake deadline is met.
+        if let Some(t) = self.sessions.get_mut(&key).and_then(|s| s.timers[1].take()) {
+            self.timers.cancel(t);
+        }
         self.send_packets(
             key,
             vec![Packet::message(socketio::connect_ok(&sio_sid).encode())],
@@ -249,7 +253,8 @@ impl State {
         let t = self.tenant(tenant);
         if !t.fleet_pending {
             t.fleet_pending = true;
-            self.timers
+            let _ = self
+                .timers
                 .add(Instant::now() + delay, Timer::Fleet(tenant.to_owned()));
         }
     }
