@@ -13,6 +13,7 @@ use crate::kernel::config::{KernelConfig, Levels, RawPermissions};
 use crate::llm::config::{LlmConfig, RawLlm};
 use crate::ops::config::{OpsConfig, RawExec, RawFs};
 use crate::reactor::config::{RawServer, ServerConfig};
+use crate::relay::config::{RawRelay, RelayConfig};
 use crate::settings::positive;
 use crate::store::{RawStore, StoreConfig, StoreLimits};
 use crate::supervisor::config::{AgentsConfig, RawAgents, RawSandbox, SandboxConfig};
@@ -54,6 +55,9 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub store: RawStore,
+    /// `[relay]`: the ClawNet relay (see `crate::relay::config`).
+    #[serde(default)]
+    pub relay: RawRelay,
 }
 
 /// `[limits]` as written: the kernel's queues and names, and the state store's sizes.
@@ -97,6 +101,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub agents: AgentsConfig,
     pub sandbox: SandboxConfig,
+    pub relay: RelayConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -158,6 +163,7 @@ impl Config {
         let sandbox = SandboxConfig::from_raw(&raw.sandbox, &mut errors);
         // The kernel lets the agent user in only for agents' own processes.
         kernel.agent_uid = sandbox.agent_creds.map(|c| c.uid);
+        let relay = RelayConfig::from_raw(&raw.relay, &state_dir, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -172,6 +178,7 @@ impl Config {
             http,
             agents,
             sandbox,
+            relay,
         })
     }
 

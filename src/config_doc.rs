@@ -93,6 +93,10 @@ fn millis(d: Duration) -> Value {
     int(d.as_millis())
 }
 
+fn secs_int(d: Duration) -> Value {
+    int(d.as_secs())
+}
+
 fn secs(d: Duration) -> Value {
     Value::Float(d.as_secs_f64())
 }
@@ -279,6 +283,33 @@ fn tables(c: &Config, model: (usize, Duration)) -> Vec<Table> {
             .key("log_state", c.kernel.audit.log_state, "State store changes.")
             .key("log_resource", c.kernel.audit.log_resource, "Resource warnings and limits.")
             .key("log_network", c.kernel.audit.log_network, "HTTP requests."),
+        Table::new("relay", "The ClawNet relay: Socket.IO for remote agents and dashboards (see the README, \"ClawNet relay\").")
+            .eg("listen", c.relay.listen.map(|a| a.to_string()).unwrap_or_default(), "Address of the relay's HTTP/WebSocket listener; \"\" turns the relay off. Default: 127.0.0.1:8766, without which (another program holds the port) the daemon runs without the relay; an address set here must be bound. A non-loopback address needs tls_cert/tls_key or allow_plaintext_remote.")
+            .eg("tls_cert", "/etc/clove/relay.crt", "PEM certificate chain: the relay speaks TLS (wss://, https://).")
+            .eg("tls_key", "/etc/clove/relay.key", "PEM private key of tls_cert.")
+            .key("allow_plaintext_remote", c.relay.allow_plaintext_remote, "Let a non-loopback listen go without TLS (tokens are still required).")
+            .eg("secret_file", "/etc/clove/clawnet.secret", "ClawNet's shared tenant secret (else $CLAWNET_SECRET_KEY); no built-in default.")
+            .eg("tenants_file", "/etc/clove/clawnet-tenants.json", "ClawNet's tenants file {\"tenant\": \"secret\"} (else $CLAWNET_TENANTS_PATH).")
+            .key("ping_interval_ms", millis(c.relay.ping_interval), "Engine.IO pingInterval.")
+            .key("ping_timeout_ms", millis(c.relay.ping_timeout), "Engine.IO pingTimeout: a client that does not answer a ping in time is closed.")
+            .key("connect_timeout_ms", millis(c.relay.connect_timeout), "Time a new session has to send its Socket.IO CONNECT.")
+            .key("max_payload", int(c.relay.max_payload), "Engine.IO maxPayload: the largest packet, and HTTP body.")
+            .key("max_sessions", int(c.relay.max_sessions), "Engine.IO sessions (connected clients) at once.")
+            .key("max_pending_output", int(c.relay.max_pending_output), "Output waiting per client; a client over it is dropped.")
+            .key("max_agents", int(c.relay.max_agents), "Agents the relay remembers, per tenant.")
+            .key("max_tasks", int(c.relay.max_tasks), "Tasks kept, per tenant (the oldest finished ones go first).")
+            .key("max_queued_commands", int(c.relay.max_queued_commands), "Commands waiting for one offline agent.")
+            .key("max_chat", int(c.relay.max_chat), "Chat messages kept, per tenant.")
+            .key("max_rooms_per_agent", int(c.relay.max_rooms_per_agent), "Rooms one agent may be in.")
+            .key("max_task_output", int(c.relay.max_task_output), "Bytes of a task result kept.")
+            .key("ack_timeout_ms", millis(c.relay.ack_timeout), "A command not acknowledged this long is sent again (else $CLAWNET_ACK_TIMEOUT_MS).")
+            .key("ack_max_retries", int(c.relay.ack_max_retries), "Resends before a command is marked UNACKED (else $CLAWNET_ACK_MAX_RETRIES).")
+            .key("command_denylist", strings(&c.relay.command_denylist.iter().map(String::as_str).collect::<Vec<_>>()), "Commands refused (substrings; else $CLAWNET_COMMAND_DENYLIST).")
+            .key("command_risky", strings(&c.relay.command_risky.iter().map(String::as_str).collect::<Vec<_>>()), "Commands that wait for a master's approve_task (else $CLAWNET_COMMAND_RISKYLIST).")
+            .key("shell_enabled", c.relay.shell_enabled, "The interactive shell relay, masters only (else $CLAWNET_SHELL_ENABLED=1).")
+            .key("jwt_ttl_secs", secs_int(c.relay.jwt_ttl), "Lifetime of a JWT from POST /api/auth/token.")
+            .key("auth_failures_per_minute", int(c.relay.auth_failures_per_minute), "Failed handshakes allowed per source per minute.")
+            .key("fleet_update_ms", millis(c.relay.fleet_update), "fleet_update broadcasts are coalesced over this long."),
         Table::new("store", "The state database.")
             .key("path", store_path, "The database file; relative paths are inside the state directory.")
             .key("sync", c.store.sync.as_str(), "\"full\": every commit is fsynced and survives a power cut; \"normal\": commits survive a crash of the daemon, a power cut may lose the last ones.")

@@ -106,13 +106,21 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     let agents = Arc::new(Agents::new(config.agents.clone(), config.sandbox.clone()));
     // Unsent reply bytes of all connections, kept by the reactor, shown by HELLO.
     let pending_replies = Arc::new(AtomicUsize::new(0));
-    let ops = Arc::new(start_ops(
-        &config,
-        &kernel,
-        &agents,
-        &sink,
-        pending_replies.clone(),
-    )?);
+    let relay = start_relay(&config, &kernel)?;
+    let mut ops = start_ops(&config, &kernel, &agents, &sink, pending_replies.clone())?;
+    if let Some((r, _)) = &relay {
+        let probe = r.clone();
+        ops.services.push(crate::ops::ServiceProbe {
+            name: "relay",
+            report: Box::new(move || probe.report()),
+        });
+        let admin = r.clone();
+        ops.admin.push(crate::ops::ServiceAdmin {
+            name: "relay",
+            handle: Box::new(move |req, done| admin.admin(req, done)),
+        });
+    }
+    let ops = Arc::new(ops);
     let pool = WorkerPool::start(config.server.workers, config.server.job_queue)
         .map_err(io_err("cannot start worker threads"))?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -129,6 +137,20 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
         .add_listener(clove_listener(listener, &config.server))
         .map_err(io_err("cannot register the socket"))?;
     let agent_socket = add_agent_socket(&config, &mut reactor)?;
+    let mut relay_addr = None;
+    let mut relay_thread = None;
+    if let Some((r, l)) = relay {
+        let l = relay_listener(&r, l);
+        relay_addr = l.local_addr();
+        reactor
+            .add_listener(l)
+            .map_err(io_err("cannot register the relay listener"))?;
+        relay_thread = Some((
+            r.clone(),
+            r.start_timers()
+                .map_err(io_err("cannot start the relay thread"))?,
+        ));
+    }
     start_signal_thread(shutdown.clone(), sink)?;
     // Orphaned descendants of agents are re-parented to us (and reaped by the supervisor)
     // instead of lingering under init.
@@ -163,9 +185,12 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     );
     {
         let mut out = std::io::stdout().lock();
+        let relay = relay_addr
+            .map(|a| format!(" relay={a}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "clove: ready socket={} pid={} version={}",
+            "clove: ready socket={} pid={} version={}{relay}",
             config.server.socket.display(),
             std::process::id(),
             env!("CARGO_PKG_VERSION")
@@ -192,6 +217,10 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
         n.stopping();
     }
     log::info!("shutting down");
+    if let Some((r, thread)) = relay_thread {
+        r.stop();
+        let _ = thread.join();
+    }
     kernel.shutdown();
     let stop = config.agents.on_shutdown == crate::supervisor::config::OnShutdown::Stop;
     crate::supervisor::shutdown(&agents, supervisor, stop);
@@ -219,6 +248,54 @@ fn clove_listener(socket: mio::net::UnixListener, server: &ServerConfig) -> List
         // Clove connections are never sent anything they did not ask for.
         max_pending_push: usize::MAX,
         allow_remote: false,
+        tls: None,
+    }
+}
+
+/// The relay service and its bound listener, unless it is off or its default port is taken.
+fn start_relay(
+    config: &Config,
+    kernel: &Arc<Kernel>,
+) -> Result<Option<(Arc<crate::relay::Relay>, mio::net::TcpListener)>, DaemonError> {
+    let Some(addr) = config.relay.listen else {
+        return Ok(None);
+    };
+    let place = TcpPlace {
+        key: "relay.listen",
+        addr,
+        explicit: config.relay.listen_explicit,
+    };
+    let Some(listener) = bind_tcp(&place)? else {
+        return Ok(None);
+    };
+    let relay = crate::relay::Relay::new(config.relay.clone(), kernel.clone())
+        .map_err(DaemonError::Refused)?;
+    Ok(Some((relay, listener)))
+}
+
+/// The relay listener: HTTP, Engine.IO and Socket.IO; each connection only gets an id (the
+/// Socket.IO handshake carries its token). Peers on other hosts only when it listens on a
+/// non-loopback address (which the config allows only with TLS or an explicit opt-out).
+fn relay_listener(relay: &Arc<crate::relay::Relay>, socket: mio::net::TcpListener) -> Listener {
+    let allow_remote = socket
+        .local_addr()
+        .map(|a| !a.ip().is_loopback())
+        .unwrap_or(false);
+    let r = relay.clone();
+    Listener {
+        name: "relay",
+        socket: ListenSocket::Tcp(socket),
+        admission: Admission::IdOnly,
+        make: Box::new(move |outbox| {
+            Proto::Relay(Box::new(crate::frontend::relay::RelayProto::new(
+                r.clone(),
+                outbox,
+            )))
+        }),
+        refuse: crate::frontend::relay::refusal,
+        max_pending_push: relay.cfg.max_pending_output,
+        allow_remote,
+        tls: relay.cfg.tls.as_ref().map(|t| t.config.clone()),
     }
 }
 
@@ -251,6 +328,7 @@ fn start_ops(
             move || (pending_replies.load(Ordering::Relaxed), budget)
         }),
         services: Vec::new(),
+        admin: Vec::new(),
     })
 }
 

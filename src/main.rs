@@ -207,6 +207,15 @@ enum Command {
         #[arg(long, value_name = "DIR", global = true)]
         state_dir: Option<PathBuf>,
     },
+    /// The ClawNet relay's per-agent tokens (through the running daemon; needs the manage
+    /// right, which the user's own clients have).
+    Relay {
+        #[command(subcommand)]
+        action: RelayAction,
+        /// Daemon socket (default: $CLOVE_SOCKET, else /tmp/clove.sock).
+        #[arg(long, value_name = "PATH", global = true)]
+        socket: Option<PathBuf>,
+    },
     /// Validate a config file (or the default one) and print the effective settings.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -239,6 +248,42 @@ macro_rules! say {
     ($($arg:tt)*) => {{
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
+}
+
+#[derive(Subcommand)]
+enum RelayAction {
+    /// Tokens: `create --agent ID --role worker|master|warden [--tenant T] [--expires 30d]`,
+    /// `list`, `revoke ID`.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token bound to one agent id, role and tenant; it is printed once.
+    Create {
+        #[arg(long, value_name = "ID")]
+        agent: String,
+        #[arg(long, default_value = "worker")]
+        role: String,
+        #[arg(long, value_name = "T")]
+        tenant: Option<String>,
+        /// Lifetime, e.g. 30d, 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// Print the whole reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id (or the token text itself); its live sockets are closed.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -453,6 +498,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             state_command(&cfg, action)
         }
+        Command::Relay { action, socket } => relay_command(socket, action),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())
                 .map_err(|e| e.to_string())?;
@@ -722,6 +768,102 @@ fn generate(what: Generate) -> Result<ExitCode, String> {
             let text = clove::config_doc::default_config().map_err(|e| e.to_string())?;
             print!("{text}");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clove relay token ...`: SERVICE_ADMIN requests to the running daemon's relay.
+fn relay_command(socket: Option<PathBuf>, action: RelayAction) -> Result<ExitCode, String> {
+    let RelayAction::Token { action } = action;
+    let (req, json_out) = match &action {
+        TokenAction::Create {
+            agent,
+            role,
+            tenant,
+            expires,
+            json,
+        } => {
+            let expires_secs = match expires {
+                Some(e) => Some(
+                    humantime::parse_duration(e)
+                        .map_err(|err| format!("--expires {e}: {err} (e.g. 30d, 12h)"))?
+                        .as_secs()
+                        .max(1),
+                ),
+                None => None,
+            };
+            let req = serde_json::json!({"service": "relay", "action": "token_create",
+                "agent_id": agent, "role": role, "tenant": tenant, "expires_secs": expires_secs});
+            (req, *json)
+        }
+        TokenAction::List { json } => (
+            serde_json::json!({"service": "relay", "action": "token_list"}),
+            *json,
+        ),
+        TokenAction::Revoke { id } => (
+            serde_json::json!({"service": "relay", "action": "token_revoke", "id": id}),
+            false,
+        ),
+    };
+    let path = config::client_socket(socket.as_deref());
+    let mut c = Client::connect(&path)
+        .map_err(|e| format!("cannot reach the daemon at {}: {e}", path.display()))?;
+    let v = c
+        .call_json(ops::SERVICE_ADMIN, &req)
+        .map_err(|e| format!("request failed: {e}"))?;
+    if v["success"] != serde_json::json!(true) {
+        eprintln!("clove: {}", v["error"].as_str().unwrap_or("request failed"));
+        return Ok(ExitCode::from(1));
+    }
+    if json_out {
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    match action {
+        TokenAction::Create { .. } => {
+            say!("{}", v["token"].as_str().unwrap_or(""));
+            eprintln!(
+                "token {} for agent {} (role {}, tenant {}); shown once, keep it secret",
+                v["id"].as_str().unwrap_or(""),
+                v["agent_id"].as_str().unwrap_or(""),
+                v["role"].as_str().unwrap_or(""),
+                v["tenant"].as_str().unwrap_or("")
+            );
+        }
+        TokenAction::List { .. } => {
+            say!(
+                "{:<14} {:<24} {:<8} {:<16} {:<8} EXPIRES",
+                "ID",
+                "AGENT",
+                "ROLE",
+                "TENANT",
+                "STATE"
+            );
+            for t in v["tokens"].as_array().into_iter().flatten() {
+                let exp = t["expires_ms"]
+                    .as_u64()
+                    .map(|ms| {
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                        )
+                        .to_string()
+                    })
+                    .unwrap_or_else(|| "never".into());
+                say!(
+                    "{:<14} {:<24} {:<8} {:<16} {:<8} {exp}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["agent_id"].as_str().unwrap_or(""),
+                    t["role"].as_str().unwrap_or(""),
+                    t["tenant"].as_str().unwrap_or(""),
+                    t["state"].as_str().unwrap_or("")
+                );
+            }
+        }
+        TokenAction::Revoke { .. } => say!(
+            "revoked {} ({} live sockets closed)",
+            v["id"].as_str().unwrap_or(""),
+            v["closed_sockets"]
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! What every outbound HTTP client (the HTTP op and THINK) shares: trust roots for HTTPS (the
 //! bundled public roots, plus the certificates of a site CA bundle (`ca_file`) when one is
-//! configured) and capped reads of response bodies.
+//! configured) and capped reads of response bodies. And the one server side: a listener's
+//! certificate and key ([`server_config`], the relay's `wss://`).
 //!
 //! A `ca_file` **adds** to the public roots rather than replacing them: a site-internal CA
 //! (an LLM gateway, a proxy) is trusted and public sites keep working. The file is read and
@@ -145,6 +146,32 @@ pub fn read_capped(body: &mut ureq::Body, cap: u64) -> std::io::Result<(Vec<u8>,
         buf.truncate(cap as usize);
     }
     Ok((buf, truncated))
+}
+
+/// A server configuration from a PEM certificate chain and a PEM private key.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate (expected PEM -----BEGIN CERTIFICATE-----)".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("no usable private key: {e}"))?;
+    // ring is the one provider this build has. Newer rustls marks ring's provider deprecated
+    // for its lack of post-quantum key exchange; the classical groups are what it offers.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not work together: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 #[cfg(test)]

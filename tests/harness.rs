@@ -133,6 +133,8 @@ pub struct Daemon {
     pub log_path: PathBuf,
     /// Extra environment variables for the daemon process.
     pub env: Vec<(String, String)>,
+    /// The daemon's `clove: ready ...` line (listener addresses are in it).
+    pub ready: String,
 }
 
 impl Daemon {
@@ -171,6 +173,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ready: String::new(),
         };
         d.spawn()
             .unwrap_or_else(|e| panic!("daemon did not start: {e}"));
@@ -220,17 +223,18 @@ impl Daemon {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if !ready_sent && line.starts_with("clove: ready") {
-                    let _ = tx.send(());
+                    let _ = tx.send(line.clone());
                     ready_sent = true;
                 }
             }
         });
         let ready = rx.recv_timeout(Duration::from_secs(20));
-        if ready.is_err() {
+        let Ok(ready) = ready else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!("no ready line; log:\n{}", self.logs()));
-        }
+        };
+        self.ready = ready;
         self.child = Some(child);
         Ok(())
     }

@@ -350,6 +350,7 @@ fn a_stale_socket_without_a_lock_file_is_replaced_unless_another_user_owns_it() 
         config_path: dir.path().join("clove.toml"),
         log_path: dir.path().join("daemon.log"),
         env: Vec::new(),
+        ready: String::new(),
         dir,
     };
     std::fs::write(&d.config_path, "").unwrap();

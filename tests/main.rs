@@ -23,6 +23,7 @@ mod limits_config;
 mod memory_budgets;
 mod perms_ops;
 mod python_client;
+mod relay;
 mod sandbox_escape;
 mod smoke;
 mod state_ops;

@@ -56,6 +56,7 @@ fn world() -> &'static World {
             completion_queue: Box::new(|| (0, 1)),
             pending_replies: Box::new(|| (0, 1)),
             services: Vec::new(),
+            admin: Vec::new(),
             kernel,
         };
         World { ops: Arc::new(ops), back: Arc::new(Discard), caller }

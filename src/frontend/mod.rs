@@ -8,6 +8,7 @@
 //! variant here.
 
 pub mod clove;
+pub mod relay;
 pub mod warnings;
 
 use crate::kernel::{CallerId, Peer};
@@ -23,6 +24,9 @@ pub trait Outbox: Send + Sync {
     fn reply(&self, bytes: Vec<u8>);
     /// Unsolicited output (events a service streams to the connection).
     fn push(&self, bytes: Vec<u8>);
+    /// Unsolicited output after which the connection is closed (once it is written): a
+    /// service ending a session from another thread (a timeout, a replaced socket).
+    fn push_close(&self, bytes: Vec<u8>);
 }
 
 /// What a front-end needs from the reactor while processing input.
@@ -86,6 +90,8 @@ pub struct ConnIo {
     pub label: ConnLabel,
     pub caller: CallerId,
     pub peer: Peer,
+    /// The peer's address, for TCP connections (rate limits and logs of remote peers).
+    pub addr: Option<std::net::SocketAddr>,
     /// Unsent reply bytes start at `out_pos`.
     pub out: Vec<u8>,
     pub out_pos: usize,
@@ -129,6 +135,8 @@ impl std::fmt::Display for ConnLabel {
 /// The protocol spoken on a connection.
 pub enum Proto {
     Clove(clove::CloveProto),
+    /// HTTP, Engine.IO and Socket.IO on the relay listener.
+    Relay(Box<relay::RelayProto>),
 }
 
 impl Proto {
@@ -142,6 +150,7 @@ impl Proto {
     ) -> (usize, Stop) {
         match self {
             Proto::Clove(p) => p.process(input, io, env, budget),
+            Proto::Relay(p) => p.process(input, io, env, budget),
         }
     }
 
@@ -152,6 +161,7 @@ impl Proto {
             Proto::Clove(_) => {
                 let _ = io;
             }
+            Proto::Relay(p) => p.closed(io),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! and names are wire facts and live in [`crate::proto::op`].
 
 pub mod access;
+pub mod admin;
 pub mod agents;
 pub mod asyncq;
 pub mod audit;
@@ -57,6 +58,16 @@ pub struct ServiceProbe {
     pub report: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
+/// A service's administration for SERVICE_ADMIN: given the request, it answers once (from
+/// any thread) through the callback. Handed in by the assembly, so the op service never
+/// names the services it administers.
+pub struct ServiceAdmin {
+    pub name: &'static str,
+    #[allow(clippy::type_complexity)]
+    pub handle:
+        Box<dyn Fn(serde_json::Value, Box<dyn FnOnce(serde_json::Value) + Send>) + Send + Sync>,
+}
+
 /// The kernel and the services the Clove ops use.
 pub struct Ops {
     pub kernel: Arc<Kernel>,
@@ -76,6 +87,8 @@ pub struct Ops {
     pub pending_replies: QueueProbe,
     /// Figures of the other services and listeners, by name.
     pub services: Vec<ServiceProbe>,
+    /// Services that take SERVICE_ADMIN requests, by name.
+    pub admin: Vec<ServiceAdmin>,
 }
 
 use Route::{Inline, Worker};
@@ -111,6 +124,7 @@ pub fn route(code: u8) -> Option<Route> {
         GET_AUDIT_LOG => Inline(audit::get_audit_log),
         SET_AUDIT_CONFIG => Inline(audit::set_audit_config),
         ASYNC_POLL => Inline(asyncq::poll),
+        SERVICE_ADMIN => Inline(admin::service_admin),
         METRICS_SYSTEM => Worker(agents::metrics_system),
         METRICS_AGENT => Worker(agents::metrics_agent),
         METRICS_ALL_AGENTS => Worker(agents::metrics_all_agents),

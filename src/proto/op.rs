@@ -29,6 +29,8 @@ pub const EMIT: u8 = 0x63;
 pub const GET_AUDIT_LOG: u8 = 0x76;
 pub const SET_AUDIT_CONFIG: u8 = 0x77;
 pub const ASYNC_POLL: u8 = 0x80;
+/// Administration of a service (`{service, action, ...}`), e.g. the relay's tokens.
+pub const SERVICE_ADMIN: u8 = 0x90;
 pub const METRICS_SYSTEM: u8 = 0xC0;
 pub const METRICS_AGENT: u8 = 0xC1;
 pub const METRICS_ALL_AGENTS: u8 = 0xC2;
@@ -67,6 +69,7 @@ pub const NAMES: &[(u8, &str)] = &[
     (GET_AUDIT_LOG, "GET_AUDIT_LOG"),
     (SET_AUDIT_CONFIG, "SET_AUDIT_CONFIG"),
     (ASYNC_POLL, "ASYNC_POLL"),
+    (SERVICE_ADMIN, "SERVICE_ADMIN"),
     (METRICS_SYSTEM, "METRICS_SYSTEM"),
     (METRICS_AGENT, "METRICS_AGENT"),
     (METRICS_ALL_AGENTS, "METRICS_ALL_AGENTS"),

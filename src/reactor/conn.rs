@@ -50,10 +50,12 @@ pub fn write_once<W: Write>(w: &mut W, buf: &[u8]) -> Io {
     }
 }
 
-/// The socket of a connection (Unix now; TCP front-ends add variants).
+/// The socket of a connection.
 pub enum Stream {
     Unix(mio::net::UnixStream),
     Tcp(mio::net::TcpStream),
+    /// TCP with TLS (a listener with a certificate).
+    Tls(Box<super::tls::TlsStream>),
 }
 
 impl Stream {
@@ -61,6 +63,15 @@ impl Stream {
         match self {
             Stream::Unix(s) => s,
             Stream::Tcp(s) => s,
+            Stream::Tls(s) => &mut s.tcp,
+        }
+    }
+
+    /// Output is waiting below the connection's buffer (TLS records the socket did not take).
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Stream::Tls(s) => s.wants_write(),
+            _ => false,
         }
     }
 }
@@ -70,6 +81,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -79,10 +91,14 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Listener {
     pub max_pending_push: usize,
     /// Accept TCP peers that are not on this host (their uid cannot be checked).
     pub allow_remote: bool,
+    /// Speak TLS on every accepted TCP connection (the relay's `wss://`).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Listener {

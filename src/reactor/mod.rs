@@ -24,6 +24,7 @@
 pub mod config;
 pub mod conn;
 pub mod listen;
+pub mod tls;
 
 use crate::frontend::warnings::Warnings;
 use crate::frontend::{ConnIo, ConnLabel, Env, Outbox, OutputBudget, Stop};
@@ -60,8 +61,13 @@ pub const MAX_LISTENERS: usize = FIRST_CONN - FIRST_LISTENER;
 
 /// Bytes read from a socket at a time.
 const SCRATCH: usize = 256 * 1024;
-/// Output buffers larger than this are released once empty, so idle connections stay small.
+/// Pending output beyond this is written out while input is still being read, and a buffer
+/// whose written front passes it is compacted.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+/// Buffers larger than this are released once empty, so idle connections stay small: a relay
+/// client is sent a fleet snapshot of tens of KiB once, and ten thousand of them must not each
+/// keep that much.
+const KEEP_IDLE_OUT: usize = 4096;
 /// How often paused connections are checked while any exist.
 const SLOW_CHECK: Duration = Duration::from_millis(100);
 /// How long a paused connection may read nothing while others wait for room in the daemon-wide
@@ -99,6 +105,8 @@ pub enum CompletionKind {
     Reply,
     /// An unsolicited message (events streamed by a service).
     Push,
+    /// An unsolicited message, after which the connection is closed once it is written.
+    PushClose,
 }
 
 /// Bytes for a connection, produced off the reactor thread.
@@ -137,6 +145,14 @@ impl Outbox for ConnOutbox {
             kind: CompletionKind::Push,
         });
     }
+
+    fn push_close(&self, bytes: Vec<u8>) {
+        self.sink.send(Completion {
+            conn: self.conn,
+            bytes,
+            kind: CompletionKind::PushClose,
+        });
+    }
 }
 
 /// The sending side of the completion queue: a bounded channel plus the reactor's waker.
@@ -160,6 +176,13 @@ thread_local! {
     static REACTOR_LOCAL: RefCell<Option<Vec<Completion>>> = const { RefCell::new(None) };
 }
 
+/// Completions the reactor sent itself are waiting for its next turn.
+fn local_completions_waiting() -> bool {
+    REACTOR_LOCAL
+        .try_with(|local| local.borrow().as_ref().is_some_and(|l| !l.is_empty()))
+        .unwrap_or(false)
+}
+
 impl Sink {
     pub fn new(tx: Sender<Completion>, waker: Arc<Waker>) -> Sink {
         Sink { tx, waker }
@@ -175,14 +198,13 @@ impl Sink {
                 list.extend(c.take());
             }
         });
-        match c {
-            // Kept for the reactor's next turn; the wake makes sure that turn comes.
-            None => self.wake(),
-            Some(c) => {
-                if self.tx.send(c).is_ok() {
-                    self.wake();
-                }
-            }
+        // `None`: kept for the reactor's next turn, which comes at once: the reactor looks at
+        // its own list before it sleeps (see `Reactor::next_timeout`), so no wake-up (a
+        // syscall per reply) is needed.
+        if let Some(c) = c
+            && self.tx.send(c).is_ok()
+        {
+            self.wake();
         }
     }
 
@@ -407,7 +429,7 @@ impl Reactor {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.accept_pending != 0 {
+        if !self.ready.is_empty() || self.accept_pending != 0 || local_completions_waiting() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -575,6 +597,19 @@ impl Reactor {
                     (Stream::Tcp(s), peer)
                 }),
             };
+            let accepted = match (accepted, &listener.tls) {
+                (Ok((Stream::Tcp(s), peer)), Some(config)) => {
+                    match tls::TlsStream::new(s, config.clone()) {
+                        Ok(t) => Ok((Stream::Tls(Box::new(t)), peer)),
+                        Err(e) => {
+                            log::error!("{}: cannot start TLS: {e}", listener.name);
+                            *budget = budget.saturating_sub(1);
+                            continue;
+                        }
+                    }
+                }
+                (other, _) => other,
+            };
             match accepted {
                 Ok((stream, peer)) => {
                     *budget -= 1;
@@ -726,6 +761,11 @@ impl Reactor {
 
     /// Gives an admitted connection a slot and registers it with the poll.
     fn install(&mut self, index: usize, mut stream: Stream, peer: Peer, admitted: Admitted) {
+        let addr = match &stream {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.tcp.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        };
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -773,6 +813,7 @@ impl Reactor {
                 label: id.label(),
                 caller,
                 peer,
+                addr,
                 out: Vec::new(),
                 out_pos: 0,
                 busy: false,
@@ -855,7 +896,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(c.conn) else {
             return;
         };
-        if c.kind == CompletionKind::Push
+        if c.kind != CompletionKind::Reply
             && conn.io.pending_out() + c.bytes.len() > conn.max_pending_push
         {
             let held = conn.io.pending_out() + c.bytes.len();
@@ -882,8 +923,10 @@ impl Reactor {
             clove::reserve_output(&mut conn.io.out, c.bytes.len());
             conn.io.out.extend_from_slice(&c.bytes);
         }
-        if c.kind == CompletionKind::Reply {
-            conn.io.busy = false;
+        match c.kind {
+            CompletionKind::Reply => conn.io.busy = false,
+            CompletionKind::PushClose => conn.io.close_after_flush = true,
+            CompletionKind::Push => {}
         }
         let (before, held) = (conn.counted, conn.io.held_out());
         conn.counted = held;
@@ -963,6 +1006,7 @@ impl Reactor {
             stop = Stop::Budget;
         }
         let done = pending == 0
+            && !conn.stream.wants_write()
             && !conn.io.busy
             && (conn.io.close_after_flush || (conn.read_closed && stop == Stop::NeedInput));
         if done {
@@ -1075,6 +1119,9 @@ fn pump(
         if !conn.inbuf.is_empty() {
             let (used, s) = conn.proto.process(&conn.inbuf, &mut conn.io, env, budget);
             conn.inbuf.drain(..used);
+            if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEEP_IDLE_OUT {
+                conn.inbuf = Vec::new();
+            }
             if s != Stop::NeedInput {
                 return (s, false);
             }
@@ -1132,7 +1179,7 @@ fn pump(
 
 /// Registers WRITABLE interest only while replies wait to be written (see `Conn::want_write`).
 fn set_interest(poll: &Poll, id: ConnId, conn: &mut Conn) -> io::Result<()> {
-    let want_write = conn.io.pending_out() > 0;
+    let want_write = conn.io.pending_out() > 0 || conn.stream.wants_write();
     if want_write == conn.want_write {
         return Ok(());
     }
@@ -1167,10 +1214,19 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
             Io::Closed | Io::Failed(_) => return Err(()),
         }
     }
+    // A TLS stream may hold encrypted bytes of its own after taking ours.
+    if conn.writable && conn.stream.wants_write() {
+        use std::io::Write;
+        match conn.stream.flush() {
+            Ok(()) => conn.last_write = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
+            Err(_) => return Err(()),
+        }
+    }
     let io = &mut conn.io;
     if io.pending_out() == 0 {
         io.out_pos = 0;
-        if io.out.capacity() > KEEP_OUT_CAPACITY {
+        if io.out.capacity() > KEEP_IDLE_OUT {
             io.out = Vec::new();
         } else {
             io.out.clear();
