@@ -8,7 +8,6 @@ mod harness;
 mod agent_restart;
 mod connect_timeouts;
 mod connection_slots;
-mod connection_storm;
 mod durability;
 mod event_ops;
 mod exec_fs_ops;
