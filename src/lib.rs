@@ -14,7 +14,7 @@
 //! The modules form layers; each uses only the layers below it (`scripts/check-layers.sh`
 //! checks it):
 //!
-//! 6. `main.rs`: the CLI.
+//! 6. `main.rs` and `cli/` (in the binary): the CLI.
 //! 5. [`daemon`] assembles the pieces for `clove serve`; [`config`] reads the file into each
 //!    module's own section.
 //! 4. [`reactor`] owns every client socket, flow control and the listeners.
@@ -24,7 +24,8 @@
 //! 1. [`kernel`]: the shared state (callers and identity, permissions, state store facade,
 //!    mailboxes, events, audit, async results).
 //! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
-//!    [`settings`], [`secrets`], [`lockfile`], [`tls`], [`sockdiag`] (who owns a loopback TCP
+//!    [`settings`], [`secrets`], [`lockfile`], [`log_ring`] (recent warnings, for `clove
+//!    status`), [`spelling`] (did-you-mean), [`tls`], [`sockdiag`] (who owns a loopback TCP
 //!    peer), [`systemd`] (what systemd hands the daemon, and readiness, status and watchdog
 //!    pings back), [`config_doc`] (the commented default config), and the client side used by
 //!    the CLI: [`client`], [`mod@bench`].
@@ -40,6 +41,7 @@ pub mod http;
 pub mod kernel;
 pub mod llm;
 pub mod lockfile;
+pub mod log_ring;
 pub mod ops;
 pub mod pool;
 pub mod proto;
@@ -47,6 +49,7 @@ pub mod reactor;
 pub mod secrets;
 pub mod settings;
 pub mod sockdiag;
+pub mod spelling;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
