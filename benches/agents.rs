@@ -233,9 +233,7 @@ impl Probe {
     fn start() -> Option<Probe> {
         let src = std::env::var("LIMIT_ECHO_SRC")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/limit-echo.c")
-            });
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/limit-echo.c"));
         if !src.exists() {
             println!("(no limit probe: {} not found)", src.display());
             return None;
