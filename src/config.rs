@@ -19,7 +19,7 @@ use crate::supervisor::config::{AgentsConfig, RawAgents, RawSandbox, SandboxConf
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub use crate::reactor::config::DEFAULT_SOCKET;
+pub use crate::reactor::config::default_socket;
 
 /// A configuration problem (or several), ready to print.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,7 @@ impl Config {
             .clone()
             .or_else(|| std::env::var_os("CLOVE_SOCKET").map(PathBuf::from))
             .or_else(|| raw.server.socket.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+            .unwrap_or_else(default_socket);
         let state_dir = overrides
             .state_dir
             .clone()
@@ -330,11 +330,16 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/clove")
 }
 
-/// The socket path a client should use: flag, then `$CLOVE_SOCKET`, then the default.
+/// The socket path a client should use: flag, then `$CLOVE_SOCKET`, then the per-user
+/// default (the daemon's, see [`default_socket`]).
 pub fn client_socket(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("CLOVE_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        .or_else(|| {
+            std::env::var_os("CLOVE_SOCKET")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(default_socket)
 }
 
 #[cfg(test)]

@@ -13,13 +13,17 @@
 //! * `# key = value`: an example, for a key whose default is not one fixed value (it depends on
 //!   the machine or the environment, or the key is unset by default).
 
-use crate::config::{Config, ConfigError, DEFAULT_SOCKET, Overrides, RawConfig};
+use crate::config::{Config, ConfigError, Overrides, RawConfig};
 use crate::llm::config::{LlmConfig, RawLlm, RawModel};
 use crate::supervisor::config::{CgroupMode, OnShutdown};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::Value;
+
+/// The socket the generated file's defaults are computed with (the real default depends on
+/// the user and the environment, so the file shows it as an example).
+const EXAMPLE_SOCKET: &str = "/run/user/1000/clove.sock";
 
 /// Width at which comment text is wrapped.
 const WIDTH: usize = 96;
@@ -108,7 +112,7 @@ fn defaults() -> Result<Config, ConfigError> {
     let mut c = Config::from_raw(
         RawConfig::default(),
         &Overrides {
-            socket: Some(PathBuf::from(DEFAULT_SOCKET)),
+            socket: Some(PathBuf::from(EXAMPLE_SOCKET)),
             state_dir: Some(PathBuf::from("/var/lib/clove")),
         },
     )?;
@@ -148,7 +152,7 @@ fn tables(c: &Config, model: (usize, Duration)) -> Vec<Table> {
         .to_string();
     vec![
         Table::new("server", "The socket, who may use it, and the event loop.")
-            .key("socket", DEFAULT_SOCKET, "Unix socket clients connect to. $CLOVE_SOCKET and --socket override it; the packaged service uses /run/clove/clove.sock, the user service $XDG_RUNTIME_DIR/clove.sock. Under socket activation (clove.socket) the socket systemd passes is served instead.")
+            .eg("socket", EXAMPLE_SOCKET, "Unix socket clients connect to. $CLOVE_SOCKET and --socket override it. Default: $XDG_RUNTIME_DIR/clove.sock, else /tmp/clove-UID/clove.sock (a directory of your own, which the daemon creates with mode 0700), so that users of one machine never share a socket; the packaged service uses /run/clove/clove.sock. Under socket activation (clove.socket) the socket systemd passes is served instead.")
             .key("socket_mode", format!("{:04o}", c.server.socket_mode), "Octal permission bits of the socket file; must include owner read and write. 0660 with socket_group shares the daemon with a group. Not applied to a socket passed by systemd (SocketMode= in clove.socket decides).")
             .key("socket_group", "", "Group (name or numeric gid) to give the socket file; empty: the daemon's own group.")
             .key("allowed_uids", Value::Array(c.server.allowed_uids.iter().map(|u| int(*u)).collect()), "Users besides the daemon's own that may connect (numeric uids); every connection's peer credentials are checked, whatever the socket's mode.")
@@ -585,7 +589,7 @@ mod tests {
         let mut c = Config::from_raw(
             raw,
             &Overrides {
-                socket: Some(PathBuf::from(DEFAULT_SOCKET)),
+                socket: Some(PathBuf::from(EXAMPLE_SOCKET)),
                 state_dir: Some(PathBuf::from("/var/lib/clove")),
             },
         )
@@ -622,7 +626,7 @@ mod tests {
         let want = format!("{:?}", defaults().unwrap());
         assert_eq!(format!("{:?}", validate(&text)), want);
         let uncommented = uncomment_defaults(&text);
-        assert!(uncommented.contains("\nsocket = \"/tmp/clove.sock\"\n"));
+        assert!(uncommented.contains("\nsocket_mode = \"0600\"\n"));
         assert!(uncommented.contains("\ntimeout_secs = 120.0\n"));
         assert_eq!(format!("{:?}", validate(&uncommented)), want);
         // Changing an uncommented value changes the config: the lines are really read.
