@@ -1548,12 +1548,12 @@ fn launcher_sandboxes_an_unprivileged_agent_in_a_user_namespace() {
     let spec = json!({"program": "/bin/sh", "argv": ["sh", probe, "/nonexistent.sock"],
         "sandboxed": true, "network": false, "hostname": "clove-probe", "require": true,
         "cgroup_procs": [], "rlimit_as": null, "rlimit_nproc": null});
+    // The spec comes in a file (the launcher reads and removes it), as the supervisor passes it.
+    let spec_file = dir.path().join("launch.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    std::fs::set_permissions(&spec_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut launch = std::process::Command::new(&bin);
-    launch
-        .arg("__launch")
-        .arg(spec.to_string())
-        .uid(65534)
-        .gid(65534);
+    launch.arg("__launch").arg(&spec_file).uid(65534).gid(65534);
     let out = crate::agent_support::retry_text_busy("clove __launch", || launch.output());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

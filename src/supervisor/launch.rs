@@ -1,5 +1,10 @@
 //! The agent launcher: a small single-threaded program (our own binary, run as
-//! `clove __launch SPEC`) that builds an agent's sandbox and execs its interpreter.
+//! `clove __launch SPEC_FILE`) that builds an agent's sandbox and execs its interpreter.
+//!
+//! The spec (a [`LaunchSpec`] as JSON) comes in a file the supervisor writes in the private
+//! state directory (see [`spec_file`]), which the launcher reads and removes first thing: on
+//! the command line it would make `ps` unreadable, and a long `args` list would pass the
+//! kernel's limit of 128 KiB for one argument.
 //!
 //! Why a separate process: a new pid namespace only applies to the *children* of the process
 //! that unshares, and namespace, mount and fork work is unsafe in the daemon's multi-threaded
@@ -46,7 +51,7 @@ pub const EXIT_SETUP: i32 = 126;
 /// Exit code of a launcher that could not exec the interpreter.
 pub const EXIT_EXEC: i32 = 127;
 
-/// Everything the launcher needs, passed as one JSON argument.
+/// Everything the launcher needs, written as JSON to the spec file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaunchSpec {
     /// Absolute path of the interpreter.
@@ -145,8 +150,29 @@ fn take_report_pipe() -> Option<std::fs::File> {
     report
 }
 
-/// Entry point of `clove __launch SPEC`. Never returns.
-pub fn main(spec_json: &str) -> ! {
+/// Prefix of the spec files' names (`.launch-ID-N.json`); the supervisor removes leftovers
+/// (a launcher killed before it read its file) when it starts.
+pub const SPEC_FILE_PREFIX: &str = ".launch-";
+
+/// Where the spec of launch number `n` of agent `id` is written, in directory `dir`.
+pub fn spec_file(dir: &std::path::Path, id: u32, n: u64) -> PathBuf {
+    dir.join(format!("{SPEC_FILE_PREFIX}{id}-{n}.json"))
+}
+
+/// Reads and removes the spec file named by our first argument.
+fn take_spec() -> Result<String, String> {
+    let path = std::env::args_os()
+        .nth(2)
+        .map(PathBuf::from)
+        .ok_or("no spec file given")?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the spec file {}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(text)
+}
+
+/// Entry point of `clove __launch SPEC_FILE`. Never returns.
+pub fn main() -> ! {
     let mut rep = Reporter(take_report_pipe());
     // A session of our own, first: the daemon attributes connections by session, and a
     // process can never join another session, only leave its own. (Our pid becomes the
@@ -156,7 +182,11 @@ pub fn main(spec_json: &str) -> ! {
         let e = std::io::Error::last_os_error();
         rep.fail(EXIT_SETUP, format!("cannot start a session: {e}"));
     }
-    let spec: LaunchSpec = match serde_json::from_str(spec_json) {
+    let spec_json = match take_spec() {
+        Ok(text) => text,
+        Err(e) => rep.fail(EXIT_SETUP, e),
+    };
+    let spec: LaunchSpec = match serde_json::from_str(&spec_json) {
         Ok(s) => s,
         Err(e) => rep.fail(EXIT_SETUP, format!("bad launch spec: {e}")),
     };

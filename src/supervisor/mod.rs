@@ -19,7 +19,6 @@
 
 pub mod caps;
 pub mod cgroup;
-pub mod cli;
 pub mod config;
 pub mod enter;
 pub mod launch;
@@ -331,6 +330,7 @@ pub fn start(
     if let Err(e) = std::fs::create_dir_all(&log_dir) {
         log::warn!("cannot create {}: {e}", log_dir.display());
     }
+    remove_stale_specs(&log_dir);
     let socket = std::fs::canonicalize(&paths.socket).unwrap_or(paths.socket);
     let agent_socket = paths.agent_socket;
     let mut sup = Supervisor {
@@ -356,6 +356,22 @@ pub fn start(
     std::thread::Builder::new()
         .name("clove-supervisor".into())
         .spawn(move || sup.run())
+}
+
+/// Removes launch spec files a previous daemon left (a launcher killed before it read its
+/// file): each run numbers its own from zero.
+fn remove_stale_specs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(launch::SPEC_FILE_PREFIX))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn log_cgroups(cgroups: &Cgroups) {
@@ -1027,6 +1043,7 @@ impl Supervisor {
             rlimit_nproc: rt.rlimit_nproc,
             die_with_daemon: self.agents.config.on_shutdown == config::OnShutdown::Stop,
             creds,
+            spec_dir: &self.log_dir,
         });
         match started {
             Ok(s) => {

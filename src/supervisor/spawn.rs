@@ -263,6 +263,8 @@ pub struct Incarnation<'a> {
     pub die_with_daemon: bool,
     /// The user a sandboxed agent becomes (root daemon), see [`LaunchSpec::creds`].
     pub creds: Option<Creds>,
+    /// The private directory the launch spec file is written to (the agents' log directory).
+    pub spec_dir: &'a Path,
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -301,16 +303,25 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
             .agent_socket
             .map(|s| (s.to_path_buf(), inc.socket.to_path_buf())),
     };
-    let launch_json =
-        serde_json::to_string(&launch).map_err(|e| format!("cannot encode launch spec: {e}"))?;
-    let (log_r, log_w) = pipe().map_err(|e| format!("cannot create log pipe: {e}"))?;
-    let (rep_r, rep_w) = pipe().map_err(|e| format!("cannot create report pipe: {e}"))?;
+    let spec_file = write_spec(inc.spec_dir, inc.id, &launch)?;
+    // The launcher removes the file once read; a launcher that never ran cannot.
+    let remove_spec = |e: String| {
+        let _ = std::fs::remove_file(&spec_file);
+        e
+    };
+    let (log_r, log_w) = pipe()
+        .map_err(|e| format!("cannot create log pipe: {e}"))
+        .map_err(remove_spec)?;
+    let (rep_r, rep_w) = pipe()
+        .map_err(|e| format!("cannot create report pipe: {e}"))
+        .map_err(remove_spec)?;
     let log_w2 = log_w
         .try_clone()
-        .map_err(|e| format!("cannot duplicate log pipe: {e}"))?;
+        .map_err(|e| format!("cannot duplicate log pipe: {e}"))
+        .map_err(remove_spec)?;
     let mut cmd = Command::new(exe);
     cmd.arg(launch::SUBCOMMAND)
-        .arg(launch_json)
+        .arg(&spec_file)
         .current_dir(&spec.cwd)
         // The launcher takes the report pipe off its stdin (see `launch::main`). With no
         // pre_exec code, std starts it with posix_spawn: no copy of the daemon's page tables
@@ -333,13 +344,40 @@ pub fn start(inc: &Incarnation) -> Result<Started, String> {
     }
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start the agent launcher: {e}"))?;
+        .map_err(|e| format!("cannot start the agent launcher: {e}"))
+        .map_err(remove_spec)?;
     drop(cmd);
     Ok(Started {
         child,
         log: log_r,
         report: rep_r,
     })
+}
+
+/// Writes the launch spec to a new file of its own (mode 0600, never through a symlink) and
+/// returns its path.
+fn write_spec(dir: &Path, id: CallerId, launch: &LaunchSpec) -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = launch::spec_file(dir, id, n);
+    let json = serde_json::to_vec(launch).map_err(|e| format!("cannot encode launch spec: {e}"))?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&json));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(format!(
+            "cannot write the launch spec {}: {e}",
+            path.display()
+        ));
+    }
+    Ok(path)
 }
 
 /// A hostname from an agent name: letters, digits and '-' only, at most 63 bytes.
