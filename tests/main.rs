@@ -18,6 +18,7 @@ mod identity;
 mod ipc_ops;
 mod lifecycle;
 mod limits_config;
+mod newcomer;
 mod perms_ops;
 mod python_client;
 mod sandbox_escape;

@@ -35,6 +35,13 @@ struct ExecReq {
     cwd: Option<String>,
     #[serde(default)]
     timeout: Option<f64>,
+    /// `async` and `request_id` are read by the async reservation
+    /// (`kernel::asyncq::Reservation`); named here so that they are known fields.
+    /// (Not `IgnoredAny`: a field read into that counts as unknown.)
+    #[serde(rename = "async", default)]
+    _is_async: Option<serde_json::Value>,
+    #[serde(rename = "request_id", default)]
+    _request_id: Option<serde_json::Value>,
 }
 
 /// EXEC `{command, cwd?, timeout?, async?}` (on a worker): checks the request, starts the
@@ -152,7 +159,7 @@ fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Ch
             let t = Duration::from_secs_f64(t.min(1e9));
             if t > cap {
                 return Err(format!(
-                    "timeout of {}s exceeds this caller's maximum of {}s",
+                    "field `timeout`: {}s exceeds this caller's maximum of {}s",
                     t.as_secs_f64(),
                     cap.as_secs_f64()
                 ));
@@ -161,15 +168,19 @@ fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Ch
         }
         Some(t) => {
             return Err(format!(
-                "invalid timeout {t}: must be a number of seconds greater than 0"
+                "invalid request: field `timeout`: {t} must be a number of seconds greater than 0"
             ));
         }
     };
     let cwd = match &req.cwd {
         Some(dir) => {
-            let p = super::fs::resolve_existing(call, dir)?;
+            let p = super::fs::resolve_existing(call, dir)
+                .map_err(|e| format!("invalid working directory `cwd`: {e}"))?;
             if !p.is_dir() {
-                return Err(format!("cwd {} is not a directory", p.display()));
+                return Err(format!(
+                    "invalid working directory `cwd`: {} is not a directory",
+                    p.display()
+                ));
             }
             p
         }
