@@ -20,7 +20,7 @@ import os, re, sys
 # Path prefix under src/ -> layer. The longest matching prefix wins.
 LAYERS = {
     "main.rs": 6, "cli/": 6,
-    "daemon.rs": 5, "config.rs": 5, "config_doc.rs": 5,
+    "daemon.rs": 5, "config.rs": 5, "config_doc.rs": 5, "config_file.rs": 5,
     "reactor/": 4,
     "frontend/": 3,
     "ops/": 2, "supervisor/": 2, "llm/": 2, "http.rs": 2, "router/": 2, "relay/": 2,

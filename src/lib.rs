@@ -35,6 +35,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod config_doc;
+pub mod config_file;
 pub mod daemon;
 pub mod frontend;
 pub mod http;

@@ -587,3 +587,93 @@ fn the_daemon_log_tells_each_agents_story_and_the_cli_shows_why_it_failed() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn every_config_mistake_is_reported_in_one_run_in_file_order_and_check_config_prints_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("clove.toml");
+    // Six mistakes, the last in the file being one found only when values are checked.
+    std::fs::write(
+        &cfg,
+        "# six mistakes\n[server]\nwokers = 4\n\n[limits]\nstate_max_keys = \"many\"\n\
+         [permisions]\nclient_level = \"standard\"\n[agents]\nkill_grace = 100\n\
+         [audit]\nlog_secrity = true\n[exec]\nshell = \"sh\"\n",
+    )
+    .unwrap();
+    let cfg_s = cfg.display().to_string();
+    let want = [
+        format!("{cfg_s}:3: server.wokers: unknown key; did you mean `workers`?"),
+        format!("{cfg_s}:6: limits.state_max_keys: invalid type: string \"many\", expected usize"),
+        format!("{cfg_s}:7: permisions: unknown key; did you mean `permissions`?"),
+        format!("{cfg_s}:10: agents.kill_grace: unknown key; did you mean `kill_grace_ms`?"),
+        format!("{cfg_s}:12: audit.log_secrity: unknown key; did you mean `log_security`?"),
+        format!("{cfg_s}:14: exec.shell: sh must be an absolute path"),
+    ];
+    for cmd in [
+        &["check-config"][..],
+        &["serve", "--socket", "/tmp/never-bound-by-clove.sock"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(cmd)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{cmd:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        let got: Vec<&str> = err.lines().skip(1).map(str::trim).collect();
+        assert_eq!(got, want, "{cmd:?}:\n{err}");
+    }
+    // A valid file: the settings in effect as TOML, with the file named; the output reads
+    // back as a valid config.
+    std::fs::write(&cfg, "[server]\nworkers = 3\nsocket_mode = \"0660\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains(&format!("from {cfg_s}")), "{shown}");
+    for line in [
+        "[server]",
+        "workers = 3",
+        "socket_mode = \"0660\"",
+        "[permissions.levels.standard]",
+    ] {
+        assert!(
+            shown.lines().any(|l| l == line),
+            "{line:?} missing:\n{shown}"
+        );
+    }
+    assert!(
+        !shown.contains("socket_mode: 420") && !shown.contains("OpenAi"),
+        "{shown}"
+    );
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn the_example_config_in_the_repository_is_the_generated_one() {
+    let out = Command::new(BIN)
+        .args(["generate", "config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/clove.toml"))
+            .expect(
+                "examples/clove.toml: write it with `clove generate config > examples/clove.toml`",
+            );
+    assert!(
+        shipped == stdout(&out),
+        "examples/clove.toml is out of date: run `cargo run -- generate config > examples/clove.toml`"
+    );
+}

@@ -80,14 +80,22 @@ pub fn serve(a: ServeArgs, socket: Option<PathBuf>) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `clove check-config`: validates the file and prints the settings in effect.
+/// `clove check-config`: validates the file and prints the settings in effect, as TOML (or
+/// JSON with --json). Every problem is reported at once, in file order, exit 64.
 pub fn check_config(a: ConfigArg, json: bool) -> Outcome {
     let cfg = load(a.config.as_deref(), &Overrides::default())?;
+    let origin = clove::config::config_file(a.config.as_deref());
+    let text = clove::config_doc::effective_config(&cfg, origin.as_deref());
     if json {
-        say!("{{\"valid\": true}}");
+        let v: toml::Table = toml::from_str(&text)
+            .map_err(|e| Failure::Refused(format!("cannot show the configuration: {e}")))?;
+        super::print_json(&serde_json::json!({"valid": true, "file": origin, "config": v}));
     } else {
-        say!("configuration is valid");
-        say!("{cfg:#?}");
+        print!("{text}");
+        eprintln!(
+            "clove: the configuration is valid ({})",
+            origin.map_or("built-in defaults".into(), |p| p.display().to_string())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
