@@ -84,8 +84,8 @@ fn expect_refusal(d: &Daemon) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "the daemon must refuse to start; stdout {:?} stderr:\n{stderr}",
+        Some(1),
+        "the daemon must refuse to start (exit 1); stdout {:?} stderr:\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
