@@ -130,9 +130,12 @@ impl Config {
             Ok(c) if problems.is_empty() => Ok(c),
             Ok(_) => Err(ConfigError(report(path, problems))),
             Err(e) => {
-                problems.extend(e.0.into_iter().map(|text| Problem {
-                    line: file.line_of_message(&text),
-                    text: crate::config_file::describe(None, &text),
+                problems.extend(e.0.iter().map(|m| {
+                    let text = crate::config_file::describe_validation(m);
+                    Problem {
+                        line: file.line_of_message(&text),
+                        text,
+                    }
                 }));
                 Err(ConfigError(report(path, problems)))
             }

@@ -102,6 +102,23 @@ pub fn describe(path: Option<&[String]>, message: &str) -> String {
     }
 }
 
+/// A problem found when the raw values are validated, as it is reported: an open table
+/// checked then (`permissions.levels.NAME`) names a misspelled key the way serde does
+/// (`permissions.levels.standard: unknown field `can_htp`, expected one of ...`), which
+/// becomes `permissions.levels.standard.can_htp: unknown key; did you mean `can_http`?`.
+pub fn describe_validation(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((key, rest)) if !key.contains(' ') && unknown_field(rest).is_some() => {
+            let mut path: Vec<String> = key.split('.').map(str::to_string).collect();
+            if let Some((word, _)) = unknown_field(rest) {
+                path.push(word);
+            }
+            describe(Some(&path), rest)
+        }
+        _ => describe(None, message),
+    }
+}
+
 /// The word and the expected names of serde's unknown-field message.
 fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
     let rest = message.strip_prefix("unknown field `")?;
@@ -132,18 +149,22 @@ fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end
 }
 
-/// The key path of the innermost entry whose key or value holds `span`. Tables are searched
-/// whatever their own span (a `[section]`'s keys may be anywhere in the file); arrays are
-/// taken whole.
+/// The key path of the entry whose key holds `span`, else of the innermost entry whose value
+/// holds it. Tables are searched whatever their own span (a `[section]`'s keys may be anywhere
+/// in the file, and a `[a.b.c]` header's span holds the keys `a` and `b`); arrays are taken
+/// whole.
 fn locate(table: &DeTable, span: &Range<usize>, path: &mut Vec<String>) -> Option<Vec<String>> {
     for (k, v) in table.iter() {
         path.push(k.get_ref().to_string());
+        if contains(&k.span(), span) {
+            return Some(path.clone());
+        }
         if let DeValue::Table(t) = v.get_ref()
             && let Some(found) = locate(t, span, path)
         {
             return Some(found);
         }
-        if contains(&k.span(), span) || contains(&v.span(), span) {
+        if contains(&v.span(), span) {
             return Some(path.clone());
         }
         path.pop();
@@ -249,6 +270,19 @@ mod tests {
         assert!(p[0].text.starts_with("invalid TOML"), "{p:?}");
         assert!(problems("[server]\nworkers = 4\n").is_empty());
         assert!(problems("").is_empty());
+    }
+
+    #[test]
+    fn a_misspelled_table_in_a_header_is_one_problem() {
+        let p = problems("[llm.modles.x]\nbase_url = \"y\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].text, "llm.modles: unknown key; did you mean `models`?");
+        assert_eq!(
+            describe_validation(
+                "permissions.levels.standard: unknown field `can_htp`, expected one of `can_exec`, `can_http`"
+            ),
+            "permissions.levels.standard.can_htp: unknown key; did you mean `can_http`?"
+        );
     }
 
     #[test]
