@@ -576,9 +576,11 @@ fn the_daemon_log_tells_each_agents_story_and_the_cli_shows_why_it_failed() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let logs = d.logs();
     assert!(
-        logs.contains(&format!("name=calm: pid {launcher} killed by caller")),
+        logs.contains(&format!("name=calm: pid {pid} killed by caller")),
         "{logs}"
     );
+    let own = stdout(&clove(&d, &["logs", "calm"]));
+    assert!(own.contains(&format!("pid {pid} exited: killed")), "{own}");
     // No spec file stays behind.
     let left: Vec<_> = std::fs::read_dir(d.state_dir.join("agents"))
         .unwrap()

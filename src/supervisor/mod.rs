@@ -1368,6 +1368,15 @@ impl Supervisor {
     }
 
     fn exited(&mut self, id: CallerId, pid: i32, status: std::process::ExitStatus) {
+        // The pid people were shown (SPAWN, LIST, the log's "running: pid N"): the
+        // interpreter's, when the launcher is a sandbox's.
+        let shown = self
+            .agents
+            .table
+            .lock()
+            .get(id)
+            .and_then(|a| a.main_pid)
+            .unwrap_or(pid);
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -1395,10 +1404,10 @@ impl Supervisor {
         };
         rt.exited_at = Some(Instant::now());
         rt.log.note(&format!(
-            "pid {pid} exited: {reason}, exit code {exit_code}{}",
+            "pid {shown} exited: {reason}, exit code {exit_code}{}",
             signal.map(|s| format!(", signal {s}")).unwrap_or_default()
         ));
-        log_exit(id, &rt.spec.name, pid, &info);
+        log_exit(id, &rt.spec.name, shown, &info);
         self.kernel.agent_process_gone(id);
         // A first start that failed answers SPAWN with the launcher's error and is forgotten.
         if let Some(st) = starting
