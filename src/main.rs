@@ -123,11 +123,7 @@ fn internal_subcommand() {
             clove::supervisor::launch::main();
         }
         Some(a) if a == clove::supervisor::enter::SUBCOMMAND => {
-            let spec = args
-                .next()
-                .and_then(|s| s.into_string().ok())
-                .unwrap_or_default();
-            clove::supervisor::enter::main(&spec);
+            clove::supervisor::enter::main();
         }
         Some(a) if a == clove::supervisor::logfile::COPY_SUBCOMMAND => {
             let rest: Vec<String> = args.filter_map(|s| s.into_string().ok()).collect();

@@ -268,12 +268,29 @@ fn spawn_inside(
         command,
         cwd: cwd.to_path_buf(),
     };
-    let spec = serde_json::to_string(&spec).map_err(|e| format!("cannot encode: {e}"))?;
+    let spec = serde_json::to_vec(&spec).map_err(|e| format!("cannot encode: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg(enter::SUBCOMMAND).arg(spec);
+    cmd.arg(enter::SUBCOMMAND);
     prepare(&mut cmd, cwd);
-    cmd.spawn()
-        .map_err(|e| format!("cannot start the command in the agent's sandbox: {e}"))
+    // The spec goes on the helper's standard input (see `supervisor::enter`), not argv.
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the command in the agent's sandbox: {e}"))?;
+    // On a worker thread, which may wait: the helper reads it all first thing. The pipe is
+    // closed when `pipe` is dropped, which ends the helper's read.
+    let written = match child.stdin.take() {
+        Some(mut pipe) => std::io::Write::write_all(&mut pipe, &spec),
+        None => Err(std::io::Error::other("no pipe to the helper")),
+    };
+    if let Err(e) = written {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "cannot hand the command to the agent's sandbox: {e}"
+        ));
+    }
+    Ok(child)
 }
 
 impl Finished {
