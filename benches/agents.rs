@@ -6,7 +6,7 @@
 //!    (`respawn_ms` in AGENT_SPAWNED), plus the client-side cycle time;
 //! 2. spawn throughput: agents per second until every SPAWN has answered "running";
 //! 3. NOOP latency of another client while 50 agents crash-loop, against its idle value, and
-//!    the same for the limit probe (`../shared/tools/limit-echo.c`, a bare epoll echo server:
+//!    the same for the limit probe (`benches/limit-echo.c`, a bare epoll echo server:
 //!    the floor for this protocol on the machine), measured in the same windows, so that what
 //!    the machine's load does to any server is told apart from what clove adds.
 //!
@@ -222,7 +222,7 @@ fn noop_latency(c: &mut Client, mut p: Option<&mut Client>, n: usize) -> [(f64, 
 }
 
 /// The limit probe, compiled and started on a socket of its own (`LIMIT_ECHO_SRC` or
-/// `../shared/tools/limit-echo.c`); `None` when there is no source or no C compiler.
+/// `benches/limit-echo.c`); `None` when there is no source or no C compiler.
 struct Probe {
     child: Child,
     socket: PathBuf,
@@ -233,9 +233,7 @@ impl Probe {
     fn start() -> Option<Probe> {
         let src = std::env::var("LIMIT_ECHO_SRC")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/limit-echo.c")
-            });
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/limit-echo.c"));
         if !src.exists() {
             println!("(no limit probe: {} not found)", src.display());
             return None;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Measures clove's Unix-socket core against the limit probe (shared/tools/limit-echo.c) in one
+# Measures clove's Unix-socket core against the limit probe (benches/limit-echo.c) in one
 # run, three interleaved rounds, and prints each figure with its ratio to the probe.
 #
-#   benches/core.sh [path/to/limit-echo.c]
+#   benches/core.sh [path/to/limit-echo.c]      (default: benches/limit-echo.c, in this repository)
 #
 # CLOVE_BIN=path measures that binary instead of building this tree's (to compare two builds
 # in one session).
@@ -12,7 +12,7 @@
 # of a fresh daemon; 1,000 idle connections held during a NOOP run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-probe_src="${1:-${LIMIT_ECHO_SRC:-../shared/tools/limit-echo.c}}"
+probe_src="${1:-${LIMIT_ECHO_SRC:-benches/limit-echo.c}}"
 rounds="${ROUNDS:-3}"
 if [ -n "${CLOVE_BIN:-}" ]; then
   bin=$CLOVE_BIN

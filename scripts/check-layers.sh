@@ -19,15 +19,15 @@ import os, re, sys
 
 # Path prefix under src/ -> layer. The longest matching prefix wins.
 LAYERS = {
-    "main.rs": 6,
-    "daemon.rs": 5, "config.rs": 5, "config_doc.rs": 5,
+    "main.rs": 6, "cli/": 6,
+    "daemon.rs": 5, "config.rs": 5, "config_doc.rs": 5, "config_file.rs": 5,
     "reactor/": 4,
     "frontend/": 3,
     "ops/": 2, "supervisor/": 2, "llm/": 2, "http.rs": 2, "router/": 2, "relay/": 2,
     "kernel/": 1,
     "proto/": 0, "store/": 0, "metrics.rs": 0, "pool.rs": 0, "clock.rs": 0,
     "settings.rs": 0, "secrets.rs": 0, "lockfile.rs": 0, "tls.rs": 0, "client.rs": 0,
-    "bench.rs": 0, "systemd.rs": 0, "sockdiag.rs": 0,
+    "bench.rs": 0, "systemd.rs": 0, "sockdiag.rs": 0, "spelling.rs": 0, "log_ring.rs": 0,
     # lib.rs only declares the modules.
     "lib.rs": None,
 }

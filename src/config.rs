@@ -20,7 +20,7 @@ use crate::supervisor::config::{AgentsConfig, RawAgents, RawSandbox, SandboxConf
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub use crate::reactor::config::DEFAULT_SOCKET;
+pub use crate::reactor::config::default_socket;
 
 /// A configuration problem (or several), ready to print.
 #[derive(Debug, thiserror::Error)]
@@ -115,24 +115,49 @@ impl Config {
     /// Loads the config: explicit file, or the first default location that exists, or built-in
     /// defaults; then environment and flag overrides; then validation.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let (raw, origin) = match find_file(file) {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError(vec![format!("cannot read {}: {e}", path.display())])
-                })?;
-                (Self::parse(&text, &path)?, Some(path))
-            }
-            None => (RawConfig::default(), None),
+        let Some(path) = config_file(file) else {
+            return Self::from_raw(RawConfig::default(), overrides);
         };
-        if let Some(p) = &origin {
-            log::debug!("config from {}", p.display());
-        }
-        Self::from_raw(raw, overrides)
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        log::debug!("config from {}", path.display());
+        Self::load_text(&text, &path, overrides)
     }
 
-    /// Parses TOML text into the raw form, naming the file in errors.
+    /// Reads and validates the text of the config file `path`: every problem, of the file
+    /// and of its values, reported at once in file order as `FILE:LINE: problem`.
+    pub fn load_text(
+        text: &str,
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        use crate::config_file::{File, Problem, report};
+        let (file, raw, mut problems) = File::read(text);
+        match Self::from_raw(raw, overrides) {
+            Ok(c) if problems.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigError(report(path, problems))),
+            Err(e) => {
+                problems.extend(e.0.iter().map(|m| {
+                    let text = crate::config_file::describe_validation(m);
+                    Problem {
+                        line: file.line_of_message(&text),
+                        text,
+                    }
+                }));
+                Err(ConfigError(report(path, problems)))
+            }
+        }
+    }
+
+    /// Parses TOML text into the raw form, with every problem of the file (see
+    /// [`crate::config_file`]), naming the file and line in each.
     pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))
+        let (_, raw, problems) = crate::config_file::File::read(text);
+        if problems.is_empty() {
+            Ok(raw)
+        } else {
+            Err(ConfigError(crate::config_file::report(path, problems)))
+        }
     }
 
     /// Validates a raw config (plus overrides), reporting every problem at once.
@@ -143,7 +168,7 @@ impl Config {
             .clone()
             .or_else(|| std::env::var_os("CLOVE_SOCKET").map(PathBuf::from))
             .or_else(|| raw.server.socket.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+            .unwrap_or_else(default_socket);
         let state_dir = overrides
             .state_dir
             .clone()
@@ -323,8 +348,8 @@ fn kernel_config(
 }
 
 /// The config file to read: the explicit one, `$CLOVE_CONFIG`, or the first default location
-/// that exists.
-fn find_file(explicit: Option<&Path>) -> Option<PathBuf> {
+/// that exists (`None`: built-in defaults).
+pub fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return Some(p.to_path_buf());
     }
@@ -350,11 +375,16 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/clove")
 }
 
-/// The socket path a client should use: flag, then `$CLOVE_SOCKET`, then the default.
+/// The socket path a client should use: flag, then `$CLOVE_SOCKET`, then the per-user
+/// default (the daemon's, see [`default_socket`]).
 pub fn client_socket(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("CLOVE_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        .or_else(|| {
+            std::env::var_os("CLOVE_SOCKET")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(default_socket)
 }
 
 #[cfg(test)]
@@ -414,6 +444,21 @@ mod tests {
         let e = parse("[server]\nworkers = 0\nsocket_mode = \"0400\"\n[limits]\nmailbox_len = 0\n")
             .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn file_and_value_problems_come_together_in_file_order_with_lines() {
+        let text = "[limits]\nmailbox_len = 0\n[server]\nwokers = 2\nmax_connections = 0\n";
+        let e = Config::load_text(text, Path::new("c.toml"), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            e.0,
+            [
+                "c.toml:2: limits.mailbox_len: must be at least 1",
+                "c.toml:4: server.wokers: unknown key; did you mean `workers`?",
+                "c.toml:5: server.max_connections: must be at least 1",
+            ],
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,13 +13,17 @@
 //! * `# key = value`: an example, for a key whose default is not one fixed value (it depends on
 //!   the machine or the environment, or the key is unset by default).
 
-use crate::config::{Config, ConfigError, DEFAULT_SOCKET, Overrides, RawConfig};
+use crate::config::{Config, ConfigError, Overrides, RawConfig};
 use crate::llm::config::{LlmConfig, RawLlm, RawModel};
 use crate::supervisor::config::{CgroupMode, OnShutdown};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::Value;
+
+/// The socket the generated file's defaults are computed with (the real default depends on
+/// the user and the environment, so the file shows it as an example).
+const EXAMPLE_SOCKET: &str = "/run/user/1000/clove.sock";
 
 /// Width at which comment text is wrapped.
 const WIDTH: usize = 96;
@@ -112,7 +116,7 @@ fn defaults() -> Result<Config, ConfigError> {
     let mut c = Config::from_raw(
         RawConfig::default(),
         &Overrides {
-            socket: Some(PathBuf::from(DEFAULT_SOCKET)),
+            socket: Some(PathBuf::from(EXAMPLE_SOCKET)),
             state_dir: Some(PathBuf::from("/var/lib/clove")),
         },
     )?;
@@ -152,7 +156,7 @@ fn tables(c: &Config, model: (usize, Duration)) -> Vec<Table> {
         .to_string();
     vec![
         Table::new("server", "The socket, who may use it, and the event loop.")
-            .key("socket", DEFAULT_SOCKET, "Unix socket clients connect to. $CLOVE_SOCKET and --socket override it; the packaged service uses /run/clove/clove.sock, the user service $XDG_RUNTIME_DIR/clove.sock. Under socket activation (clove.socket) the socket systemd passes is served instead.")
+            .eg("socket", EXAMPLE_SOCKET, "Unix socket clients connect to. $CLOVE_SOCKET and --socket override it. Default: $XDG_RUNTIME_DIR/clove.sock, else /tmp/clove-UID/clove.sock (a directory of your own, which the daemon creates with mode 0700), so that users of one machine never share a socket; the packaged service uses /run/clove/clove.sock. Under socket activation (clove.socket) the socket systemd passes is served instead.")
             .key("socket_mode", format!("{:04o}", c.server.socket_mode), "Octal permission bits of the socket file; must include owner read and write. 0660 with socket_group shares the daemon with a group. Not applied to a socket passed by systemd (SocketMode= in clove.socket decides).")
             .key("socket_group", "", "Group (name or numeric gid) to give the socket file; empty: the daemon's own group.")
             .key("allowed_uids", Value::Array(c.server.allowed_uids.iter().map(|u| int(*u)).collect()), "Users besides the daemon's own that may connect (numeric uids); every connection's peer credentials are checked, whatever the socket's mode.")
@@ -381,6 +385,123 @@ fn render(tables: &[Table]) -> String {
 /// The commented default configuration file.
 pub fn default_config() -> Result<String, ConfigError> {
     Ok(render(&tables(&defaults()?, model_defaults()?)))
+}
+
+/// The configuration `c` in effect, as TOML (what `clove check-config` prints): every key
+/// with the value the daemon uses, the file it came from in a comment, secrets left out. Keys
+/// without a fixed default (`workers`, `state_dir`, ...) show what this configuration chose;
+/// every permission level and model is shown in full.
+pub fn effective_config(c: &Config, origin: Option<&std::path::Path>) -> String {
+    let mut out = String::new();
+    comment(
+        &mut out,
+        &format!(
+            "clove {}: the configuration in effect, from {}, with the environment and \
+             command line applied. API keys are not shown.",
+            env!("CARGO_PKG_VERSION"),
+            origin.map_or(
+                "built-in defaults (no config file found)".to_string(),
+                |p| { p.display().to_string() }
+            )
+        ),
+    );
+    // The per-model defaults of [llm] are not kept apart from the models: the models show them.
+    let model = model_defaults().unwrap_or((0, Duration::ZERO));
+    for t in tables(c, model) {
+        if t.example {
+            continue;
+        }
+        let _ = writeln!(out, "\n[{}]", t.header);
+        for k in &t.keys {
+            if t.header == "llm" && matches!(k.name, "concurrency" | "timeout_secs") {
+                continue;
+            }
+            let value = match (&k.shown, in_effect(c, t.header, k.name)) {
+                (_, Some(Some(v))) => v,
+                (_, Some(None)) => continue,
+                (Shown::Default(v), None) => v.clone(),
+                (Shown::Example(_), None) => continue,
+            };
+            let _ = writeln!(out, "{} = {value}", k.name);
+        }
+    }
+    levels_in_effect(&mut out, c);
+    models_in_effect(&mut out, c);
+    out
+}
+
+/// The value of `[table] key` in `c` where [`tables`] shows an example or a fixed text:
+/// `Some(None)` when it is unset.
+fn in_effect(c: &Config, table: &str, key: &str) -> Option<Option<Value>> {
+    let path = |p: &std::path::Path| Value::from(p.display().to_string());
+    Some(match (table, key) {
+        ("server", "socket") => Some(path(&c.server.socket)),
+        ("server", "state_dir") => Some(path(&c.state_dir)),
+        ("server", "workers") => Some(int(c.server.workers)),
+        ("server", "socket_group") => Some(Value::from(
+            c.server
+                .socket_gid
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+        )),
+        ("llm", "default") => c
+            .llm
+            .default
+            .and_then(|i| c.llm.models.get(i))
+            .map(|m| Value::from(m.name.as_str())),
+        ("llm", "ca_file") => None,
+        ("http", "ca_file") => c.http.ca.as_ref().map(|ca| path(&ca.path)),
+        ("sandbox", "cgroup_v2_root") => c.sandbox.cgroup_v2_root.as_deref().map(path),
+        ("sandbox", "agent_user") => c
+            .sandbox
+            .agent_creds
+            .map(|a| Value::from(a.uid.to_string())),
+        _ => return None,
+    })
+}
+
+/// Every permission level as the daemon uses it, one table each.
+fn levels_in_effect(out: &mut String, c: &Config) {
+    for (name, perms) in &c.kernel.levels {
+        let Ok(Value::Table(t)) = Value::try_from(perms) else {
+            continue;
+        };
+        let _ = writeln!(out, "\n[permissions.levels.{name}]");
+        for (k, v) in t.iter().filter(|(k, _)| *k != "level") {
+            let _ = writeln!(out, "{k} = {v}");
+        }
+    }
+}
+
+/// Every model backend, with where its key comes from (never the key).
+fn models_in_effect(out: &mut String, c: &Config) {
+    for m in &c.llm.models {
+        let _ = writeln!(out, "\n[llm.models.{}]", m.name);
+        let provider = format!("{:?}", m.provider).to_ascii_lowercase();
+        let _ = writeln!(out, "provider = {}", Value::from(provider));
+        let _ = writeln!(out, "base_url = {}", Value::from(m.base_url.as_str()));
+        let _ = writeln!(out, "model = {}", Value::from(m.model.as_str()));
+        let _ = writeln!(out, "concurrency = {}", int(m.concurrency));
+        let _ = writeln!(out, "timeout_secs = {}", secs(m.timeout));
+        let _ = writeln!(
+            out,
+            "max_tokens_field = {}",
+            Value::from(m.max_tokens_field.as_str())
+        );
+        if let Some(ca) = &m.ca {
+            let _ = writeln!(
+                out,
+                "ca_file = {}",
+                Value::from(ca.path.display().to_string())
+            );
+        }
+        let key = if m.api_key.is_some() {
+            "<redacted>"
+        } else {
+            "none"
+        };
+        let _ = writeln!(out, "# API key: {key} (models from {})", c.llm.source);
+    }
 }
 
 #[cfg(test)]
@@ -623,7 +744,7 @@ mod tests {
         let mut c = Config::from_raw(
             raw,
             &Overrides {
-                socket: Some(PathBuf::from(DEFAULT_SOCKET)),
+                socket: Some(PathBuf::from(EXAMPLE_SOCKET)),
                 state_dir: Some(PathBuf::from("/var/lib/clove")),
             },
         )
@@ -660,12 +781,46 @@ mod tests {
         let want = format!("{:?}", defaults().unwrap());
         assert_eq!(format!("{:?}", validate(&text)), want);
         let uncommented = uncomment_defaults(&text);
-        assert!(uncommented.contains("\nsocket = \"/tmp/clove.sock\"\n"));
+        assert!(uncommented.contains("\nsocket_mode = \"0600\"\n"));
         assert!(uncommented.contains("\ntimeout_secs = 120.0\n"));
         assert_eq!(format!("{:?}", validate(&uncommented)), want);
         // Changing an uncommented value changes the config: the lines are really read.
         let changed = uncommented.replace("\nmax_connections = 4096\n", "\nmax_connections = 77\n");
         assert_eq!(validate(&changed).server.max_connections, 77);
+    }
+
+    #[test]
+    fn the_effective_config_reads_back_as_the_same_config() {
+        let text = "[server]\nworkers = 3\nsocket_group = \"0\"\n[permissions.levels.standard]\n\
+                    can_http = false\n[llm.models.local]\nbase_url = \"http://127.0.0.1:8000/v1\"\n\
+                    concurrency = 2\n[sandbox]\ncgroups = \"off\"\n";
+        let c = validate(text);
+        let shown = effective_config(&c, Some(Path::new("/etc/x.toml")));
+        assert!(shown.starts_with("# clove "), "{shown}");
+        assert!(shown.contains("from /etc/x.toml"), "{shown}");
+        for line in [
+            "workers = 3",
+            "socket_group = \"0\"",
+            "cgroups = \"off\"",
+            "concurrency = 2",
+        ] {
+            assert!(
+                shown.lines().any(|l| l == line),
+                "{line:?} missing from:\n{shown}"
+            );
+        }
+        // Not a debug dump: octal modes and provider names as a config file writes them.
+        assert!(
+            shown.contains("socket_mode = \"0600\"") && shown.contains("provider = \"openai\"")
+        );
+        let again = validate(&shown);
+        assert_eq!(format!("{:?}", again.kernel), format!("{:?}", c.kernel));
+        assert_eq!(format!("{:?}", again.server), format!("{:?}", c.server));
+        assert_eq!(
+            format!("{:?}", again.llm.models),
+            format!("{:?}", c.llm.models)
+        );
+        assert_eq!(format!("{:?}", again.sandbox), format!("{:?}", c.sandbox));
     }
 
     #[test]

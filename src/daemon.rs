@@ -4,7 +4,9 @@
 //! Startup refuses rather than guesses: a socket path held by a live daemon, a path that is not
 //! a socket, or a stale socket owned by someone else all stop the start with a clear message.
 //! A lock file beside the socket (`<socket>.lock`, held with `flock` for the daemon's life)
-//! closes the race between two daemons starting at once.
+//! closes the race between two daemons starting at once. The socket is claimed (locked and
+//! checked) before anything is created: a daemon that cannot run leaves no state directory or
+//! store behind. A clean stop removes the socket and both lock files.
 
 use crate::config::Config;
 use crate::frontend::Proto;
@@ -17,7 +19,6 @@ use crate::reactor::listen::{Admission, ListenSocket, Listener};
 use crate::reactor::{Reactor, Sink, WAKER};
 use crate::supervisor::Agents;
 use mio::{Poll, Waker};
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ struct BoundSocket {
     ino: u64,
     /// The lock beside the Clove socket (the agents' socket lives in the state directory,
     /// which the state store's lock already keeps to one daemon).
-    _lock: Option<nix::fcntl::Flock<File>>,
+    _lock: Option<crate::lockfile::Lock>,
 }
 
 impl BoundSocket {
@@ -81,6 +82,11 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     ignore_sigpipe();
     raise_fd_limit();
     return_large_buffers_to_the_system();
+    // The socket first: a path another daemon holds stops the start before anything is made.
+    let claim = match systemd.socket {
+        Some(_) => None,
+        None => Some(claim_socket(&config.server)?),
+    };
     prepare_state_dir(&config.state_dir)?;
     // The store first: a damaged, newer or locked state file stops the start before the socket
     // is touched.
@@ -91,9 +97,14 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     )
     .map_err(|e| DaemonError::Refused(e.to_string()))?;
     // A socket passed by systemd is systemd's: no lock, no mode change, not removed at exit.
-    let (listener, bound) = match systemd.socket {
-        Some(s) => (mio::net::UnixListener::from_std(s.listener), None),
-        None => bind_socket(&config.server).map(|(l, b)| (l, Some(b)))?,
+    let (listener, bound) = match (systemd.socket, claim) {
+        (Some(s), _) => (mio::net::UnixListener::from_std(s.listener), None),
+        (None, Some(lock)) => bind_socket(&config.server, lock).map(|(l, b)| (l, Some(b)))?,
+        (None, None) => {
+            return Err(DaemonError::Refused(
+                "internal error: the socket was not claimed".into(),
+            ));
+        }
     };
 
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
@@ -327,9 +338,40 @@ fn start_ops(
             let budget = config.server.pending_reply_total_bytes;
             move || (pending_replies.load(Ordering::Relaxed), budget)
         }),
-        services: Vec::new(),
+        services: vec![daemon_probe(config)],
         admin: Vec::new(),
     })
+}
+
+/// HELLO's `services.daemon`, for `clove status`: the process, its listeners and state
+/// directory, and its recent warnings and errors (see [`crate::log_ring`]). Reads memory only.
+fn daemon_probe(config: &Config) -> crate::ops::ServiceProbe {
+    let started = std::time::Instant::now();
+    let started_at = crate::clock::iso8601(std::time::SystemTime::now());
+    let mut listeners = vec![serde_json::json!({
+        "name": "clove",
+        "address": config.server.socket,
+    })];
+    if config.sandbox.agent_creds.is_some() {
+        listeners.push(serde_json::json!({
+            "name": "agents",
+            "address": config.state_dir.join(AGENT_SOCKET),
+        }));
+    }
+    let state_dir = config.state_dir.clone();
+    crate::ops::ServiceProbe {
+        name: "daemon",
+        report: Box::new(move || {
+            serde_json::json!({
+                "pid": std::process::id(),
+                "started_at": started_at,
+                "uptime_ms": started.elapsed().as_millis() as u64,
+                "state_dir": state_dir,
+                "listeners": listeners,
+                "recent_problems": crate::log_ring::recent(),
+            })
+        }),
+    }
 }
 
 /// Where a TCP listener goes, and who chose the address.
@@ -429,11 +471,44 @@ fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Takes the lock beside the socket, checks what is at the socket path, and binds.
-fn bind_socket(
-    config: &ServerConfig,
-) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
+/// Makes the per-user socket directory `/tmp/clove-UID` (mode 0700), or checks the one that
+/// is there: a plain directory of this user that nobody else can use. /tmp is shared, so
+/// another user could have made it first to receive our socket; then we refuse.
+fn private_socket_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(format!("cannot create {}", dir.display()))(e)),
+    }
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(io_err(format!("cannot stat {}", dir.display())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+        return Err(DaemonError::Refused(format!(
+            "{} is not a private directory of this user (it is {}, uid {}, mode {:o});              another user may have made it: remove it, or choose a socket with --socket",
+            dir.display(),
+            if meta.file_type().is_dir() {
+                "a directory"
+            } else {
+                "not a directory"
+            },
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Claims the socket path: makes its private directory when it is the default one, takes
+/// the lock beside it, and checks what is at the path (removing a stale socket of ours).
+fn claim_socket(config: &ServerConfig) -> Result<crate::lockfile::Lock, DaemonError> {
     let path = &config.socket;
+    if crate::reactor::config::in_private_tmp_dir(path)
+        && let Some(dir) = path.parent()
+    {
+        private_socket_dir(dir)?;
+    }
     let my_uid = nix::unistd::geteuid().as_raw();
     let lock = crate::lockfile::take(path).map_err(|e| match e {
         crate::lockfile::LockError::Unusable(why) => {
@@ -483,6 +558,15 @@ fn bind_socket(
             }
         }
     }
+    Ok(lock)
+}
+
+/// Binds the claimed socket path (the claim's lock is held for the daemon's life).
+fn bind_socket(
+    config: &ServerConfig,
+    lock: crate::lockfile::Lock,
+) -> Result<(mio::net::UnixListener, BoundSocket), DaemonError> {
+    let path = &config.socket;
     // Create the socket with no group/other bits from the start, then set the configured mode.
     // SAFETY: umask(2) only swaps the process mask; no other thread has started yet.
     let old = unsafe { libc::umask(0o177) };

@@ -14,7 +14,7 @@
 //! The modules form layers; each uses only the layers below it (`scripts/check-layers.sh`
 //! checks it):
 //!
-//! 6. `main.rs`: the CLI.
+//! 6. `main.rs` and `cli/` (in the binary): the CLI.
 //! 5. [`daemon`] assembles the pieces for `clove serve`; [`config`] reads the file into each
 //!    module's own section.
 //! 4. [`reactor`] owns every client socket, flow control and the listeners.
@@ -25,7 +25,8 @@
 //! 1. [`kernel`]: the shared state (callers and identity, permissions, state store facade,
 //!    mailboxes, events, audit, async results).
 //! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
-//!    [`settings`], [`secrets`], [`lockfile`], [`tls`], [`sockdiag`] (who owns a loopback TCP
+//!    [`settings`], [`secrets`], [`lockfile`], [`log_ring`] (recent warnings, for `clove
+//!    status`), [`spelling`] (did-you-mean), [`tls`], [`sockdiag`] (who owns a loopback TCP
 //!    peer), [`systemd`] (what systemd hands the daemon, and readiness, status and watchdog
 //!    pings back), [`config_doc`] (the commented default config), and the client side used by
 //!    the CLI: [`client`], [`mod@bench`].
@@ -35,12 +36,14 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod config_doc;
+pub mod config_file;
 pub mod daemon;
 pub mod frontend;
 pub mod http;
 pub mod kernel;
 pub mod llm;
 pub mod lockfile;
+pub mod log_ring;
 pub mod ops;
 pub mod pool;
 pub mod proto;
@@ -49,6 +52,7 @@ pub mod relay;
 pub mod secrets;
 pub mod settings;
 pub mod sockdiag;
+pub mod spelling;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

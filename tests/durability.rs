@@ -84,8 +84,8 @@ fn expect_refusal(d: &Daemon) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "the daemon must refuse to start; stdout {:?} stderr:\n{stderr}",
+        Some(1),
+        "the daemon must refuse to start (exit 1); stdout {:?} stderr:\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
@@ -974,7 +974,7 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     );
     assert_eq!(snapshot(&db), before);
     let out = state_cmd(&d, &["export"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert_eq!(snapshot(&db), before);
 }
 
@@ -998,7 +998,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
         .env_remove("CLOVE_SOCKET");
     let out = run(other);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "is in use by another clove daemon (pid {})",
@@ -1011,7 +1011,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     // The state tools refuse too while the daemon runs.
     for args in [&["check"][..], &["export"][..]] {
         let out = state_cmd(&d, args);
-        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another clove daemon"));
     }
     // The first daemon is unaffected.
@@ -1048,11 +1048,11 @@ fn export_then_import_restores_the_state_elsewhere() {
     c.ok(op::STORE, json!({"key": "old", "value": 1}));
     drop(c);
     let out = state_cmd(&b, &["import", dump_path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another clove daemon"));
     assert!(b.stop().success());
     let out = state_cmd(&b, &["import", dump_path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--replace"));
     let out = state_cmd(&b, &["import", "--replace", dump_path.to_str().unwrap()]);
     assert!(
@@ -1083,7 +1083,7 @@ fn export_then_import_restores_the_state_elsewhere() {
     assert!(b.stop().success());
     let out = state_cmd(&b, &["import", "--replace", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
         err.contains("not durable") && err.contains("must not be empty"),
         "{err}"
@@ -1099,7 +1099,7 @@ fn store_config_is_validated_and_store_path_is_honoured() {
     std::fs::write(&d.config_path, "[store]\nsync = \"sometimes\"\n").unwrap();
     let out = run(d.command());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
         err.contains("store.sync: \"sometimes\" is not a sync mode"),
         "{err}"

@@ -111,7 +111,7 @@ fn config_errors_are_reported_together_and_stop_the_start() {
         .arg(dir.path().join("s.sock"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in ["server.workers", "server.max_connections", "god"] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
@@ -124,7 +124,7 @@ fn config_errors_are_reported_together_and_stop_the_start() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sokcet"));
 }
 
@@ -149,7 +149,7 @@ fn cli_call_and_ping_work_against_the_daemon() {
     let bad = run(&["call", "fetch", r#"{"nokey":1}"#]);
     assert_eq!(bad.status.code(), Some(1), "success:false exits 1");
     let unknown = run(&["call", "frobnicate"]);
-    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(unknown.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown op"));
     let nodaemon = Command::new(BIN)
         .args(["ping", "--socket", "/nonexistent/clove.sock"])
@@ -292,7 +292,7 @@ fn a_foreign_listener_on_the_path_is_refused_and_left_alone() {
     let out = serve_once(&socket, &dir.path().join("state"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started over a live listener: {err}");
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("already answering") && err.contains(&socket.display().to_string()),
         "the refusal must say what and where: {err}"
@@ -329,7 +329,7 @@ fn a_stale_socket_without_a_lock_file_is_replaced_unless_another_user_owns_it() 
         std::os::unix::fs::lchown(&socket, Some(65534), Some(65534)).unwrap();
         let out = serve_once(&socket, &dir.path().join("state0"));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
             err.contains("stale socket")
                 && err.contains("65534")
@@ -456,7 +456,7 @@ fn an_unknown_socket_group_stops_the_start_naming_key_and_group() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
         err.contains("server.socket_group") && err.contains("no-such-group-clove"),
         "{err}"
@@ -564,14 +564,14 @@ fn clove_bench_measures_the_daemon_and_refuses_bad_arguments() {
         (&["-P", "0"][..], "--window"),
     ] {
         let (st, out, err) = bench(args);
-        assert_eq!(st.code(), Some(2), "{args:?}: {out}{err}");
+        assert_eq!(st.code(), Some(64), "{args:?}: {out}{err}");
         assert!(
             err.contains(flag) && err.contains("at least 1"),
             "{args:?}: the error must name {flag}: {err}"
         );
     }
     let (st, _, err) = bench(&["-c", "x"]);
-    assert_eq!(st.code(), Some(2));
+    assert_eq!(st.code(), Some(64));
     assert!(err.contains("--conns"), "{err}");
     let out = Command::new(BIN)
         .args(["bench", "-n", "10", "--socket"])

@@ -20,6 +20,7 @@ mod ipc_ops;
 mod lifecycle;
 mod limits_config;
 mod memory_budgets;
+mod newcomer;
 mod perms_ops;
 mod python_client;
 mod relay;

@@ -166,7 +166,7 @@ fn a_bad_ca_file_stops_the_daemon_naming_key_and_file() {
     .unwrap();
     let out = run(d.command());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("clove: ready"));
     for (key, file, what) in [
         ("http.ca_file", &missing, "cannot read"),

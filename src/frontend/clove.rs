@@ -8,7 +8,7 @@
 //! panics does not take the event loop down with it: see `run_inline`.
 
 use super::{ConnIo, Env, Outbox, Stop};
-use crate::kernel::request::{Outcome, error};
+use crate::kernel::request::{self, Outcome, Warnings, error};
 use crate::kernel::{Call, CallRecord, CallerId, Deliver, ReplyPath};
 use crate::ops::{self, Ops, Route};
 use crate::proto::clove;
@@ -20,23 +20,31 @@ use std::sync::Arc;
 pub struct CloveProto {
     pub max_payload: u64,
     back: ReplyPath,
+    /// Unknown fields of the request being answered, for its reply (see [`request::Warnings`]).
+    warnings: Arc<Warnings>,
 }
 
-/// Replies made off the reactor thread (or later): framed here, handed to the connection's
-/// outbox.
-struct CloveBack(Box<dyn Outbox>);
+/// Replies made off the reactor thread (or later): framed here, with the request's warnings
+/// added, and handed to the connection's outbox.
+struct CloveBack(Box<dyn Outbox>, Arc<Warnings>);
 
 impl Deliver for CloveBack {
     fn deliver(&self, caller: CallerId, op: u8, payload: &[u8]) {
-        self.0.reply(clove::encode(caller, op, payload));
+        let frame = match self.1.take() {
+            Some(w) => clove::encode(caller, op, &request::with_warnings(payload.to_vec(), &w)),
+            None => clove::encode(caller, op, payload),
+        };
+        self.0.reply(frame);
     }
 }
 
 impl CloveProto {
     pub fn new(max_payload: u64, outbox: Box<dyn Outbox>) -> CloveProto {
+        let warnings = Warnings::new();
         CloveProto {
             max_payload,
-            back: Arc::new(CloveBack(outbox)),
+            back: Arc::new(CloveBack(outbox, warnings.clone())),
+            warnings,
         }
     }
 
@@ -78,7 +86,7 @@ impl CloveProto {
                 peer: io.peer,
                 back: &self.back,
             };
-            match dispatch(env, &call, frame.payload) {
+            match dispatch(env, &call, frame.payload, &self.warnings) {
                 Dispatched::Reply(bytes, close) => {
                     clove::encode_into(&mut io.out, io.caller, call.op, &bytes);
                     if close {
@@ -110,21 +118,31 @@ enum Dispatched {
     PoolFull,
 }
 
-fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
+/// Runs (or queues) the handler of one request. Replies made here carry the request's
+/// warnings; a reply made later takes them in [`CloveBack::deliver`].
+fn dispatch(env: &Env, call: &Call, payload: &[u8], warnings: &Arc<Warnings>) -> Dispatched {
     let (Some(name), Some(route)) = (ops::known(call.op), ops::route(call.op)) else {
         return Dispatched::Reply(error(format!("unknown op 0x{:02X}", call.op)), false);
     };
+    let warned = |bytes: Vec<u8>| match warnings.take() {
+        Some(w) => request::with_warnings(bytes, &w),
+        None => bytes,
+    };
     match route {
         Route::Inline(handler) => {
-            match run_inline(name, call, || handler(env.ops, call, payload)) {
+            let outcome = request::collecting(warnings, || {
+                run_inline(name, call, || handler(env.ops, call, payload))
+            });
+            match outcome {
                 Outcome::Reply(bytes) => {
+                    let bytes = warned(bytes);
                     env.ops
                         .kernel
                         .audit
                         .record_call(call.caller, call.op, &bytes);
                     Dispatched::Reply(bytes, false)
                 }
-                Outcome::ReplyClose(bytes) => Dispatched::Reply(bytes, true),
+                Outcome::ReplyClose(bytes) => Dispatched::Reply(warned(bytes), true),
                 Outcome::Deferred => Dispatched::Pending,
             }
         }
@@ -132,12 +150,13 @@ fn dispatch(env: &Env, call: &Call, payload: &[u8]) -> Dispatched {
             let ops: Arc<Ops> = env.ops.clone();
             let record = CallRecord::of(call);
             let payload = payload.to_vec();
+            let warnings = warnings.clone();
             let job = Box::new(move || {
                 let call = record.call();
                 // The responder is made on the worker: a job handed back by a full queue is
                 // dropped without sending anything, and the frame is retried later.
                 let responder = ops.kernel.responder(&call);
-                handler(&ops, &call, payload, responder);
+                request::collecting(&warnings, || handler(&ops, &call, payload, responder));
             });
             match env.pool.try_submit(job) {
                 Ok(()) => Dispatched::Pending,

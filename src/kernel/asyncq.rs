@@ -5,7 +5,7 @@
 //! ASYNC_POLL takes it. A caller can have at most `limits.async_max_outstanding` requests
 //! accepted but not yet polled; more are refused with a clear error.
 
-use super::request::{Outcome, parse, to_bytes};
+use super::request::{Outcome, peek, to_bytes};
 use super::{Call, CallerId, Kernel, Responder};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -147,7 +147,8 @@ pub struct Reservation {
 impl Reservation {
     /// Reads `async` and `request_id` and reserves a result slot when async.
     pub fn new(k: &Kernel, call: &Call, payload: &[u8]) -> Result<Reservation, String> {
-        let flags: AsyncFlags = parse(payload).unwrap_or_default();
+        // Only two fields of the request, which the op parses in full (and warns about).
+        let flags: AsyncFlags = peek(payload).unwrap_or_default();
         let prefix = crate::proto::op::name(call.op).to_ascii_lowercase();
         let request_id = async_id(flags.is_async, flags.request_id, &prefix, call.caller)?;
         if request_id.is_some() {

@@ -35,6 +35,13 @@ struct ExecReq {
     cwd: Option<String>,
     #[serde(default)]
     timeout: Option<f64>,
+    /// `async` and `request_id` are read by the async reservation
+    /// (`kernel::asyncq::Reservation`); named here so that they are known fields.
+    /// (Not `IgnoredAny`: a field read into that counts as unknown.)
+    #[serde(rename = "async", default)]
+    _is_async: Option<serde_json::Value>,
+    #[serde(rename = "request_id", default)]
+    _request_id: Option<serde_json::Value>,
 }
 
 /// EXEC `{command, cwd?, timeout?, async?}` (on a worker): checks the request, starts the
@@ -152,7 +159,7 @@ fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Ch
             let t = Duration::from_secs_f64(t.min(1e9));
             if t > cap {
                 return Err(format!(
-                    "timeout of {}s exceeds this caller's maximum of {}s",
+                    "field `timeout`: {}s exceeds this caller's maximum of {}s",
                     t.as_secs_f64(),
                     cap.as_secs_f64()
                 ));
@@ -161,15 +168,19 @@ fn check(k: &Kernel, cfg: &ExecConfig, call: &Call, payload: &[u8]) -> Result<Ch
         }
         Some(t) => {
             return Err(format!(
-                "invalid timeout {t}: must be a number of seconds greater than 0"
+                "invalid request: field `timeout`: {t} must be a number of seconds greater than 0"
             ));
         }
     };
     let cwd = match &req.cwd {
         Some(dir) => {
-            let p = super::fs::resolve_existing(call, dir)?;
+            let p = super::fs::resolve_existing(call, dir)
+                .map_err(|e| format!("invalid working directory `cwd`: {e}"))?;
             if !p.is_dir() {
-                return Err(format!("cwd {} is not a directory", p.display()));
+                return Err(format!(
+                    "invalid working directory `cwd`: {} is not a directory",
+                    p.display()
+                ));
             }
             p
         }
@@ -257,12 +268,29 @@ fn spawn_inside(
         command,
         cwd: cwd.to_path_buf(),
     };
-    let spec = serde_json::to_string(&spec).map_err(|e| format!("cannot encode: {e}"))?;
+    let spec = serde_json::to_vec(&spec).map_err(|e| format!("cannot encode: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg(enter::SUBCOMMAND).arg(spec);
+    cmd.arg(enter::SUBCOMMAND);
     prepare(&mut cmd, cwd);
-    cmd.spawn()
-        .map_err(|e| format!("cannot start the command in the agent's sandbox: {e}"))
+    // The spec goes on the helper's standard input (see `supervisor::enter`), not argv.
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the command in the agent's sandbox: {e}"))?;
+    // On a worker thread, which may wait: the helper reads it all first thing. The pipe is
+    // closed when `pipe` is dropped, which ends the helper's read.
+    let written = match child.stdin.take() {
+        Some(mut pipe) => std::io::Write::write_all(&mut pipe, &spec),
+        None => Err(std::io::Error::other("no pipe to the helper")),
+    };
+    if let Err(e) = written {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "cannot hand the command to the agent's sandbox: {e}"
+        ));
+    }
+    Ok(child)
 }
 
 impl Finished {

@@ -5,11 +5,39 @@
 use crate::kernel::conns::ConnLimits;
 use crate::settings::{positive, secs};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Default Unix socket path, the one the Clove Python SDK uses.
-pub const DEFAULT_SOCKET: &str = "/tmp/clove.sock";
+/// The socket's file name in its default directory.
+pub const SOCKET_NAME: &str = "clove.sock";
+
+/// The socket path when none is given: a per-user one, so that the users of one login node
+/// never meet on a shared path (the Clove Python SDK's `/tmp/clove.sock` would make the second
+/// user's daemon refuse to start, or their clients talk to another user's daemon).
+///
+/// `$XDG_RUNTIME_DIR/clove.sock` when that is an existing directory (systemd makes it, private
+/// to the user), else `clove.sock` in [`private_tmp_dir`]. Clients compute the same path.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+    {
+        Some(dir) => dir.join(SOCKET_NAME),
+        None => private_tmp_dir().join(SOCKET_NAME),
+    }
+}
+
+/// `/tmp/clove-UID`: the user's own directory for the socket when there is no
+/// `$XDG_RUNTIME_DIR`. `clove serve` creates it `0700` and refuses one that is not a plain
+/// directory of this user with that mode (another user may have made it first).
+pub fn private_tmp_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/clove-{}", nix::unistd::geteuid()))
+}
+
+/// Whether `socket` is in [`private_tmp_dir`] (which the daemon then creates).
+pub fn in_private_tmp_dir(socket: &Path) -> bool {
+    socket.parent() == Some(private_tmp_dir().as_path())
+}
 
 /// `[server]` as written. Every field is optional.
 #[derive(Debug, Default, Deserialize)]

@@ -122,7 +122,7 @@ pub enum OpenError {
 pub struct Database {
     pub(crate) conn: Connection,
     path: PathBuf,
-    _lock: nix::fcntl::Flock<File>,
+    _lock: crate::lockfile::Lock,
 }
 
 /// Sizes of what a store holds, for `clove state check` and import.
@@ -492,7 +492,7 @@ pub fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
 
 /// The advisory lock beside the database (`<file>.lock`), held for as long as the database is
 /// open.
-fn take_lock(path: &Path) -> Result<nix::fcntl::Flock<File>, OpenError> {
+fn take_lock(path: &Path) -> Result<crate::lockfile::Lock, OpenError> {
     crate::lockfile::take(path).map_err(|e| match e {
         crate::lockfile::LockError::Unusable(detail) => OpenError::Io {
             path: path.to_path_buf(),

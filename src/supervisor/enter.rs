@@ -1,5 +1,8 @@
 //! Running a command inside a running agent's confinement: the helper behind EXEC on behalf of
-//! an agent (our own binary, run as `clove __enter SPEC`).
+//! an agent (our own binary, run as `clove __enter`). Its spec (an [`EnterSpec`] as JSON) comes
+//! on its standard input, which the daemon writes and closes (on the command line it would make
+//! `ps` unreadable and a long command could pass the kernel's limit of 128 KiB for one
+//! argument); the command itself then gets /dev/null as its standard input, as any EXEC does.
 //!
 //! What an agent starts must never hold more than the agent itself: a command it runs through
 //! EXEC must not reach the network, the pid space or the cgroups the agent cannot, nor keep a
@@ -75,14 +78,34 @@ fn fail(code: i32, msg: &str) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Entry point of `clove __enter SPEC`. Never returns.
-pub fn main(spec_json: &str) -> ! {
+/// Reads the spec from standard input to its end, then makes /dev/null the standard input.
+fn take_spec() -> Result<String, String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .map_err(|e| format!("cannot read the spec from standard input: {e}"))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    // SAFETY: dup2 onto fd 0; `null` is closed when dropped, fd 0 stays.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(format!(
+            "cannot reopen standard input: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(text)
+}
+
+/// Entry point of `clove __enter` (the spec on standard input). Never returns.
+pub fn main() -> ! {
     // SAFETY: setsid(2) has no preconditions; it fails only for a group leader.
     if unsafe { libc::setsid() } < 0 {
         let e = std::io::Error::last_os_error();
         fail(EXIT_SETUP, &format!("cannot start a session: {e}"));
     }
-    let spec: EnterSpec = match serde_json::from_str(spec_json) {
+    let spec_json = match take_spec() {
+        Ok(t) => t,
+        Err(e) => fail(EXIT_SETUP, &e),
+    };
+    let spec: EnterSpec = match serde_json::from_str(&spec_json) {
         Ok(s) => s,
         Err(e) => fail(EXIT_SETUP, &format!("bad spec: {e}")),
     };

@@ -49,7 +49,7 @@ pub const EXIT_SETUP: i32 = 126;
 /// Exit code of a launcher that could not exec the interpreter.
 pub const EXIT_EXEC: i32 = 127;
 
-/// Everything the launcher needs, passed as one JSON argument.
+/// Everything the launcher needs, sent as JSON over its control socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaunchSpec {
     /// Absolute path of the interpreter.

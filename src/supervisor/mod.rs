@@ -19,7 +19,6 @@
 
 pub mod caps;
 pub mod cgroup;
-pub mod cli;
 pub mod config;
 pub mod enter;
 pub mod launch;
@@ -115,6 +114,8 @@ pub struct AgentInfo {
     pub persisted: bool,
     /// How to run a command inside it (EXEC on its behalf), while its process runs.
     pub confinement: Option<enter::Confinement>,
+    /// Why it is FAILED: it could not start, or the restart policy gave up on it.
+    pub failure: Option<String>,
 }
 
 impl AgentInfo {
@@ -143,6 +144,11 @@ impl AgentInfo {
             "log_path": self.log_path,
             "persist": self.persisted,
         });
+        if self.status == Status::Failed
+            && let Some(f) = &self.failure
+        {
+            v["failure"] = f.as_str().into();
+        }
         if let Some(e) = &self.last_exit {
             v["exit_code"] = e.exit_code.into();
             v["signal"] = e.signal.into();
@@ -779,7 +785,7 @@ impl Supervisor {
             None => {
                 log::error!("cannot start agent {} (id {id}): {msg}", spec.name);
                 if restored {
-                    keep_unstartable(&k, &agents, id, &spec, &log_path);
+                    keep_unstartable(&k, &agents, id, &spec, &log_path, &msg);
                 }
             }
         };
@@ -976,6 +982,7 @@ impl Supervisor {
                     log_path: log_path.clone(),
                     persisted: restored,
                     confinement: None,
+                    failure: None,
                 },
             );
         }
@@ -1032,7 +1039,7 @@ impl Supervisor {
             Ok(s) => {
                 let pid = s.child.id() as i32;
                 rt.log.note(&format!(
-                    "starting {} {} (pid {pid}, restart {})",
+                    "starting {} {} (launcher pid {pid}, restart {})",
                     rt.spec.interpreter.display(),
                     rt.spec.script.display(),
                     rt.tracker.total
@@ -1077,6 +1084,7 @@ impl Supervisor {
                 rt.log.note(&format!("cannot start: {e}"));
                 if let Some(r) = responder {
                     r.error(&e);
+                    self.set_failure(id, format!("could not start: {e}"));
                     self.forget_agent(id, Status::Failed, None);
                 } else {
                     // A restart that cannot even fork counts as a failed run.
@@ -1171,6 +1179,19 @@ impl Supervisor {
         if restored {
             // The first start of a persistent agent brought back by a daemon start.
             data["restored"] = true.into();
+        }
+        let launcher = if shown_pid == pid {
+            String::new()
+        } else {
+            format!(" (launcher pid {pid})")
+        };
+        log::info!(
+            "agent={id} name={}: spawned, pid {shown_pid}{launcher}, restart {restarts}",
+            spec.name
+        );
+        if let Some(rt) = self.runtimes.get_mut(&id) {
+            // The pid `clove spawn` and `clove agents` show.
+            rt.log.note(&format!("running: pid {shown_pid}{launcher}"));
         }
         self.event("AGENT_SPAWNED", id, data, Category::Lifecycle);
         if let Some(r) = st.responder {
@@ -1333,6 +1354,15 @@ impl Supervisor {
     }
 
     fn exited(&mut self, id: CallerId, pid: i32, status: std::process::ExitStatus) {
+        // The pid people were shown (SPAWN, LIST, the log's "running: pid N"): the
+        // interpreter's, when the launcher is a sandbox's.
+        let shown = self
+            .agents
+            .table
+            .lock()
+            .get(id)
+            .and_then(|a| a.main_pid)
+            .unwrap_or(pid);
         let Some(rt) = self.runtimes.get_mut(&id) else {
             return;
         };
@@ -1360,9 +1390,10 @@ impl Supervisor {
         };
         rt.exited_at = Some(Instant::now());
         rt.log.note(&format!(
-            "pid {pid} exited: {reason}, exit code {exit_code}{}",
+            "pid {shown} exited: {reason}, exit code {exit_code}{}",
             signal.map(|s| format!(", signal {s}")).unwrap_or_default()
         ));
+        log_exit(id, &rt.spec.name, shown, &info);
         self.kernel.agent_process_gone(id);
         // A first start that failed answers SPAWN with the launcher's error and is forgotten.
         if let Some(st) = starting
@@ -1372,6 +1403,7 @@ impl Supervisor {
                 format!("the agent exited while starting (exit code {exit_code})")
             });
             r.error(&why);
+            self.set_failure(id, format!("could not start: {why}"));
             self.forget_agent(id, Status::Failed, Some(info));
             return;
         }
@@ -1432,6 +1464,15 @@ impl Supervisor {
         match decision {
             Decision::Stop => self.forget_agent(id, Status::Exited, Some(info)),
             Decision::Escalate { restart_count } => {
+                let why = format!(
+                    "gave up after {restart_count} restarts within {}s (max_restarts {}); \
+                     last exit: {}",
+                    rt.restart.window_ms as f64 / 1000.0,
+                    rt.restart.max_restarts,
+                    exit_text(&info)
+                );
+                log::warn!("agent={id} name={name}: FAILED: {why}");
+                self.set_failure(id, why);
                 self.event(
                     "AGENT_ESCALATED",
                     id,
@@ -1446,6 +1487,12 @@ impl Supervisor {
                 restart_count,
                 ..
             } => {
+                log::info!(
+                    "agent={id} name={name}: restarting in {delay_ms} ms (restart {restart_count} \
+                     of at most {} within {}s)",
+                    rt.restart.max_restarts,
+                    rt.restart.window_ms as f64 / 1000.0
+                );
                 rt.restart_at = Some(Instant::now() + Duration::from_millis(delay_ms));
                 {
                     let mut t = self.agents.table.lock();
@@ -1481,12 +1528,24 @@ impl Supervisor {
                 .store
                 .submit_forget_agent(id, persist::logged(format!("agent={id}: cannot forget it")));
         }
-        if let Some(rt) = self.runtimes.remove(&id)
-            && let Some(cg) = rt.cgroup
-        {
-            cg.kill_all();
-            if !cg.remove() {
-                self.cgroup_gc.push(cg);
+        // What the agent wrote last goes into its log before the closing note.
+        let logs: Vec<Token> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| p.agent == id && matches!(p.kind, PipeKind::Log))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in logs {
+            self.pipe_ready(t);
+        }
+        let mut log = None;
+        if let Some(rt) = self.runtimes.remove(&id) {
+            log = Some(rt.log);
+            if let Some(cg) = rt.cgroup {
+                cg.kill_all();
+                if !cg.remove() {
+                    self.cgroup_gc.push(cg);
+                }
             }
         }
         let tokens: Vec<Token> = self
@@ -1521,6 +1580,18 @@ impl Supervisor {
             for old in &stopped[..stopped.len() - keep] {
                 t.agents.remove(old);
             }
+        }
+        drop(t);
+        // Written once LIST says so: `clove logs -f`, woken by this line, then sees the end.
+        if let Some(mut log) = log {
+            log.note(&format!("stopped for good: {}", status.as_str()));
+        }
+    }
+
+    /// Records why an agent is (about to be) FAILED, for LIST and `clove agents`.
+    fn set_failure(&self, id: CallerId, why: String) {
+        if let Some(a) = self.agents.table.lock().agents.get_mut(&id) {
+            a.failure = Some(why);
         }
     }
 
@@ -2042,6 +2113,7 @@ fn keep_unstartable(
     id: CallerId,
     spec: &AgentSpec,
     log_path: &std::path::Path,
+    why: &str,
 ) {
     k.ipc.lock().release_name(id);
     agents.table.lock().agents.insert(
@@ -2065,8 +2137,31 @@ fn keep_unstartable(
             log_path: log_path.to_path_buf(),
             persisted: true,
             confinement: None,
+            failure: Some(format!("could not start: {why}")),
         },
     );
+}
+
+/// How an incarnation ended, for people: `exit code 3`, `signal 9 (SIGKILL)`.
+fn exit_text(info: &ExitInfo) -> String {
+    match info.signal {
+        Some(sig) => format!("signal {sig} ({})", signal_name(sig)),
+        None => format!("exit code {}", info.exit_code),
+    }
+}
+
+/// The daemon's log line for an agent's process ending.
+fn log_exit(id: CallerId, name: &str, pid: i32, info: &ExitInfo) {
+    let how = exit_text(info);
+    match (info.reason, info.killed_by) {
+        ("killed", Some(by)) => {
+            log::info!("agent={id} name={name}: pid {pid} killed by caller {by} ({how})")
+        }
+        ("killed", None) => log::info!("agent={id} name={name}: pid {pid} killed ({how})"),
+        ("shutdown", _) => log::info!("agent={id} name={name}: pid {pid} stopped ({how})"),
+        ("oom", _) => log::warn!("agent={id} name={name}: pid {pid} killed by the OOM killer"),
+        (reason, _) => log::info!("agent={id} name={name}: pid {pid} exited: {reason}, {how}"),
+    }
 }
 
 /// Changes a status through the transition table (a disallowed change is logged and skipped:

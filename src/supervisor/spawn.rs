@@ -113,12 +113,16 @@ pub fn resolve(
         .interpreter
         .as_deref()
         .unwrap_or(&config.default_interpreter);
-    let interpreter = find_program(name, agent_user)?;
+    let interpreter = find_program(name, agent_user)
+        .map_err(|e| format!("field `python` (the interpreter): {e}"))?;
     let cwd = match &req.cwd {
         Some(c) => {
             let p = base(c);
             if !p.is_dir() {
-                return Err(format!("cwd {} is not a directory", p.display()));
+                return Err(format!(
+                    "invalid working directory `cwd`: {} is not a directory",
+                    p.display()
+                ));
             }
             p
         }
@@ -131,13 +135,13 @@ pub fn resolve(
     let r = req.restart;
     if !(r.window_secs.is_finite() && r.window_secs > 0.0 && r.window_secs <= 7.0 * 86400.0) {
         return Err(format!(
-            "invalid restart_window {}: must be seconds in (0, 604800]",
+            "invalid request: field `restart_window`: {} must be seconds in (0, 604800]",
             r.window_secs
         ));
     }
     if r.max_restarts > 100_000 {
         return Err(format!(
-            "invalid max_restarts {}: at most 100000",
+            "invalid request: field `max_restarts`: {} is more than 100000",
             r.max_restarts
         ));
     }
@@ -162,9 +166,12 @@ pub fn resolve(
 /// The script, canonical, a file, and readable by the agent user when there is one.
 fn find_script(script: PathBuf, agent_user: Option<Creds>) -> Result<PathBuf, String> {
     let script = std::fs::canonicalize(&script)
-        .map_err(|e| format!("script {} not found: {e}", script.display()))?;
+        .map_err(|e| format!("field `script`: {} not found: {e}", script.display()))?;
     if !script.is_file() {
-        return Err(format!("script {} is not a file", script.display()));
+        return Err(format!(
+            "field `script`: {} is not a file",
+            script.display()
+        ));
     }
     if let Some(u) = agent_user
         && !reachable_by(&script, u, 0o4)

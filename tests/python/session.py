@@ -64,6 +64,12 @@ def main():
     assert got["exists"] and got["value"] == {"list": [1, 2, 3]} and got["scope"] == "agent", got
     assert "py:k" in s.json(KEYS, {"prefix": "py:"})["keys"]
 
+    # Extra fields (as SDK versions send) are answered as before, with a warning beside.
+    got = s.json(STORE, {"key": "py:t", "value": 1, "tll": 5})
+    assert got["success"] is True, got
+    assert got["warnings"] == ["unknown field 'tll' (did you mean 'ttl'?)"], got
+    assert "warnings" not in s.json(FETCH, {"key": "py:t"})
+
     out = s.json(EXEC, {"command": "printf '%s' \"$((6*7))\"", "async": False})
     assert out["stdout"] == "42" and out["exit_code"] == 0, out
 
