@@ -13,6 +13,7 @@ use crate::kernel::config::{KernelConfig, Levels, RawPermissions};
 use crate::llm::config::{LlmConfig, RawLlm};
 use crate::ops::config::{OpsConfig, RawExec, RawFs};
 use crate::reactor::config::{RawServer, ServerConfig};
+use crate::router::config::{RawRouter, RouterConfig};
 use crate::settings::positive;
 use crate::store::{RawStore, StoreConfig, StoreLimits};
 use crate::supervisor::config::{AgentsConfig, RawAgents, RawSandbox, SandboxConfig};
@@ -54,6 +55,9 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub store: RawStore,
+    /// `[router]`: the Codeswarm router (see `crate::router::config`).
+    #[serde(default)]
+    pub router: RawRouter,
 }
 
 /// `[limits]` as written: the kernel's queues and names, and the state store's sizes.
@@ -95,6 +99,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub agents: AgentsConfig,
     pub sandbox: SandboxConfig,
+    /// The `[router]` section: the Codeswarm router and its providers.
+    pub router: RouterConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -154,6 +160,12 @@ impl Config {
         let http = HttpConfig::from_raw(&raw.http, &mut errors);
         let agents = AgentsConfig::from_raw(&raw.agents, &mut errors);
         let sandbox = SandboxConfig::from_raw(&raw.sandbox, &mut errors);
+        let router = RouterConfig::from_raw(
+            &raw.router,
+            &state_dir,
+            &|k| std::env::var(k).ok(),
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -168,6 +180,7 @@ impl Config {
             http,
             agents,
             sandbox,
+            router,
         })
     }
 

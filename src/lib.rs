@@ -20,7 +20,8 @@
 //! 4. [`reactor`] owns every client socket, flow control and the listeners.
 //! 3. [`frontend`] turns bytes on a connection into calls, one module per protocol.
 //! 2. Services: [`ops`] (the Clove op table and handlers), [`supervisor`] (agent processes,
-//!    sandbox, cgroups, restarts, metrics), [`llm`] (THINK), [`mod@http`] (the HTTP op).
+//!    sandbox, cgroups, restarts, metrics), [`llm`] (THINK), [`mod@http`] (the HTTP op),
+//!    [`router`] (the Codeswarm router: swarms, providers, the node worker).
 //! 1. [`kernel`]: the shared state (callers and identity, permissions, state store facade,
 //!    mailboxes, events, audit, async results).
 //! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
@@ -41,6 +42,7 @@ pub mod ops;
 pub mod pool;
 pub mod proto;
 pub mod reactor;
+pub mod router;
 pub mod secrets;
 pub mod settings;
 pub mod sockdiag;

@@ -212,6 +212,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Drive swarms through the Codeswarm router over TCP (providers, launch, list, status,
+    /// inject, attach, terminate).
+    Swarm(clove::router::cli::SwarmArgs),
+    /// The node worker a router provider starts, one per node (reads its mailbox from
+    /// CODESWARM_JOB_ID, CODESWARM_NODE_ID, CODESWARM_BASE_DIR).
+    Worker {
+        /// Worker settings (default: $CLOVE_WORKER_SETTINGS; without either, the mock worker).
+        #[arg(long, value_name = "FILE")]
+        settings: Option<PathBuf>,
+    },
 }
 
 /// Prints a line to stdout, ignoring a closed pipe (`clove ... | head` must not panic).
@@ -283,6 +293,8 @@ fn init_logging() {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Swarm(args) => swarm_command(args),
+        Command::Worker { settings } => worker_command(settings),
         Command::Serve {
             config,
             socket,
@@ -705,4 +717,15 @@ fn state_command(cfg: &Config, action: StateAction) -> Result<ExitCode, String> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `clove swarm ...`: a router client over TCP.
+fn swarm_command(args: clove::router::cli::SwarmArgs) -> Result<ExitCode, String> {
+    clove::router::cli::run(args).map(ExitCode::from)
+}
+
+/// `clove worker`: one node's worker, until its inbox says `shutdown`.
+fn worker_command(settings: Option<PathBuf>) -> Result<ExitCode, String> {
+    clove::router::worker::run(settings)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@
 //! variant here.
 
 pub mod clove;
+pub mod router;
 
 use crate::kernel::{CallerId, Peer};
 use crate::ops::Ops;
@@ -85,6 +86,8 @@ impl std::fmt::Display for ConnLabel {
 /// The protocol spoken on a connection.
 pub enum Proto {
     Clove(clove::CloveProto),
+    /// `codeswarm.router.v1` JSON lines (the Codeswarm router's TCP listener).
+    Router(router::RouterProto),
 }
 
 impl Proto {
@@ -98,6 +101,7 @@ impl Proto {
     ) -> (usize, Stop) {
         match self {
             Proto::Clove(p) => p.process(input, io, env, budget),
+            Proto::Router(p) => p.process(input, io, env, budget),
         }
     }
 
@@ -108,6 +112,18 @@ impl Proto {
             Proto::Clove(_) => {
                 let _ = io;
             }
+            Proto::Router(p) => p.closed(io),
+        }
+    }
+
+    /// The connection was just accepted: a front-end may greet or refuse it (write output,
+    /// set `close_after_flush`) before any input arrives.
+    pub fn opened(&mut self, io: &mut ConnIo) {
+        match self {
+            Proto::Clove(_) => {
+                let _ = io;
+            }
+            Proto::Router(p) => p.opened(io),
         }
     }
 }

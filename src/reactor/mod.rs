@@ -550,19 +550,22 @@ impl Reactor {
             sink: self.sink.clone(),
             conn: id,
         });
-        let proto = (listener.make)(outbox);
+        let mut proto = (listener.make)(outbox);
         let (admission, max_pending_push) = (listener.admission, listener.max_pending_push);
+        let mut io = ConnIo {
+            label: id.label(),
+            caller,
+            peer,
+            out: Vec::new(),
+            out_pos: 0,
+            busy: false,
+            close_after_flush: false,
+        };
+        // A front-end may refuse the connection here (the router's client limit).
+        proto.opened(&mut io);
         self.slots[slot as usize].conn = Some(Conn {
             stream,
-            io: ConnIo {
-                label: id.label(),
-                caller,
-                peer,
-                out: Vec::new(),
-                out_pos: 0,
-                busy: false,
-                close_after_flush: false,
-            },
+            io,
             proto,
             admission,
             max_pending_push,
