@@ -4,6 +4,7 @@
 mod agent_support;
 mod fakes;
 mod harness;
+mod router_support;
 
 mod agent_restart;
 mod connect_timeouts;
@@ -19,6 +20,7 @@ mod lifecycle;
 mod limits_config;
 mod perms_ops;
 mod python_client;
+mod router;
 mod smoke;
 mod state_ops;
 mod supervision;

@@ -442,7 +442,9 @@ fn inject(
         }
     }
     if !out.json {
-        for (node, answer, _, _) in mine.values() {
+        let mut answers: Vec<&(u64, Option<String>, bool, bool)> = mine.values().collect();
+        answers.sort_by_key(|m| m.0);
+        for (node, answer, _, _) in answers {
             say(&format!(
                 "[node {node}] {}",
                 answer.as_deref().unwrap_or("(no answer)")

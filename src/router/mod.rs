@@ -143,6 +143,10 @@ impl Emitter {
         let now = std::time::SystemTime::now();
         for ev in events {
             let line = wire::encode_event(&ev, now);
+            // On the bus first: an agent that hears of an event from a TCP client finds it
+            // there too.
+            self.kernel
+                .emit("SWARM_EVENT", json!({"event": ev.name, "data": ev.data}), 0);
             let clients = self.clients.snapshot();
             let mut sent = 0;
             for c in clients
@@ -154,8 +158,6 @@ impl Emitter {
             }
             self.stats.events_published.fetch_add(1, Ordering::Relaxed);
             self.stats.events_sent.fetch_add(sent, Ordering::Relaxed);
-            self.kernel
-                .emit("SWARM_EVENT", json!({"event": ev.name, "data": ev.data}), 0);
         }
     }
 }

@@ -473,6 +473,12 @@ fn turn_loop(ctx: TurnCtx, rx: Receiver<Turn>) {
                 String::new()
             }
         };
+        // Every turn has its answer (empty when it failed): clients wait for it per node.
+        ctx.outbox.event(
+            &t.injection_id,
+            "assistant",
+            json!({"content": full, "final_answer": true}),
+        );
         ctx.outbox.event(
             &t.injection_id,
             "task_complete",
