@@ -429,6 +429,10 @@ impl Reactor {
                     (Stream::Unix(s), peer)
                 }),
                 ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
+                    // Small messages (one event line) must leave at once: with Nagle's
+                    // algorithm a line waits for the ACK of the previous one, which the
+                    // client delays by up to 40 ms.
+                    let _ = s.set_nodelay(true);
                     let peer = listen::tcp_peer(&s);
                     (Stream::Tcp(s), peer)
                 }),
