@@ -442,10 +442,7 @@ fn main() {
     drop(conns);
     let (rss_nodes, followed) = live_nodes(&d, n_nodes);
 
-    println!(
-        "router benchmark (local provider, mock worker; store sync = full on {})",
-        "/tmp"
-    );
+    println!("router benchmark (local provider, mock worker; store sync = full, state in /tmp)");
     println!(
         "  inject -> assistant, 1 node     n={:<5} p50 {:>7.2} ms  p99 {:>7.2} ms   (old router: p50 313 ms)",
         inject.len(),
