@@ -700,7 +700,15 @@ impl Backend {
             return;
         }
         let mut nodes = Vec::new();
-        for n in job.backend_state["nodes"].as_array().into_iter().flatten() {
+        let recorded: Vec<Value> = match job.backend_state["nodes"].as_array() {
+            Some(a) if !a.is_empty() => a.clone(),
+            // A launch cut short before it was recorded: its workers say who they are in
+            // their heartbeat files.
+            _ => (0..job.node_count)
+                .map(|n| self.heartbeat(&job.job_id, n))
+                .collect(),
+        };
+        for n in &recorded {
             let pid = n["pid"].as_i64().unwrap_or(0) as i32;
             let start_time = n["start_time"].as_u64().unwrap_or(0);
             let alive = pid > 0 && proc_start_time(pid) == Some(start_time);
@@ -731,6 +739,17 @@ impl Backend {
                 stopping: None,
             },
         );
+    }
+}
+
+impl Backend {
+    /// What a node's heartbeat file says (`{}` when there is none).
+    fn heartbeat(&self, job: &str, node: u32) -> Value {
+        std::fs::read_to_string(self.ws.heartbeat(job, node))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .filter(|v| v["job_id"] == job)
+            .unwrap_or_else(|| json!({}))
     }
 }
 
