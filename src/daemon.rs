@@ -144,25 +144,7 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
         crate::supervisor::metrics::start_sampler(kernel.clone(), agents.clone(), sampler_rx)
             .map_err(io_err("cannot start the metrics sampler thread"))?;
 
-    log::info!(
-        "listening on {} (mode {:o}), state in {}, {} workers",
-        config.server.socket.display(),
-        config.server.socket_mode,
-        config.state_dir.display(),
-        config.server.workers
-    );
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "clove: ready socket={} router={} pid={} version={}",
-            config.server.socket.display(),
-            router_ready,
-            std::process::id(),
-            env!("CARGO_PKG_VERSION")
-        );
-        let _ = out.flush();
-    }
+    announce_ready(&config, &router_ready);
     let result = reactor.run();
     log::info!("shutting down");
     // Swarm workers keep running (they are adopted again by the next daemon).
@@ -180,6 +162,27 @@ pub fn serve(config: Config) -> Result<(), DaemonError> {
     kernel.store.close();
     bound.remove();
     result.map_err(io_err("event loop failed"))
+}
+
+/// Logs what the daemon serves and prints the one ready line (`router=ADDRESS` or
+/// `router=off`), which scripts and tests wait for.
+fn announce_ready(config: &Config, router: &str) {
+    log::info!(
+        "listening on {} (mode {:o}), router on {router}, state in {}, {} workers",
+        config.server.socket.display(),
+        config.server.socket_mode,
+        config.state_dir.display(),
+        config.server.workers
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "clove: ready socket={} router={router} pid={} version={}",
+        config.server.socket.display(),
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = out.flush();
 }
 
 /// The Clove socket: every connection a kernel caller, speaking Clove frames.

@@ -544,6 +544,11 @@ fn the_command_worker_streams_answers_and_reports_errors() {
     assert_eq!(deltas, ["got: MAKE IT LOUD\n", "second line\n"]);
     assert!(c.seen.iter().any(|v| v["event"] == "turn_started"));
     assert!(c.seen.iter().all(|v| v["event"] != "agent_error"));
+    assert_eq!(
+        c.seen.iter().filter(|v| v["event"] == "assistant").count(),
+        1,
+        "one answer per turn"
+    );
     // Two prompts at once: one turn at a time, in order.
     let r1 = c.command("inject", json!({"swarm_id": swarm, "content": "first"}));
     let r2 = c.command("inject", json!({"swarm_id": swarm, "content": "second"}));
@@ -660,6 +665,11 @@ fn the_llm_worker_streams_from_an_openai_compatible_server() {
         .map(|v| v["data"]["content"].as_str().unwrap())
         .collect();
     assert_eq!(deltas, ["Hel", "lo", "!"]);
+    assert_eq!(
+        c.seen.iter().filter(|v| v["event"] == "assistant").count(),
+        1,
+        "one answer per turn"
+    );
     let u = c.wait("usage", |v| v["event"] == "usage");
     assert_eq!(
         (

@@ -199,7 +199,8 @@ pub fn run(args: SwarmArgs) -> Result<u8, String> {
     }
 }
 
-fn run_action(args: SwarmArgs) -> Result<u8, Fail> {
+/// Connects as the options say (address, token).
+fn connect(args: &SwarmArgs) -> Result<RouterClient, Fail> {
     let addr = args.router.clone().unwrap_or_else(default_address);
     let token = match &args.token_file {
         Some(f) => Some(
@@ -210,7 +211,11 @@ fn run_action(args: SwarmArgs) -> Result<u8, Fail> {
         ),
         None => std::env::var("CLOVE_ROUTER_TOKEN").ok(),
     };
-    let mut c = RouterClient::connect(&addr, token.as_deref())?;
+    Ok(RouterClient::connect(&addr, token.as_deref())?)
+}
+
+fn run_action(args: SwarmArgs) -> Result<u8, Fail> {
+    let mut c = connect(&args)?;
     let out = Out { json: args.json };
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(0.1));
     match args.action {
@@ -224,28 +229,19 @@ fn run_action(args: SwarmArgs) -> Result<u8, Fail> {
             provider,
             system_prompt,
             params,
-        } => launch(
-            &mut c,
-            &out,
-            deadline,
-            nodes,
-            provider,
-            system_prompt,
-            &params,
-        ),
+        } => {
+            let payload = launch_payload(nodes, provider, system_prompt, &params)?;
+            let rid = c.send("swarm_launch", payload)?;
+            progress_until(&mut c, &rid, deadline, &out, "swarm_launched")
+        }
         SwarmAction::List => {
             let ev = ask(&mut c, "swarm_list", json!({}), deadline, &out)?;
             out.swarms(&ev["data"]["swarms"]);
             Ok(0)
         }
         SwarmAction::Status { swarm_id } => {
-            let ev = ask(
-                &mut c,
-                "swarm_status",
-                json!({"swarm_id": swarm_id}),
-                deadline,
-                &out,
-            )?;
+            let payload = json!({"swarm_id": swarm_id});
+            let ev = ask(&mut c, "swarm_status", payload, deadline, &out)?;
             if !out.json {
                 let d = &ev["data"];
                 say(&format!(
@@ -265,24 +261,33 @@ fn run_action(args: SwarmArgs) -> Result<u8, Fail> {
         } => inject(&mut c, &out, deadline, &swarm_id, &prompt, &nodes),
         SwarmAction::Attach { swarm_id } => attach(&mut c, &out, &swarm_id),
         SwarmAction::Terminate { swarm_id, force } => {
-            let rid = c.send(
-                "swarm_terminate",
-                json!({"swarm_id": swarm_id, "terminate_params": {"force": force}}),
-            )?;
-            loop {
-                let ev = c
-                    .next(Some(deadline))?
-                    .ok_or("timed out waiting for swarm_terminated")?;
-                if rid_of(&ev) != Some(rid.as_str()) {
-                    continue;
-                }
-                out.event(&ev);
-                match ev["event"].as_str() {
-                    Some("command_rejected") => return Err(Fail::Refused),
-                    Some("swarm_terminated") => return Ok(0),
-                    _ => {}
-                }
-            }
+            let payload = json!({"swarm_id": swarm_id, "terminate_params": {"force": force}});
+            let rid = c.send("swarm_terminate", payload)?;
+            progress_until(&mut c, &rid, deadline, &out, "swarm_terminated")
+        }
+    }
+}
+
+/// Prints a command's progress events until its `last` event (or its refusal).
+fn progress_until(
+    c: &mut RouterClient,
+    rid: &str,
+    deadline: Instant,
+    out: &Out,
+    last: &str,
+) -> Result<u8, Fail> {
+    loop {
+        let ev = c
+            .next(Some(deadline))?
+            .ok_or_else(|| format!("timed out waiting for {last}"))?;
+        if rid_of(&ev) != Some(rid) {
+            continue;
+        }
+        out.event(&ev);
+        match ev["event"].as_str() {
+            Some("command_rejected") => return Err(Fail::Refused),
+            Some(name) if name == last => return Ok(0),
+            _ => {}
         }
     }
 }
@@ -315,15 +320,13 @@ fn ask(
     }
 }
 
-fn launch(
-    c: &mut RouterClient,
-    out: &Out,
-    deadline: Instant,
+/// `swarm_launch`'s payload from the command line.
+fn launch_payload(
     nodes: u32,
     provider: Option<String>,
     system_prompt: Option<String>,
     params: &[String],
-) -> Result<u8, Fail> {
+) -> Result<Value, Fail> {
     let mut pp = Map::new();
     for p in params {
         let (k, v) = p
@@ -341,33 +344,11 @@ fn launch(
     if let Some(s) = system_prompt {
         payload["system_prompt"] = json!(s);
     }
-    let rid = c.send("swarm_launch", payload)?;
-    loop {
-        let ev = c
-            .next(Some(deadline))?
-            .ok_or("timed out waiting for swarm_launched")?;
-        if rid_of(&ev) != Some(rid.as_str()) {
-            continue;
-        }
-        out.event(&ev);
-        match ev["event"].as_str() {
-            Some("command_rejected") => return Err(Fail::Refused),
-            Some("swarm_launched") => return Ok(0),
-            _ => {}
-        }
-    }
+    Ok(payload)
 }
 
-/// Per node: waits for `inject_delivered` (or `inject_failed`), the `assistant` answer and
-/// `turn_complete`, then prints the answers.
-fn inject(
-    c: &mut RouterClient,
-    out: &Out,
-    deadline: Instant,
-    swarm: &str,
-    prompt: &str,
-    nodes: &str,
-) -> Result<u8, Fail> {
+/// `inject`'s payload from the command line (`-` reads the prompt from stdin).
+fn inject_payload(swarm: &str, prompt: &str, nodes: &str) -> Result<Value, Fail> {
     let prompt = if prompt == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
@@ -381,77 +362,117 @@ fn inject(
         let list: Result<Vec<u32>, _> = nodes.split(',').map(|n| n.trim().parse::<u32>()).collect();
         json!(list.map_err(|_| format!("--nodes {nodes:?}: `all`, a number or a list like 0,2"))?)
     };
-    let rid = c.send(
-        "inject",
-        json!({"swarm_id": swarm, "nodes": nodes_v, "content": prompt}),
-    )?;
-    // injection id -> (node, answer, delivered, turn done)
-    let mut mine: std::collections::BTreeMap<String, (u64, Option<String>, bool, bool)> =
-        Default::default();
-    let mut failed = false;
-    loop {
-        let ev = c
-            .next(Some(deadline))?
-            .ok_or("timed out waiting for the nodes' answers")?;
+    Ok(json!({"swarm_id": swarm, "nodes": nodes_v, "content": prompt}))
+}
+
+/// One node's side of an injection, as `clove swarm inject` waits for it.
+#[derive(Default)]
+struct NodeWait {
+    node: u64,
+    answer: Option<String>,
+    delivered: bool,
+    turn_done: bool,
+}
+
+/// The injections of one `inject` command, by injection id.
+#[derive(Default)]
+struct InjectWait {
+    nodes: std::collections::BTreeMap<String, NodeWait>,
+    failed: bool,
+}
+
+impl InjectWait {
+    /// Takes one event; `Err` when the command was refused.
+    fn take(&mut self, ev: &Value, rid: &str, out: &Out) -> Result<(), Fail> {
         let d = &ev["data"];
         let name = ev["event"].as_str().unwrap_or("");
         let inj = d["injection_id"].as_str().unwrap_or("").to_string();
-        if rid_of(&ev) == Some(rid.as_str()) {
+        if rid_of(ev) == Some(rid) {
             match name {
                 "command_rejected" => {
-                    out.event(&ev);
+                    out.event(ev);
                     return Err(Fail::Refused);
                 }
                 "inject_ack" => {
-                    mine.insert(
-                        inj.clone(),
-                        (d["node_id"].as_u64().unwrap_or(0), None, false, false),
+                    let node = d["node_id"].as_u64().unwrap_or(0);
+                    self.nodes.insert(
+                        inj,
+                        NodeWait {
+                            node,
+                            ..Default::default()
+                        },
                     );
                 }
                 "inject_delivered" => {
-                    if let Some(m) = mine.get_mut(&inj) {
-                        m.2 = true;
+                    if let Some(m) = self.nodes.get_mut(&inj) {
+                        m.delivered = true;
                     }
                 }
                 "inject_failed" => {
-                    failed = true;
-                    mine.remove(&inj);
+                    self.failed = true;
+                    self.nodes.remove(&inj);
                     if !out.json {
                         eprintln!("clove: node {}: {}", d["node_id"], text(&d["error"]));
                     }
                 }
                 _ => {}
             }
-            out.event_json(&ev);
-        } else if let Some(m) = mine.get_mut(&inj) {
-            out.event_json(&ev);
+            out.event_json(ev);
+        } else if let Some(m) = self.nodes.get_mut(&inj) {
+            out.event_json(ev);
             match name {
-                "assistant" => m.1 = Some(text(&d["content"])),
+                "assistant" => m.answer = Some(text(&d["content"])),
                 "agent_error" => {
-                    failed = true;
+                    self.failed = true;
                     if !out.json {
-                        eprintln!("clove: node {}: {}", m.0, text(&d["message"]));
+                        eprintln!("clove: node {}: {}", m.node, text(&d["message"]));
                     }
                 }
-                "turn_complete" => m.3 = true,
+                "turn_complete" => m.turn_done = true,
                 _ => {}
             }
         }
-        if !mine.is_empty() && mine.values().all(|m| m.2 && m.3) || (mine.is_empty() && failed) {
-            break;
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        if self.nodes.is_empty() {
+            return self.failed;
         }
+        self.nodes.values().all(|m| m.delivered && m.turn_done)
+    }
+}
+
+/// Per node: waits for `inject_delivered` (or `inject_failed`), the `assistant` answer and
+/// `turn_complete`, then prints the answers in node order.
+fn inject(
+    c: &mut RouterClient,
+    out: &Out,
+    deadline: Instant,
+    swarm: &str,
+    prompt: &str,
+    nodes: &str,
+) -> Result<u8, Fail> {
+    let rid = c.send("inject", inject_payload(swarm, prompt, nodes)?)?;
+    let mut w = InjectWait::default();
+    while !w.finished() {
+        let ev = c
+            .next(Some(deadline))?
+            .ok_or("timed out waiting for the nodes' answers")?;
+        w.take(&ev, &rid, out)?;
     }
     if !out.json {
-        let mut answers: Vec<&(u64, Option<String>, bool, bool)> = mine.values().collect();
-        answers.sort_by_key(|m| m.0);
-        for (node, answer, _, _) in answers {
+        let mut answers: Vec<&NodeWait> = w.nodes.values().collect();
+        answers.sort_by_key(|m| m.node);
+        for m in answers {
             say(&format!(
-                "[node {node}] {}",
-                answer.as_deref().unwrap_or("(no answer)")
+                "[node {}] {}",
+                m.node,
+                m.answer.as_deref().unwrap_or("(no answer)")
             ));
         }
     }
-    Ok(if failed { 1 } else { 0 })
+    Ok(if w.failed { 1 } else { 0 })
 }
 
 fn attach(c: &mut RouterClient, out: &Out, swarm: &str) -> Result<u8, Fail> {

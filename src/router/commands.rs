@@ -75,45 +75,48 @@ impl Core {
 
     // ---- launch ------------------------------------------------------------------------
 
-    fn launch(&mut self, l: LaunchReq, rid: &Value) {
+    /// Checks a launch against the providers and limits; returns the provider's index and
+    /// the merged launch parameters.
+    fn check_launch(&self, l: &LaunchReq) -> Result<(usize, Map<String, Value>), String> {
         let pidx = match &l.provider {
             None => 0,
-            Some(id) => match self.provider_index(id) {
-                Some(i) => i,
-                None => return self.reject(rid, format!("unknown provider: {id}")),
-            },
+            Some(id) => self
+                .provider_index(id)
+                .ok_or_else(|| format!("unknown provider: {id}"))?,
         };
-        let Some(p) = self.providers.get(pidx) else {
-            return self.reject(rid, "no provider is configured");
-        };
+        let p = self
+            .providers
+            .get(pidx)
+            .ok_or("no provider is configured")?;
         if let Some(why) = p.disabled_reason() {
-            return self.reject(
-                rid,
-                format!("provider {} is disabled: {why}", p.config().id),
-            );
+            return Err(format!("provider {} is disabled: {why}", p.config().id));
         }
         if l.nodes as usize > self.cfg.max_nodes_per_swarm {
-            return self.reject(
-                rid,
-                format!(
-                    "too many nodes: {} asked, at most {} per swarm (router.max_nodes_per_swarm)",
-                    l.nodes, self.cfg.max_nodes_per_swarm
-                ),
-            );
+            return Err(format!(
+                "too many nodes: {} asked, at most {} per swarm (router.max_nodes_per_swarm)",
+                l.nodes, self.cfg.max_nodes_per_swarm
+            ));
         }
         let live = self.swarms.values().filter(|s| s.status.is_live()).count();
         if live >= self.cfg.max_live_swarms {
-            return self.reject(rid, format!(
-                "too many live swarms: {live} running, at most {} (router.max_live_swarms); terminate one first",
+            return Err(format!(
+                "too many live swarms: {live} running, at most {} (router.max_live_swarms); \
+                 terminate one first",
                 self.cfg.max_live_swarms
             ));
         }
         let mut params = p.config().defaults.clone();
         params.extend(l.provider_params.clone());
-        if let Err(e) = p.check_params(&params) {
-            return self.reject(rid, e);
-        }
-        let cfg = p.config().clone();
+        p.check_params(&params)?;
+        Ok((pidx, params))
+    }
+
+    fn launch(&mut self, l: LaunchReq, rid: &Value) {
+        let (pidx, params) = match self.check_launch(&l) {
+            Ok(x) => x,
+            Err(e) => return self.reject(rid, e),
+        };
+        let cfg = self.providers[pidx].config().clone();
         let swarm_id = uuid();
         let job_hint = format!("local-{}", &uuid()[..8]);
         let created_ms = crate::clock::now_ms();

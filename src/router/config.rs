@@ -170,6 +170,15 @@ impl RouterConfig {
             }
         }
         let limits = RouterLimits::from_raw(raw, errors);
+        if limits.client_queue_bytes < super::BATCH_BYTES {
+            // Events go out in batches of up to this size: a smaller allowance would drop
+            // every client at the first busy moment.
+            errors.push(format!(
+                "router.client_queue_bytes: {} is less than {} (one batch of events)",
+                limits.client_queue_bytes,
+                super::BATCH_BYTES
+            ));
+        }
         let providers = providers(raw.providers.as_deref(), state_dir, errors);
         RouterConfig {
             listen,
@@ -507,23 +516,7 @@ fn provider(
             return None;
         }
     };
-    let defaults = match t.get("defaults") {
-        None => default_defaults(),
-        Some(toml::Value::Table(d)) => match serde_json::to_value(d) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                errors.push(format!(
-                    "{}: cannot be read as launch parameters",
-                    key("defaults")
-                ));
-                Map::new()
-            }
-        },
-        Some(_) => {
-            errors.push(format!("{}: must be a table", key("defaults")));
-            Map::new()
-        }
-    };
+    let defaults = defaults_of(t.get("defaults"), &key("defaults"), errors);
     let launch_fields = match t.get("launch_fields") {
         None => local_launch_fields(),
         Some(toml::Value::Array(a)) => a
@@ -560,6 +553,24 @@ fn provider(
         worker_program,
         limits,
     })
+}
+
+/// A provider's `defaults` table as launch parameters.
+fn defaults_of(v: Option<&toml::Value>, key: &str, errors: &mut Vec<String>) -> Map<String, Value> {
+    match v {
+        None => default_defaults(),
+        Some(toml::Value::Table(d)) => match serde_json::to_value(d) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                errors.push(format!("{key}: cannot be read as launch parameters"));
+                Map::new()
+            }
+        },
+        Some(_) => {
+            errors.push(format!("{key}: must be a table"));
+            Map::new()
+        }
+    }
 }
 
 /// The `local` backend's own keys: `worker_program` (argv) and `limits`; anything else that is
@@ -767,7 +778,7 @@ mod tests {
 
     #[test]
     fn zero_and_absurd_limits_are_refused() {
-        let e = parse("max_clients = 0\nclient_queue_bytes = 0\nmax_nodes_per_swarm = 1000000\npoll_busy_ms = 1", &[])
+        let e = parse("max_clients = 0\nclient_queue_bytes = 100\nmax_nodes_per_swarm = 1000000\npoll_busy_ms = 1", &[])
             .unwrap_err();
         assert_eq!(e.len(), 4, "{e:?}");
     }

@@ -285,10 +285,14 @@ impl Core {
                 s.commit = None;
             }
         }
+        let mut ready = Vec::new();
         while self.steps.front().is_some_and(|s| s.commit.is_none()) {
             if let Some(s) = self.steps.pop_front() {
-                self.emitter.emit(s.events);
+                ready.extend(s.events);
             }
+        }
+        if !ready.is_empty() {
+            self.emitter.emit(ready);
         }
     }
 

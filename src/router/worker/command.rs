@@ -31,13 +31,7 @@ pub fn turn(ctx: &TurnCtx, t: &Turn) -> String {
         return String::new();
     }
     if ctx.settings.approval && !approved(ctx, inj) {
-        let msg = "not run: the command was not approved".to_string();
-        ctx.outbox.event(
-            inj,
-            "assistant",
-            json!({"content": msg, "final_answer": true}),
-        );
-        return msg;
+        return "not run: the command was not approved".to_string();
     }
     match run(ctx, t) {
         Ok(full) => full,
@@ -101,22 +95,7 @@ fn run(ctx: &TurnCtx, t: &Turn) -> Result<String, String> {
             let _ = stdin.write_all(prompt.as_bytes());
         });
     }
-    let stderr = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut tail = Vec::new();
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = e.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 2 * STDERR_TAIL {
-                    tail.drain(..tail.len() - STDERR_TAIL);
-                }
-            }
-            tail
-        })
-    });
+    let stderr = child.stderr.take().map(stderr_tail);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
     let limit = Duration::from_secs(ctx.settings.command_timeout_secs.max(1));
     let timer = std::thread::spawn(move || {
@@ -135,16 +114,14 @@ fn run(ctx: &TurnCtx, t: &Turn) -> Result<String, String> {
     let _ = done_tx.send(());
     let timed_out = timer.join().unwrap_or(false);
     let tail = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-    ctx.outbox.event(
-        inj,
-        "assistant",
-        json!({"content": full, "final_answer": true}),
-    );
     if timed_out {
-        return Err(format!(
+        let msg = format!(
             "the command ran longer than {}s and was killed",
             limit.as_secs()
-        ));
+        );
+        ctx.outbox
+            .event(inj, "agent_error", json!({"message": msg}));
+        return Ok(full);
     }
     if !status.success() {
         let how = match status.code() {
@@ -166,6 +143,24 @@ fn run(ctx: &TurnCtx, t: &Turn) -> Result<String, String> {
         );
     }
     Ok(full)
+}
+
+/// A thread keeping the last bytes of stderr.
+fn stderr_tail(mut e: std::process::ChildStderr) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = e.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+        }
+        tail
+    })
 }
 
 /// Streams stdout line by line as deltas, keeping the answer (bounded).

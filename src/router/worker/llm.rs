@@ -91,14 +91,7 @@ pub fn turn(ctx: &TurnCtx, t: &Turn) -> String {
     msgs.push(json!({"role": "user", "content": t.prompt}));
     let mut full = String::new();
     match request(ctx, s, key.as_deref(), &msgs, inj, &mut full) {
-        Ok(()) => {
-            ctx.outbox.event(
-                inj,
-                "assistant",
-                json!({"content": full, "final_answer": true}),
-            );
-            msgs.push(json!({"role": "assistant", "content": full}));
-        }
+        Ok(()) => msgs.push(json!({"role": "assistant", "content": full})),
         Err(e) => {
             let e = match &key {
                 Some(k) if k.len() >= 4 => e.replace(k.as_str(), "<redacted>"),
