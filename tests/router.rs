@@ -1629,3 +1629,106 @@ fn the_swarm_cli_drives_the_router() {
     let st = wait_for("attach to end", T, || attach.try_wait().unwrap());
     assert!(st.success());
 }
+
+#[test]
+fn a_swarm_whose_provider_cannot_answer_is_kept_as_unknown_and_comes_back() {
+    let alpha = "[[router.providers]]\nid = \"alpha\"\nbackend = \"local\"\n";
+    let (mut d, addr) = router_daemon(alpha);
+    let mut c = Rc::connect(&addr);
+    let (swarm, job) = launch(&mut c, 1, json!({}));
+    let pid = worker_pid_in(&d, "alpha", &job, 0);
+    d.stop();
+    // The provider is gone from the config: the swarm stays, as unknown, and says why.
+    std::fs::write(
+        &d.config_path,
+        "[router]\nlisten = \"127.0.0.1:0\"\n[[router.providers]]\nid = \"beta\"\n",
+    )
+    .unwrap();
+    d.spawn().unwrap();
+    let mut c = Rc::connect(&router_addr(&d));
+    let list = c.ask("swarm_list", json!({}), "swarm_list");
+    assert_eq!(
+        list["data"]["swarms"][&swarm]["status"], "unknown",
+        "{list}"
+    );
+    let st = c.ask("swarm_status", json!({"swarm_id": swarm}), "swarm_status");
+    assert!(
+        st["data"]["unknown_reason"]
+            .as_str()
+            .unwrap()
+            .contains("alpha"),
+        "{st}"
+    );
+    assert!(
+        c.refuse("inject", json!({"swarm_id": swarm, "content": "x"}))
+            .contains("unknown")
+    );
+    assert!(
+        c.refuse("swarm_terminate", json!({"swarm_id": swarm}))
+            .contains("not configured")
+    );
+    assert!(pid_alive(pid), "its worker was left alone");
+    // Back in the config: adopted again, running, answering.
+    d.stop();
+    std::fs::write(
+        &d.config_path,
+        format!("[router]\nlisten = \"127.0.0.1:0\"\n{alpha}"),
+    )
+    .unwrap();
+    d.spawn().unwrap();
+    let mut c = Rc::connect(&router_addr(&d));
+    wait_for("the swarm to run again", T, || {
+        let st = c.ask("swarm_status", json!({"swarm_id": swarm}), "swarm_status");
+        (st["data"]["status"] == "running").then_some(())
+    });
+    let r = inject_wait(&mut c, &swarm, json!(0), "welcome back");
+    assert_eq!(r[0].1, "Mock worker received prompt: welcome back");
+    assert_eq!(
+        worker_pid_in(&d, "alpha", &job, 0),
+        pid,
+        "the same worker, not a new one"
+    );
+    terminate(&mut c, &swarm);
+}
+
+#[test]
+fn an_interrupted_termination_resumes_after_kill_9() {
+    let (mut d, addr) = router_daemon("terminate_grace_ms = 3000\n");
+    let mut c = Rc::connect(&addr);
+    // A worker that ignores the shutdown line: only signals end it.
+    let (swarm, _) = launch(&mut c, 1, json!({"worker_program": ["sleep", "120"]}));
+    let pids = wait_for("the sleeping worker", T, || {
+        let out = Command::new("pgrep")
+            .args(["-f", "^sleep 120$"])
+            .output()
+            .ok()?;
+        let p: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (!p.is_empty()).then_some(p)
+    });
+    let rid = c.command("swarm_terminate", json!({"swarm_id": swarm}));
+    assert_eq!(
+        c.answer(&rid, "swarm_status")["data"]["status"],
+        "terminating"
+    );
+    c.wait("the shutdown line", |v| {
+        v["event"] == "swarm_terminate_progress" && v["data"]["stage"] == "stopping"
+    });
+    d.kill9();
+    d.spawn().unwrap();
+    let mut c = Rc::connect(&router_addr(&d));
+    // The new daemon carries it out and answers the original request.
+    let done = c.wait("the end of the termination", |v| {
+        v["event"] == "swarm_terminated" && v["data"]["swarm_id"] == swarm.as_str()
+    });
+    assert_eq!(done["data"]["request_id"], rid.as_str());
+    let st = c.ask("swarm_status", json!({"swarm_id": swarm}), "swarm_status");
+    assert_eq!(st["data"]["status"], "terminated");
+    for p in pids.into_iter().filter(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("sleep"))
+    }) {
+        wait_for("the worker to be gone", T, || (!pid_alive(p)).then_some(()));
+    }
+}

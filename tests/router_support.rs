@@ -274,7 +274,15 @@ pub fn outbox(d: &Daemon, job: &str, node: u32) -> std::path::PathBuf {
 
 /// The pid in a node's heartbeat file, once the worker has written it.
 pub fn worker_pid(d: &Daemon, job: &str, node: u32) -> i32 {
-    let p = workspace(d)
+    worker_pid_in(d, "local", job, node)
+}
+
+/// [`worker_pid`] for a node of another provider (its workspace under the state directory).
+pub fn worker_pid_in(d: &Daemon, provider: &str, job: &str, node: u32) -> i32 {
+    let p = d
+        .state_dir
+        .join("router")
+        .join(provider)
         .join("mailbox/heartbeat")
         .join(format!("{job}_{node:02}.json"));
     crate::harness::wait_for("a heartbeat", T, || {

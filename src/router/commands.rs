@@ -377,8 +377,17 @@ impl Core {
     // ---- terminate ---------------------------------------------------------------------
 
     fn terminate(&mut self, swarm_id: &str, force: bool, rid: &Value) {
-        let Some(s) = self.swarms.get_mut(swarm_id) else {
+        let Some(s) = self.swarms.get(swarm_id) else {
             return self.reject(rid, "unknown swarm_id");
+        };
+        let Some(pidx) = self.provider_index(&s.provider_id) else {
+            // Its workers may still run somewhere; only its provider can stop them.
+            let reason = format!(
+                "provider {} is not configured any more: put it back in the config to terminate \
+                 this swarm",
+                s.provider_id
+            );
+            return self.reject(rid, reason);
         };
         match s.status {
             Status::Terminated => {
@@ -389,53 +398,45 @@ impl Core {
             }
             Status::Terminating => {
                 // Its own swarm_terminated comes when the running termination ends.
-                s.terminate
-                    .get_or_insert_with(Termination::default)
-                    .request_ids
-                    .push(rid.clone());
-                let ev = status_event(s, rid);
-                self.save_swarm(swarm_id);
-                self.emit_event(ev);
-            }
-            _ => {
-                let was_pending = s.status == Status::Pending;
-                s.set_status(Status::Terminating);
-                s.terminate = Some(Termination {
-                    force,
-                    request_ids: vec![rid.clone()],
-                });
-                let ev = status_event(s, rid);
-                let job = Core::job_ref(s);
-                let provider = s.provider_id.clone();
-                self.save_swarm(swarm_id);
-                self.emit_event(ev);
-                self.audit(
-                    Category::Lifecycle,
-                    "SWARM_TERMINATE",
-                    true,
-                    json!({"swarm_id": swarm_id, "job_id": job.job_id, "force": force}),
-                );
-                self.drop_queue_for(swarm_id, "target swarm terminating");
-                if was_pending {
-                    return; // carried out when the launch reports back
-                }
-                match self.provider_index(&provider) {
-                    Some(p) => {
-                        if let Err(e) = self.providers[p].terminate(&job, force) {
-                            log::warn!("router: swarm {swarm_id}: {e}");
-                            self.schedule_retry(swarm_id);
-                        }
-                    }
-                    // No provider to ask: nothing of ours can still run it.
-                    None => self.close_swarm(
-                        swarm_id,
-                        vec![wire::Event::new(
-                            "swarm_terminated",
-                            json!({"request_id": rid, "swarm_id": swarm_id}),
-                        )],
-                    ),
+                if let Some(s) = self.swarms.get_mut(swarm_id) {
+                    let t = s.terminate.get_or_insert_with(Termination::default);
+                    t.request_ids.push(rid.clone());
+                    let ev = status_event(s, rid);
+                    self.save_swarm(swarm_id);
+                    self.emit_event(ev);
                 }
             }
+            _ => self.begin_terminate(swarm_id, pidx, force, rid),
+        }
+    }
+
+    fn begin_terminate(&mut self, swarm_id: &str, pidx: usize, force: bool, rid: &Value) {
+        let Some(s) = self.swarms.get_mut(swarm_id) else {
+            return;
+        };
+        let was_pending = s.status == Status::Pending;
+        s.set_status(Status::Terminating);
+        s.terminate = Some(Termination {
+            force,
+            request_ids: vec![rid.clone()],
+        });
+        let ev = status_event(s, rid);
+        let job = Core::job_ref(s);
+        self.save_swarm(swarm_id);
+        self.emit_event(ev);
+        self.audit(
+            Category::Lifecycle,
+            "SWARM_TERMINATE",
+            true,
+            json!({"swarm_id": swarm_id, "job_id": job.job_id, "force": force}),
+        );
+        self.drop_queue_for(swarm_id, "target swarm terminating");
+        if was_pending {
+            return; // carried out when the launch reports back
+        }
+        if let Err(e) = self.providers[pidx].terminate(&job, force) {
+            log::warn!("router: swarm {swarm_id}: {e}");
+            self.schedule_retry(swarm_id);
         }
     }
 
