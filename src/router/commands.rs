@@ -364,7 +364,7 @@ impl Core {
                     "injection_id": inj, "node_id": node, "error": e}),
                 );
             }
-            self.follower.send(super::follow::FollowCmd::Busy {
+            self.tell_follower(super::follow::FollowCmd::Busy {
                 job_id: job.job_id.clone(),
                 node_id: node,
             });

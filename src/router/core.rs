@@ -92,6 +92,9 @@ pub struct Core {
     pub(super) kernel: Arc<Kernel>,
     pub(super) providers: Vec<Box<dyn Provider>>,
     pub(super) follower: Follower,
+    /// Follow and unfollow commands the follower's full queue did not take yet (sent again
+    /// after every step, in order; at most a few per swarm).
+    follow_backlog: VecDeque<FollowCmd>,
     emitter: Emitter,
     pub(super) stats: Arc<Stats>,
     self_tx: Sender<CoreMsg>,
@@ -123,6 +126,7 @@ impl Core {
             kernel: p.kernel,
             providers: p.providers,
             follower: p.follower,
+            follow_backlog: VecDeque::new(),
             emitter: p.emitter,
             stats: p.stats,
             self_tx: p.self_tx,
@@ -177,6 +181,7 @@ impl Core {
             }
             self.timers();
             self.end_step();
+            self.flush_follow_backlog();
             self.gauges();
         }
     }
@@ -191,6 +196,35 @@ impl Core {
                 self.dispatch();
             }
             CoreMsg::Committed | CoreMsg::Stop => {}
+        }
+    }
+
+    // ---- the follower --------------------------------------------------------------------
+
+    /// Hands a command to the follower, in order behind any that wait.
+    pub(super) fn tell_follower(&mut self, cmd: FollowCmd) {
+        if !self.follow_backlog.is_empty() {
+            // Polling hints are not worth a place in the backlog (it stays bounded by swarms).
+            if !matches!(cmd, FollowCmd::Busy { .. }) {
+                self.follow_backlog.push_back(cmd);
+            }
+            return;
+        }
+        if let Err(cmd) = self.follower.try_send(cmd) {
+            match cmd {
+                // A polling hint that finds no room is simply dropped.
+                FollowCmd::Busy { .. } => {}
+                cmd => self.follow_backlog.push_back(cmd),
+            }
+        }
+    }
+
+    fn flush_follow_backlog(&mut self) {
+        while let Some(cmd) = self.follow_backlog.pop_front() {
+            if let Err(cmd) = self.follower.try_send(cmd) {
+                self.follow_backlog.push_front(cmd);
+                return;
+            }
         }
     }
 
@@ -366,7 +400,7 @@ impl Core {
                 .get(&format!("{swarm_id}/{node}"))
                 .copied()
                 .unwrap_or((0, 0));
-            self.follower.send(FollowCmd::Follow(FileSpec {
+            self.tell_follower(FollowCmd::Follow(FileSpec {
                 swarm_id: swarm_id.into(),
                 job_id: job.job_id.clone(),
                 node_id: node,
@@ -574,6 +608,9 @@ impl Core {
     }
 
     fn next_timer(&self) -> Duration {
+        if !self.follow_backlog.is_empty() {
+            return Duration::from_millis(5);
+        }
         let now = Instant::now();
         self.retry
             .values()
@@ -873,7 +910,7 @@ impl Core {
                         events,
                     },
                 );
-                self.follower.send(FollowCmd::Unfollow { job_id });
+                self.tell_follower(FollowCmd::Unfollow { job_id });
             }
             _ => self.out.extend(events),
         }

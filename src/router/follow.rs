@@ -80,11 +80,18 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Asks the follower; waits while its queue is full (it never waits on the core for long:
-    /// its only blocking step is handing records over).
-    pub fn send(&self, cmd: FollowCmd) {
-        if self.tx.send(cmd).is_ok() {
-            let _ = self.waker.wake();
+    /// Asks the follower without waiting: the follower itself may be waiting for the core
+    /// (handing records over), so the core must never wait for it. A full queue gives the
+    /// command back, for the core to send again later.
+    pub fn try_send(&self, cmd: FollowCmd) -> Result<(), FollowCmd> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+                Ok(())
+            }
+            Err(crossbeam_channel::TrySendError::Full(c)) => Err(c),
+            // The follower is gone (shutdown): nothing to follow any more.
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Ok(()),
         }
     }
 }
