@@ -7,6 +7,11 @@
 //! only, never `waitpid(-1)`; workers of an earlier daemon are watched through /proc) and runs
 //! terminations as a timed state machine (shutdown line, SIGTERM, SIGKILL), so a slow stop of
 //! one swarm never holds another's injections.
+//!
+//! Reaping: the workers are children of this thread, which lives as long as the daemon, so
+//! they never appear among the main thread's children, where the supervisor reaps orphans
+//! (`/proc/self/task/<main>/children`); and this thread waits only for its own pids. Workers
+//! of an earlier daemon were re-parented elsewhere when it died and are only watched.
 
 use super::{
     BackendMsg, Confinement, JobRef, JobState, LaunchSpec, Launched, MailboxFiles, Provider,
