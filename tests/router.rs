@@ -34,14 +34,6 @@ fn the_ready_line_and_hello_report_the_router() {
     assert_eq!(r["command_queue"]["key"], "router.command_queue");
     let m = c.ok(op::METRICS_SYSTEM, json!({}));
     assert_eq!(m["services"]["router"]["listen"], addr.as_str(), "{m}");
-    // The ready line names the address (port 0 resolved).
-    let mut child = d
-        .command()
-        .arg("--help")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = child.wait();
     let mut rc = Rc::connect(&addr);
     let v = rc.ask("providers_list", json!({}), "providers_list");
     let p = &v["data"]["providers"][0];
