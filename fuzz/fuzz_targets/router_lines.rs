@@ -13,20 +13,34 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match parse_line(text) {
-        Line::Command { name, request_id, payload } => {
+        Line::Command {
+            name,
+            request_id,
+            payload,
+        } => {
             if let Err(reason) = parse_request(&name, &payload) {
-                let line = encode_event(&Event::rejected(&request_id, reason), std::time::SystemTime::now());
+                let line = encode_event(
+                    &Event::rejected(&request_id, reason),
+                    std::time::SystemTime::now(),
+                );
                 assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
                 assert!(serde_json::from_slice::<serde_json::Value>(&line).is_ok());
             }
         }
         Line::Reject { request_id, reason } => {
-            let line = encode_event(&Event::rejected(&request_id, reason), std::time::SystemTime::now());
+            let line = encode_event(
+                &Event::rejected(&request_id, reason),
+                std::time::SystemTime::now(),
+            );
             assert_eq!(line.last(), Some(&b'\n'));
         }
         Line::Auth { .. } | Line::Ignore => {}
     }
-    let from = Origin { swarm_id: "s", job_id: "j", node_id: 7 };
+    let from = Origin {
+        swarm_id: "s",
+        job_id: "j",
+        node_id: 7,
+    };
     if let Translated::Events(evs) = translate(text, &from) {
         for e in evs {
             assert_eq!(e.data["swarm_id"], "s");
