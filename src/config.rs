@@ -14,6 +14,7 @@ use crate::llm::config::{LlmConfig, RawLlm};
 use crate::ops::config::{OpsConfig, RawExec, RawFs};
 use crate::reactor::config::{RawServer, ServerConfig};
 use crate::relay::config::{RawRelay, RelayConfig};
+use crate::router::config::{RawRouter, RouterConfig};
 use crate::settings::positive;
 use crate::store::{RawStore, StoreConfig, StoreLimits};
 use crate::supervisor::config::{AgentsConfig, RawAgents, RawSandbox, SandboxConfig};
@@ -58,6 +59,9 @@ pub struct RawConfig {
     /// `[relay]`: the ClawNet relay (see `crate::relay::config`).
     #[serde(default)]
     pub relay: RawRelay,
+    /// `[router]`: the Codeswarm router (see `crate::router::config`).
+    #[serde(default)]
+    pub router: RawRouter,
 }
 
 /// `[limits]` as written: the kernel's queues and names, and the state store's sizes.
@@ -102,6 +106,8 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub sandbox: SandboxConfig,
     pub relay: RelayConfig,
+    /// The `[router]` section: the Codeswarm router and its providers.
+    pub router: RouterConfig,
 }
 
 /// Values given on the command line, which win over the file and the environment.
@@ -189,6 +195,12 @@ impl Config {
         // The kernel lets the agent user in only for agents' own processes.
         kernel.agent_uid = sandbox.agent_creds.map(|c| c.uid);
         let relay = RelayConfig::from_raw(&raw.relay, &state_dir, &mut errors);
+        let router = RouterConfig::from_raw(
+            &raw.router,
+            &state_dir,
+            &|k| std::env::var(k).ok(),
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -204,6 +216,7 @@ impl Config {
             agents,
             sandbox,
             relay,
+            router,
         })
     }
 

@@ -287,6 +287,32 @@ fn tables(c: &Config, model: (usize, Duration)) -> Vec<Table> {
             .key("log_state", c.kernel.audit.log_state, "State store changes.")
             .key("log_resource", c.kernel.audit.log_resource, "Resource warnings and limits.")
             .key("log_network", c.kernel.audit.log_network, "HTTP requests."),
+        Table::new("router", "The Codeswarm router: codeswarm.router.v1 JSON lines over TCP (see the README, \"Codeswarm router\").")
+            .eg("listen", "127.0.0.1:8765", "Address of the router's TCP listener; \"\" turns it off. Unset: $CODESWARM_ROUTER_HOST/$CODESWARM_ROUTER_PORT, else 127.0.0.1:8765 (if that port is busy the daemon runs without the router; an address set here must be bound).")
+            .key("allow_remote", c.router.allow_remote, "Accept clients from other hosts (their uid cannot be checked; they must send the token).")
+            .eg("token", "a-long-random-secret", "The token clients send first ({\"command\": \"auth\", \"payload\": {\"token\": ...}}); required with allow_remote. At least 16 characters.")
+            .eg("token_file", "/etc/clove/router.token", "A file holding the token, instead of token.")
+            .key("max_clients", int(c.router.max_clients), "Router clients connected at once.")
+            .key("max_line_bytes", int(c.router.max_line_bytes), "Longest command line a client may send.")
+            .key("client_queue_bytes", int(c.router.client_queue_bytes), "Events waiting for one client; a client over it is dropped.")
+            .key("max_nodes_per_swarm", int(c.router.max_nodes_per_swarm), "Nodes one swarm may have.")
+            .key("max_live_swarms", int(c.router.max_live_swarms), "Swarms not yet terminated.")
+            .key("max_inflight_injections", int(c.router.max_inflight_injections), "Injections handed out whose turn has not completed.")
+            .key("max_inbox_line_bytes", int(c.router.max_inbox_line_bytes), "One inbox line (an injection's JSON).")
+            .key("max_queue_items", int(c.router.max_queue_items), "Items in the inter-swarm queue.")
+            .key("max_record_bytes", int(c.router.max_record_bytes), "Longest outbox record read from a worker.")
+            .key("command_queue", int(c.router.command_queue), "Commands waiting for the router's thread (\"router busy\" beyond).")
+            .key("keep_terminated", int(c.router.keep_terminated), "Terminated swarms still listed.")
+            .key("poll_busy_ms", millis(c.router.poll_busy), "Outbox polling while a node is busy (besides inotify).")
+            .key("poll_idle_max_ms", millis(c.router.poll_idle_max), "Polling backs off to this while nothing comes.")
+            .key("terminate_grace_ms", millis(c.router.terminate_grace), "Between a swarm's shutdown line, SIGTERM and SIGKILL.")
+            .eg("providers", toml::Value::Array(vec![toml::Value::Table({
+                let mut t = toml::Table::new();
+                t.insert("id".into(), "local".into());
+                t.insert("label".into(), "Local processes on this host".into());
+                t.insert("backend".into(), "local".into());
+                t
+            })]), "Where swarms run ([[router.providers]] tables: id, label, backend, workspace_root, defaults, launch_fields; the local backend also worker_program and limits). None: one \"local\" provider (workers on this host, mock answers)."),
         Table::new("relay", "The ClawNet relay: Socket.IO for remote agents and dashboards (see the README, \"ClawNet relay\").")
             .eg("listen", c.relay.listen.map(|a| a.to_string()).unwrap_or_default(), "Address of the relay's HTTP/WebSocket listener; \"\" turns the relay off. Default: 127.0.0.1:8766, without which (another program holds the port) the daemon runs without the relay; an address set here must be bound. A non-loopback address needs tls_cert/tls_key or allow_plaintext_remote.")
             .eg("tls_cert", "/etc/clove/relay.crt", "PEM certificate chain: the relay speaks TLS (wss://, https://).")

@@ -12,11 +12,13 @@ use crate::config::Config;
 use crate::frontend::Proto;
 use crate::frontend::clove::CloveProto;
 use crate::kernel::Kernel;
-use crate::ops::Ops;
+use crate::ops::{Ops, ServiceProbe};
 use crate::pool::WorkerPool;
 use crate::reactor::config::ServerConfig;
 use crate::reactor::listen::{Admission, ListenSocket, Listener};
 use crate::reactor::{Reactor, Sink, WAKER};
+use crate::router::RouterService;
+use crate::router::config::RouterConfig;
 use crate::supervisor::Agents;
 use mio::{Poll, Waker};
 use std::io::Write;
@@ -106,6 +108,8 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
             ));
         }
     };
+    // Bound before anything starts, so an unusable explicit address stops the start at once.
+    let router_bind = bind_router(&config.router)?;
 
     let poll = Poll::new().map_err(io_err("cannot create poll"))?;
     let waker =
@@ -117,8 +121,11 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     let agents = Arc::new(Agents::new(config.agents.clone(), config.sandbox.clone()));
     // Unsent reply bytes of all connections, kept by the reactor, shown by HELLO.
     let pending_replies = Arc::new(AtomicUsize::new(0));
+    let (mut router, router_listener, router_probe) =
+        start_router(&config, &kernel, &agents, router_bind)?;
     let relay = start_relay(&config, &kernel)?;
     let mut ops = start_ops(&config, &kernel, &agents, &sink, pending_replies.clone())?;
+    ops.services.push(router_probe);
     if let Some((r, _)) = &relay {
         let probe = r.clone();
         ops.services.push(crate::ops::ServiceProbe {
@@ -162,6 +169,15 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
                 .map_err(io_err("cannot start the relay thread"))?,
         ));
     }
+    let router_ready = match (&router, router_listener) {
+        (Some(r), Some((l, addr))) => {
+            reactor
+                .add_listener(router_listener_of(l, r.handle(), &config.router))
+                .map_err(io_err("cannot register the router's listener"))?;
+            addr.to_string()
+        }
+        _ => "off".to_string(),
+    };
     start_signal_thread(shutdown.clone(), sink)?;
     // Orphaned descendants of agents are re-parented to us (and reaped by the supervisor)
     // instead of lingering under init.
@@ -187,27 +203,8 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
         crate::supervisor::metrics::start_sampler(kernel.clone(), agents.clone(), sampler_rx)
             .map_err(io_err("cannot start the metrics sampler thread"))?;
 
-    log::info!(
-        "listening on {} (mode {:o}), state in {}, {} workers",
-        config.server.socket.display(),
-        config.server.socket_mode,
-        config.state_dir.display(),
-        config.server.workers
-    );
-    {
-        let mut out = std::io::stdout().lock();
-        let relay = relay_addr
-            .map(|a| format!(" relay={a}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "clove: ready socket={} pid={} version={}{relay}",
-            config.server.socket.display(),
-            std::process::id(),
-            env!("CARGO_PKG_VERSION")
-        );
-        let _ = out.flush();
-    }
+    let relay_ready = relay_addr.map(|a| a.to_string());
+    announce_ready(&config, &router_ready, relay_ready.as_deref());
     if let Some(n) = &systemd.notifier {
         let (a, socket) = (agents.clone(), config.server.socket.clone());
         let status = move || {
@@ -232,6 +229,10 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
         r.stop();
         let _ = thread.join();
     }
+    // Swarm workers keep running (they are adopted again by the next daemon).
+    if let Some(r) = router.as_mut() {
+        r.stop();
+    }
     kernel.shutdown();
     let stop = config.agents.on_shutdown == crate::supervisor::config::OnShutdown::Stop;
     crate::supervisor::shutdown(&agents, supervisor, stop);
@@ -245,6 +246,29 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
         b.remove();
     }
     result.map_err(io_err("event loop failed"))
+}
+
+/// Logs what the daemon serves and prints the one ready line (`router=ADDRESS` or
+/// `router=off`), which scripts and tests wait for.
+fn announce_ready(config: &Config, router: &str, relay: Option<&str>) {
+    log::info!(
+        "listening on {} (mode {:o}), router on {router}, relay on {}, state in {}, {} workers",
+        config.server.socket.display(),
+        config.server.socket_mode,
+        relay.unwrap_or("off"),
+        config.state_dir.display(),
+        config.server.workers
+    );
+    let relay = relay.map(|a| format!(" relay={a}")).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "clove: ready socket={} router={router} pid={} version={}{relay}",
+        config.server.socket.display(),
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = out.flush();
 }
 
 /// The Clove socket: every connection a kernel caller, speaking Clove frames.
@@ -371,6 +395,189 @@ fn daemon_probe(config: &Config) -> crate::ops::ServiceProbe {
                 "recent_problems": crate::log_ring::recent(),
             })
         }),
+    }
+}
+
+/// The router's listener as bound at start.
+enum RouterBind {
+    /// `router.listen = ""`.
+    Off,
+    /// The built-in default address is held by another program.
+    Busy(std::net::SocketAddr),
+    Bound(mio::net::TcpListener, std::net::SocketAddr),
+}
+
+fn bind_router(cfg: &RouterConfig) -> Result<RouterBind, DaemonError> {
+    let Some(listen) = cfg.listen else {
+        return Ok(RouterBind::Off);
+    };
+    let place = TcpPlace {
+        key: "router.listen",
+        addr: listen.addr,
+        explicit: listen.explicit,
+    };
+    Ok(match bind_tcp(&place)? {
+        Some(l) => {
+            let addr = l.local_addr().map_err(io_err(format!(
+                "cannot use {} (router.listen)",
+                listen.addr
+            )))?;
+            RouterBind::Bound(l, addr)
+        }
+        None => RouterBind::Busy(listen.addr),
+    })
+}
+
+type RouterParts = (
+    Option<RouterService>,
+    Option<(mio::net::TcpListener, std::net::SocketAddr)>,
+    ServiceProbe,
+);
+
+/// Starts the router when its listener is bound; its probe says what it is doing (or why it
+/// does not run) in HELLO's `services.router`.
+fn start_router(
+    config: &Config,
+    kernel: &Arc<Kernel>,
+    agents: &Arc<Agents>,
+    bind: RouterBind,
+) -> Result<RouterParts, DaemonError> {
+    let off = |state: &str, reason: String| {
+        let v = serde_json::json!({"listen": null, "state": state, "reason": reason});
+        ServiceProbe {
+            name: "router",
+            report: Box::new(move || v.clone()),
+        }
+    };
+    let (listener, addr) = match bind {
+        RouterBind::Off => return Ok((None, None, off("off", "router.listen is \"\"".into()))),
+        RouterBind::Busy(a) => {
+            let why = format!("{a} is in use by another program (router.listen)");
+            return Ok((None, None, off("off", why)));
+        }
+        RouterBind::Bound(l, a) => (l, a),
+    };
+    let exe = std::env::current_exe().map_err(io_err("cannot find the clove binary"))?;
+    let deps = crate::router::RouterDeps {
+        kernel: kernel.clone(),
+        sandbox: Arc::new(CgroupSandbox(agents.clone())),
+        llm: llm_defaults(&config.llm),
+        exe,
+        addr,
+    };
+    let service = RouterService::start(config.router.clone(), deps)
+        .map_err(io_err("cannot start the router's threads"))?;
+    let handle = service.handle();
+    let probe = ServiceProbe {
+        name: "router",
+        report: Box::new(move || handle.report()),
+    };
+    Ok((Some(service), Some((listener, addr)), probe))
+}
+
+/// The router's TCP listener: connections only hold an id (no kernel caller), speak JSON
+/// lines, and may have `router.client_queue_bytes` of events waiting.
+fn router_listener_of(
+    socket: mio::net::TcpListener,
+    handle: crate::router::RouterHandle,
+    cfg: &RouterConfig,
+) -> Listener {
+    Listener {
+        name: "router",
+        socket: ListenSocket::Tcp(socket),
+        admission: Admission::IdOnly,
+        make: Box::new(move |outbox| {
+            Proto::Router(crate::frontend::router::RouterProto::new(
+                handle.clone(),
+                outbox,
+            ))
+        }),
+        refuse: crate::frontend::router::refusal,
+        max_pending_push: cfg.client_queue_bytes,
+        allow_remote: cfg.allow_remote,
+        tls: None,
+    }
+}
+
+/// The daemon's default OpenAI-compatible model, for workers in `llm` mode.
+fn llm_defaults(
+    llm: &crate::llm::config::LlmConfig,
+) -> crate::router::provider::local::LlmDefaults {
+    let m = llm
+        .default
+        .and_then(|i| llm.models.get(i))
+        .filter(|m| m.provider == crate::llm::config::Provider::OpenAi);
+    crate::router::provider::local::LlmDefaults {
+        base_url: m.map(|m| m.base_url.clone()),
+        model: m.map(|m| m.model.clone()),
+        api_key: m
+            .and_then(|m| m.api_key.as_ref())
+            .map(|k| k.expose().to_string()),
+    }
+}
+
+/// Worker limits through the agents' cgroup machinery (rlimits where cgroups cannot).
+struct CgroupSandbox(Arc<Agents>);
+
+impl crate::router::provider::WorkerSandbox for CgroupSandbox {
+    fn confine(
+        &self,
+        leaf: &str,
+        l: &crate::router::config::WorkerLimits,
+    ) -> Result<crate::router::provider::Confinement, String> {
+        let limits = crate::supervisor::cgroup::Limits {
+            memory: l.memory,
+            max_pids: l.max_pids,
+            cpu_quota: l.cpu_quota,
+            cpu_period: None,
+            cpu_shares: None,
+        };
+        limits.validate()?;
+        let mut c = crate::router::provider::Confinement::default();
+        let applied = match self.0.cgroups.get().map(|cg| cg.create(leaf, &limits)) {
+            Some(Ok(cg)) => {
+                c.procs_files = cg.procs_files();
+                c.dirs = cg.dirs.iter().map(|(_, d)| d.clone()).collect();
+                cg.applied
+            }
+            Some(Err(e)) => {
+                log::debug!("router: no cgroup for {leaf}: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut degraded = false;
+        for (name, v) in [
+            ("memory", l.memory),
+            ("max_pids", l.max_pids),
+            ("cpu_quota", l.cpu_quota),
+        ] {
+            let Some(v) = v else { continue };
+            let via = if applied.iter().any(|a| a == name) {
+                "cgroup"
+            } else if name == "memory" {
+                c.rlimit_as = Some(v);
+                "rlimit"
+            } else if name == "max_pids" {
+                c.rlimit_nproc = Some(v);
+                "rlimit"
+            } else {
+                "not applied"
+            };
+            degraded |= via != "cgroup";
+            c.report.insert(name.into(), serde_json::json!(via));
+        }
+        if degraded && self.0.sandbox.require {
+            for d in &c.dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+            return Err(
+                "sandbox requirement not met: some worker limits cannot be applied \
+                        through cgroups on this machine (sandbox.require)"
+                    .into(),
+            );
+        }
+        Ok(c)
     }
 }
 

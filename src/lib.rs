@@ -22,6 +22,7 @@
 //! 2. Services: [`ops`] (the Clove op table and handlers), [`supervisor`] (agent processes,
 //!    sandbox, cgroups, restarts, metrics), [`llm`] (THINK), [`mod@http`] (the HTTP op),
 //!    [`relay`] (the ClawNet relay: Socket.IO agents and dashboards).
+//!    [`router`] (the Codeswarm router: swarms, providers, the node worker).
 //! 1. [`kernel`]: the shared state (callers and identity, permissions, state store facade,
 //!    mailboxes, events, audit, async results).
 //! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
@@ -49,6 +50,7 @@ pub mod pool;
 pub mod proto;
 pub mod reactor;
 pub mod relay;
+pub mod router;
 pub mod secrets;
 pub mod settings;
 pub mod sockdiag;

@@ -70,6 +70,12 @@ enum Command {
     CheckConfig(local::ConfigArg),
     /// The ClawNet relay's per-agent tokens, through the running daemon.
     Relay(relay::RelayArgs),
+    /// Drive swarms through the Codeswarm router over TCP (providers, launch, list, status,
+    /// inject, attach, terminate).
+    Swarm(clove::router::cli::SwarmArgs),
+    /// The node worker a router provider starts, one per node (reads its mailbox from
+    /// CODESWARM_JOB_ID, CODESWARM_NODE_ID, CODESWARM_BASE_DIR).
+    Worker(WorkerArgs),
 }
 
 // `clove generate` is parsed on its own, not as a subcommand of `Cli`: the completions it
@@ -222,6 +228,8 @@ fn run(cli: Cli) -> Outcome {
         Command::State(a) => local::state(a),
         Command::CheckConfig(a) => local::check_config(a, cli.json),
         Command::Relay(a) => relay::relay(&ctx, a),
+        Command::Swarm(a) => swarm_command(a, cli.json),
+        Command::Worker(a) => worker_command(a.settings),
     }
 }
 
@@ -252,5 +260,27 @@ fn generate(what: Generate) -> Outcome {
             print!("{text}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clove worker`'s options.
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Worker settings (default: $CLOVE_WORKER_SETTINGS; without either, the mock worker).
+    #[arg(long, value_name = "FILE")]
+    settings: Option<PathBuf>,
+}
+
+/// `clove swarm ...`: a router client over TCP. The router saying no is exit 1; a router
+/// that cannot be reached (or answers nothing usable) is exit 2.
+fn swarm_command(args: clove::router::cli::SwarmArgs, json: bool) -> Outcome {
+    clove::router::cli::run(args, json)
+        .map(ExitCode::from)
+        .map_err(Failure::Unreachable)
+}
+
+/// `clove worker`: one node's worker, until its inbox says `shutdown`.
+fn worker_command(settings: Option<PathBuf>) -> Outcome {
+    clove::router::worker::run(settings).map_err(Failure::Refused)?;
     Ok(ExitCode::SUCCESS)
 }

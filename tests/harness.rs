@@ -192,7 +192,10 @@ impl Daemon {
             .arg(&self.state_dir)
             .env("CLOVE_LOG", "debug")
             .env_remove("CLOVE_SOCKET")
-            .env_remove("CLOVE_CONFIG");
+            .env_remove("CLOVE_CONFIG")
+            // A router address from the developer's shell must not become the tests' choice.
+            .env_remove("CODESWARM_ROUTER_HOST")
+            .env_remove("CODESWARM_ROUTER_PORT");
         // The developer's own model keys and proxies must not leak into tests.
         for var in LLM_AND_PROXY_ENV {
             cmd.env_remove(var);

@@ -4,6 +4,7 @@
 mod agent_support;
 mod fakes;
 mod harness;
+mod router_support;
 
 mod agent_restart;
 mod connect_timeouts;
@@ -24,6 +25,7 @@ mod newcomer;
 mod perms_ops;
 mod python_client;
 mod relay;
+mod router;
 mod sandbox_escape;
 mod smoke;
 mod state_ops;

@@ -9,6 +9,7 @@
 
 pub mod clove;
 pub mod relay;
+pub mod router;
 pub mod warnings;
 
 use crate::kernel::{CallerId, Peer};
@@ -137,6 +138,8 @@ pub enum Proto {
     Clove(clove::CloveProto),
     /// HTTP, Engine.IO and Socket.IO on the relay listener.
     Relay(Box<relay::RelayProto>),
+    /// `codeswarm.router.v1` JSON lines (the Codeswarm router's TCP listener).
+    Router(router::RouterProto),
 }
 
 impl Proto {
@@ -151,6 +154,7 @@ impl Proto {
         match self {
             Proto::Clove(p) => p.process(input, io, env, budget),
             Proto::Relay(p) => p.process(input, io, env, budget),
+            Proto::Router(p) => p.process(input, io, env, budget),
         }
     }
 
@@ -162,6 +166,18 @@ impl Proto {
                 let _ = io;
             }
             Proto::Relay(p) => p.closed(io),
+            Proto::Router(p) => p.closed(io),
+        }
+    }
+
+    /// The connection was just accepted: a front-end may greet or refuse it (write output,
+    /// set `close_after_flush`) before any input arrives.
+    pub fn opened(&mut self, io: &mut ConnIo) {
+        match self {
+            Proto::Clove(_) | Proto::Relay(_) => {
+                let _ = io;
+            }
+            Proto::Router(p) => p.opened(io),
         }
     }
 }

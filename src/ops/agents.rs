@@ -355,9 +355,16 @@ pub fn list(o: &Ops, _call: &Call, _payload: &[u8]) -> Outcome {
 /// METRICS_SYSTEM.
 pub fn metrics_system(o: &Ops, _call: &Call, _payload: Vec<u8>, r: Responder) {
     let _k = &*o.kernel;
-    r.reply(&to_bytes(
-        &json!({"success": true, "metrics": crate::supervisor::metrics::system(&o.agents.samples)}),
-    ));
+    // The services' counters (the router's clients, events, queue, followed files) beside
+    // the machine's figures.
+    let services: serde_json::Map<String, serde_json::Value> = o
+        .services
+        .iter()
+        .map(|p| (p.name.to_string(), (p.report)()))
+        .collect();
+    r.reply(&to_bytes(&json!({"success": true,
+        "metrics": crate::supervisor::metrics::system(&o.agents.samples),
+        "services": services})));
 }
 
 /// METRICS_AGENT `{agent_id?}` (default: the caller itself).

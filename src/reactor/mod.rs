@@ -593,6 +593,10 @@ impl Reactor {
                     (Stream::Unix(s), peer)
                 }),
                 ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
+                    // Small messages (one event line) must leave at once: with Nagle's
+                    // algorithm a line waits for the ACK of the previous one, which the
+                    // client delays by up to 40 ms.
+                    let _ = s.set_nodelay(true);
                     let peer = listen::tcp_peer(&s);
                     (Stream::Tcp(s), peer)
                 }),
@@ -803,22 +807,25 @@ impl Reactor {
             sink: self.sink.clone(),
             conn: id,
         });
-        let proto = (listener.make)(outbox);
+        let mut proto = (listener.make)(outbox);
         let max_pending_push = listener.max_pending_push;
         let agent = matches!(admitted.holder, Holder::Agent(_));
         let now = Instant::now();
+        let mut io = ConnIo {
+            label: id.label(),
+            caller,
+            peer,
+            addr,
+            out: Vec::new(),
+            out_pos: 0,
+            busy: false,
+            close_after_flush: false,
+        };
+        // A front-end may refuse the connection here (the router's client limit).
+        proto.opened(&mut io);
         self.slots[slot as usize].conn = Some(Conn {
             stream,
-            io: ConnIo {
-                label: id.label(),
-                caller,
-                peer,
-                addr,
-                out: Vec::new(),
-                out_pos: 0,
-                busy: false,
-                close_after_flush: false,
-            },
+            io,
             proto,
             admission,
             max_pending_push,

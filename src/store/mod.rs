@@ -748,9 +748,17 @@ impl StateStore {
     }
 
     /// What the database held at start besides keys (agent names and persistent specs); the
-    /// second call returns an empty set.
+    /// second call returns an empty set. Services' documents stay for their owners
+    /// ([`StateStore::take_docs`]): the supervisor takes this while services start, and must
+    /// not carry their documents away.
     pub fn take_recovered(&self) -> Recovered {
-        std::mem::take(&mut *self.recovered.lock())
+        let mut r = self.recovered.lock();
+        Recovered {
+            agent_names: std::mem::take(&mut r.agent_names),
+            agent_specs: std::mem::take(&mut r.agent_specs),
+            expired_at_start: std::mem::take(&mut r.expired_at_start),
+            docs: Vec::new(),
+        }
     }
 
     /// Hands a change to the writer; `done` runs after it is committed (or refused). Never
@@ -1606,6 +1614,8 @@ mod tests {
         s.close();
         drop(s);
         let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        // The supervisor's take leaves the services' documents alone.
+        assert!(s.take_recovered().docs.is_empty());
         assert_eq!(
             s.take_docs("router.swarms"),
             vec![("a".to_string(), r#"{"n":3}"#.to_string())]
