@@ -593,6 +593,14 @@ impl Reactor {
                     (Stream::Unix(s), peer)
                 }),
                 ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
+                    // No Nagle: the reactor already writes a turn's output at once, and Nagle
+                    // would hold a small write back until the peer acknowledges the one before,
+                    // which a peer with nothing to say delays by 40 ms (delayed ACK). Over TLS
+                    // that hits every request that ends the handshake: the session tickets go
+                    // out while reading it, and the reply waited for their ACK.
+                    if let Err(e) = s.set_nodelay(true) {
+                        log::debug!("{}: cannot set TCP_NODELAY: {e}", listener.name);
+                    }
                     let peer = listen::tcp_peer(&s);
                     (Stream::Tcp(s), peer)
                 }),
