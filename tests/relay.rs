@@ -1173,3 +1173,75 @@ fn relay_tls_serves_wss_and_https_polling() {
     ));
     assert!(!ok && err.contains("relay.tls_cert"), "{err}");
 }
+
+/// The request that a TLS client sends with its handshake's last message (as Node's does) is
+/// answered at once on a kept-alive connection. The daemon sends its session tickets while it
+/// reads that flight and the answer right after: with Nagle's algorithm on the socket, the
+/// answer waited for the client to acknowledge the tickets, which a client with nothing to
+/// send delays by 40 ms; socket.io-client's upgrade probe lost its race against the session's
+/// first messages that way, and the session stayed on polling.
+#[test]
+fn relay_tls_answers_the_request_that_ends_the_handshake_at_once() {
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    let ca = crate::fakes::TestCa::new();
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        ca.dir.path().join("server.pem").display().to_string(),
+        ca.dir.path().join("server.key").display().to_string()
+    );
+    let d = relay_daemon(&extra, &[("CLAWNET_SECRET_KEY", "shh")]);
+    let a = addr(&d);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca.ca_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let request = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+        Upgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    // The best of a few connections, so a busy machine does not fail the test; with the
+    // delayed acknowledgement every one of them takes 40 ms or more.
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(a).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        // Written before the handshake: rustls sends it along with its Finished.
+        tls.writer().write_all(request).unwrap();
+        while tls.is_handshaking() {
+            if tls.wants_write() {
+                tls.write_tls(&mut tcp).unwrap();
+            } else {
+                assert!(tls.read_tls(&mut tcp).unwrap() > 0, "the server hung up");
+                tls.process_new_packets().unwrap();
+            }
+        }
+        let sent = Instant::now();
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp).unwrap();
+        }
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(tls.read_tls(&mut tcp).unwrap() > 0, "the server hung up");
+            tls.process_new_packets().unwrap();
+            let _ = tls.reader().read_to_end(&mut got);
+        }
+        best = best.min(sent.elapsed());
+        let head = String::from_utf8_lossy(&got);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    }
+    assert!(
+        best < Duration::from_millis(25),
+        "the answer took {best:?} at best"
+    );
+}

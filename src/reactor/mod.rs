@@ -593,10 +593,15 @@ impl Reactor {
                     (Stream::Unix(s), peer)
                 }),
                 ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
-                    // Small messages (one event line) must leave at once: with Nagle's
-                    // algorithm a line waits for the ACK of the previous one, which the
-                    // client delays by up to 40 ms.
-                    let _ = s.set_nodelay(true);
+                    // No Nagle: the reactor already writes a turn's output at once (one event line, one
+                    // reply), and Nagle
+                    // would hold a small write back until the peer acknowledges the one before,
+                    // which a peer with nothing to say delays by 40 ms (delayed ACK). Over TLS
+                    // that hits every request that ends the handshake: the session tickets go
+                    // out while reading it, and the reply waited for their ACK.
+                    if let Err(e) = s.set_nodelay(true) {
+                        log::debug!("{}: cannot set TCP_NODELAY: {e}", listener.name);
+                    }
                     let peer = listen::tcp_peer(&s);
                     (Stream::Tcp(s), peer)
                 }),
