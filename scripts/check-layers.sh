@@ -27,7 +27,7 @@ LAYERS = {
     "kernel/": 1,
     "proto/": 0, "store/": 0, "metrics.rs": 0, "pool.rs": 0, "clock.rs": 0,
     "settings.rs": 0, "secrets.rs": 0, "lockfile.rs": 0, "tls.rs": 0, "client.rs": 0,
-    "bench.rs": 0, "systemd.rs": 0, "sockdiag.rs": 0, "spelling.rs": 0, "log_ring.rs": 0,
+    "bench.rs": 0, "systemd.rs": 0, "sockdiag.rs": 0, "process.rs": 0, "spelling.rs": 0, "log_ring.rs": 0,
     # lib.rs only declares the modules.
     "lib.rs": None,
 }

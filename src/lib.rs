@@ -47,6 +47,7 @@ pub mod lockfile;
 pub mod log_ring;
 pub mod ops;
 pub mod pool;
+pub mod process;
 pub mod proto;
 pub mod reactor;
 pub mod relay;

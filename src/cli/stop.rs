@@ -4,7 +4,7 @@ use super::exit::{Failure, Outcome};
 use super::{Ctx, print_json, say};
 use clap::Args;
 use serde_json::json;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ pub fn stop(ctx: &Ctx, a: StopArgs) -> Outcome {
         )));
     }
     // Opened before the signal, so the wait cannot miss the exit or hit a reused pid.
-    let exit_fd = pidfd(pid);
+    let exit_fd = clove::process::pidfd_open(pid);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -66,15 +66,6 @@ pub fn stop(ctx: &Ctx, a: StopArgs) -> Outcome {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A pidfd for `pid`: readable once the process has exited.
-fn pidfd(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) with a pid and no flags; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: the fd was just made by pidfd_open and nothing else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Waits until `fd` is readable or `timeout` has passed; true when readable.

@@ -15,8 +15,8 @@
 //! the supervisor thread reaps the agents.
 
 use super::config::ExecConfig;
-use super::exec::{kill_group, pidfd_open};
 use crate::kernel::{CallerId, Kernel};
+use crate::process::{has_exited, kill_group, pidfd_open};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -492,24 +492,6 @@ impl Runner {
             }
         }
     }
-}
-
-/// True when our child `pid` has exited; the zombie is left in place (`WNOWAIT`), so the pid
-/// stays ours until it is reaped.
-fn has_exited(pid: i32) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid(2).
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on one specific child with a valid siginfo pointer.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: si_pid is valid to read after a successful waitid.
-    r == 0 && unsafe { info.si_pid() } == pid
 }
 
 fn set_nonblocking(fd: i32) -> std::io::Result<()> {

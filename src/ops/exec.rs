@@ -22,7 +22,6 @@ use crate::secrets::is_secret_env;
 use crate::supervisor::enter::{self, Confinement, EnterSpec};
 use serde::Deserialize;
 use serde_json::json;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -327,28 +326,5 @@ fn fmt_secs(d: Duration) -> String {
         format!("{}", s as u64)
     } else {
         format!("{s}")
-    }
-}
-
-/// `pidfd_open(2)`: a file descriptor that becomes readable when the process exits.
-pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments; a non-negative result is a new fd we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        None
-    } else {
-        // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-        Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
-}
-
-/// SIGKILL to a whole process group; a group that is already gone is fine. The
-/// `clove __enter` helper makes its group first thing after it starts; until then the group
-/// does not exist and the helper, which has not forked yet, is killed alone.
-pub fn kill_group(pgid: i32) {
-    use nix::sys::signal::{Signal, kill, killpg};
-    let pid = nix::unistd::Pid::from_raw(pgid);
-    if killpg(pid, Signal::SIGKILL) == Err(nix::errno::Errno::ESRCH) {
-        let _ = kill(pid, Signal::SIGKILL);
     }
 }

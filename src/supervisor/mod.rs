@@ -32,6 +32,7 @@ use crate::kernel::audit::Category;
 use crate::kernel::identity::NsId;
 use crate::kernel::perms::Permissions;
 use crate::kernel::{CallerId, Kernel, Responder, request};
+use crate::process::{has_exited, signal_group};
 use cgroup::{AgentCgroup, Cgroups, Limits};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use launch::{NsReport, Report};
@@ -2179,37 +2180,6 @@ fn set_status(a: &mut AgentInfo, next: Status) {
             a.status.as_str(),
             next.as_str()
         );
-    }
-}
-
-/// True when `pid` (our child) has exited; the zombie is left in place (`WNOWAIT`).
-fn has_exited(pid: i32) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid(2).
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on one specific child with a valid siginfo pointer.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: si_pid is valid to read after a successful waitid.
-    r == 0 && unsafe { info.si_pid() } == pid
-}
-
-/// Sends a signal to a launcher's process group; a group that is gone is fine. A launcher
-/// makes its group (with its session) first thing after it starts; until then the group
-/// does not exist and the launcher, which has not forked yet, is signalled alone.
-fn signal_group(pgid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) on the process group (or the process) we started.
-    unsafe {
-        if libc::kill(-pgid, sig) != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
-            libc::kill(pgid, sig);
-        }
     }
 }
 
