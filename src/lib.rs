@@ -27,10 +27,11 @@
 //!    mailboxes, events, audit, async results).
 //! 0. Leaves: [`proto`] (pure codecs, fuzzed), [`store`] (SQLite), [`pool`], [`clock`],
 //!    [`settings`], [`secrets`], [`lockfile`], [`log_ring`] (recent warnings, for `clove
-//!    status`), [`spelling`] (did-you-mean), [`tls`], [`process`] (exit checks, pidfds, group signals), [`sockdiag`] (who owns a loopback TCP
-//!    peer), [`systemd`] (what systemd hands the daemon, and readiness, status and watchdog
-//!    pings back), [`config_doc`] (the commented default config), and the client side used by
-//!    the CLI: [`client`], [`mod@bench`].
+//!    status`), [`spelling`] (did-you-mean), [`tls`], [`process`] (exit checks, pidfds, group
+//!    signals), [`sockdiag`] (who owns a loopback TCP peer), [`systemd`] (what systemd hands
+//!    the daemon, and readiness, status and watchdog pings back), and the client side used by
+//!    the CLI: [`client`], [`mod@bench`]. ([`config_doc`], the commented default config, is
+//!    part of the assembly, with [`config`].)
 
 pub mod bench;
 pub mod client;
