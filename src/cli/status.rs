@@ -134,7 +134,7 @@ fn render(s: &Value) -> String {
     line("queues", queues(&s["queues"]));
     if let Some(services) = s["services"].as_object() {
         for (name, v) in services {
-            line("service", format!("{name}: {v}"));
+            line("service", format!("{name}: {}", figures(v)));
         }
     }
     out.push_str("recent problems (warnings and errors in the daemon's log, newest last):\n");
@@ -153,6 +153,30 @@ fn render(s: &Value) -> String {
     out
 }
 
+/// A service's figures as `key=value` pairs (nested objects flattened as `a.b=`), so one
+/// line per service stays readable.
+fn figures(v: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            Value::String(s) => out.push(format!("{prefix}={s}")),
+            other => out.push(format!("{prefix}={other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", v, &mut out);
+    out.join(" ")
+}
+
 /// `completion 0/4096, exec 0/64, ...`.
 fn queues(q: &Value) -> String {
     let empty = Map::new();
@@ -160,7 +184,10 @@ fn queues(q: &Value) -> String {
         .unwrap_or(&empty)
         .iter()
         .map(|(name, v)| {
-            let used = v.get("queued").or_else(|| v.get("running"));
+            let used = v
+                .get("queued")
+                .or_else(|| v.get("running"))
+                .or_else(|| v.get("bytes"));
             format!(
                 "{name} {}/{}",
                 used.map(text).unwrap_or_default(),
