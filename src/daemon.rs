@@ -107,6 +107,12 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     // Unsent reply bytes of all connections, kept by the reactor, shown by HELLO.
     let pending_replies = Arc::new(AtomicUsize::new(0));
     let relay = start_relay(&config, &kernel)?;
+    if let Some((r, _)) = &relay {
+        r.set_reply_budget(
+            pending_replies.clone(),
+            config.server.pending_reply_total_bytes,
+        );
+    }
     let mut ops = start_ops(&config, &kernel, &agents, &sink, pending_replies.clone())?;
     if let Some((r, _)) = &relay {
         let probe = r.clone();

@@ -207,8 +207,8 @@ enum Command {
         #[arg(long, value_name = "DIR", global = true)]
         state_dir: Option<PathBuf>,
     },
-    /// The ClawNet relay's per-agent tokens (through the running daemon; needs the manage
-    /// right, which the user's own clients have).
+    /// The ClawNet relay's per-agent tokens and credentials key (through the running daemon;
+    /// needs the manage right, which the user's own clients have).
     Relay {
         #[command(subcommand)]
         action: RelayAction,
@@ -258,6 +258,8 @@ enum RelayAction {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Re-encrypt every stored credential under a new master key, crash-safely.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -772,9 +774,33 @@ fn generate(what: Generate) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `clove relay rotate-key`: the relay's credentials re-encrypted under a new key.
+fn relay_rotate_key(socket: Option<PathBuf>) -> Result<ExitCode, String> {
+    let path = config::client_socket(socket.as_deref());
+    let mut c = Client::connect(&path)
+        .map_err(|e| format!("cannot reach the daemon at {}: {e}", path.display()))?;
+    let req = serde_json::json!({"service": "relay", "action": "rotate_key"});
+    let v = c
+        .call_json(ops::SERVICE_ADMIN, &req)
+        .map_err(|e| format!("request failed: {e}"))?;
+    if v["success"] != serde_json::json!(true) {
+        eprintln!("clove: {}", v["error"].as_str().unwrap_or("request failed"));
+        return Ok(ExitCode::from(1));
+    }
+    say!(
+        "credentials key rotated: {} values re-encrypted, key id {}",
+        v["credentials"],
+        v["kid"].as_str().unwrap_or("")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `clove relay token ...`: SERVICE_ADMIN requests to the running daemon's relay.
 fn relay_command(socket: Option<PathBuf>, action: RelayAction) -> Result<ExitCode, String> {
-    let RelayAction::Token { action } = action;
+    let action = match action {
+        RelayAction::Token { action } => action,
+        RelayAction::RotateKey => return relay_rotate_key(socket),
+    };
     let (req, json_out) = match &action {
         TokenAction::Create {
             agent,

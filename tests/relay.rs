@@ -755,7 +755,7 @@ fn relay_client_that_never_pongs_is_closed_after_ping_timeout() {
 
 #[test]
 fn relay_non_reading_client_is_dropped_and_others_are_unaffected() {
-    let d = relay_daemon("max_pending_output = 2000000", &[]);
+    let d = relay_daemon("max_pending_output = 2000000\nmax_file_bytes = 100000", &[]);
     let mut raw = RawWs::connect(addr(&d));
     raw.send_text(&format!(
         r#"40{{"token":"{}","agent_id":"sleepy"}}"#,
@@ -808,7 +808,7 @@ fn raw_http(a: SocketAddr, bytes: &[u8]) -> String {
 
 #[test]
 fn relay_oversized_packets_are_refused() {
-    let d = relay_daemon("max_payload = 100000", &[]);
+    let d = relay_daemon("max_payload = 100000\nmax_file_bytes = 10000", &[]);
     let a = addr(&d);
     // A WebSocket message over maxPayload: close 1009.
     let mut raw = RawWs::connect(a);

@@ -827,6 +827,7 @@ mod tests {
             ping_interval_ms: Some(10),
             ping_timeout_ms: Some(1000),
             max_pending_output: Some(2_000_001),
+            max_file_bytes: Some(100_000),
             ..Default::default()
         };
         let mut st = state(raw);

@@ -712,8 +712,10 @@ impl StateStore {
         let expired_at_start = db
             .purge_expired(now)
             .map_err(|e| db::classify(&cfg.path, e))?;
-        let mut inner = Inner::default();
-        inner.registry = Registry::load(&db)?;
+        let mut inner = Inner {
+            registry: Registry::load(&db)?,
+            ..Default::default()
+        };
         db.for_each_key(|ns, key, value, expires_ms| {
             let scope = match ns {
                 Namespace::Shared | Namespace::Named(_) => Scope::Global,
