@@ -24,6 +24,7 @@ mod memory_budgets;
 mod perms_ops;
 mod python_client;
 mod relay;
+mod relay_resources;
 mod sandbox_escape;
 mod smoke;
 mod state_ops;

@@ -830,6 +830,112 @@ mod tests {
         assert_eq!(r.open("t", "a", &new).unwrap(), b"v");
     }
 
+    /// A relay state over a durable store in `dir` (the credentials key file is there too).
+    fn state_in(dir: &Path) -> (State, crate::store::StateStore) {
+        let mut errors = Vec::new();
+        let raw = crate::relay::config::RawRelay::default();
+        let cfg =
+            crate::relay::config::RelayConfig::from_raw_env(&raw, dir, &|_| None, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let auth = crate::relay::auth::Auth::new(cfg.secrets.clone(), &[1; 32], cfg.jwt_ttl, 10);
+        let limits = crate::config::Config::defaults().store_limits;
+        let store = crate::store::StateStore::open_at(
+            &crate::store::StoreConfig::at(&dir.join("store.db")),
+            limits,
+        )
+        .unwrap();
+        let mut st = State::new(std::sync::Arc::new(cfg), auth);
+        crate::relay::resources::load(&mut st, &store);
+        (st, store)
+    }
+
+    fn cred(id: &str, sealed: Sealed) -> Credential {
+        Credential {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            owner: "w".into(),
+            shared_with: BTreeSet::new(),
+            created_ms: 1,
+            updated_ms: 1,
+            sealed,
+        }
+    }
+
+    /// Leaves the store as a rotation from `k1` to `k2` that crashed after writing
+    /// `<file>.new`: values `a` (under k1) and `b` (under k2: stored after the switch), and the
+    /// record of the current key naming `recorded`.
+    fn crashed_rotation(dir: &Path, k1: &MasterKey, k2: &MasterKey, recorded: &MasterKey) {
+        let key_file = dir.join(crate::relay::config::CREDENTIALS_KEY_FILE);
+        write_key(&key_file, k1).unwrap();
+        write_key(&pending_path(&key_file), k2).unwrap();
+        let (_, store) = state_in(dir);
+        let a = seal_with(k1, "t", "a", b"\"va\"").unwrap();
+        let b = seal_with(k2, "t", "b", b"\"vb\"").unwrap();
+        store
+            .docs_wait(vec![
+                doc(CREDENTIALS, "t", "a", &cred("a", a)),
+                doc(CREDENTIALS, "t", "b", &cred("b", b)),
+                key_record(recorded),
+            ])
+            .unwrap();
+        store.close();
+    }
+
+    /// Opens the keyring after the crash; the values, and the sealed records on disk.
+    fn reopen(dir: &Path) -> (Vec<Vec<u8>>, Vec<String>) {
+        let (mut st, store) = state_in(dir);
+        open_keyring(&mut st, &store).unwrap();
+        let ring = st.keyring.as_ref().unwrap();
+        let t = &st.tenants["t"];
+        let values = ["a", "b"]
+            .iter()
+            .map(|id| ring.open("t", id, &t.res.credentials[*id].sealed).unwrap())
+            .collect();
+        store.close();
+        drop(store);
+        let (st, _) = state_in(dir);
+        let kids = ["a", "b"]
+            .iter()
+            .map(|id| st.tenants["t"].res.credentials[*id].sealed.kid.clone())
+            .collect();
+        (values, kids)
+    }
+
+    #[test]
+    fn a_rotation_that_committed_is_finished_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let (k1, k2) = (MasterKey::new([1; 32]), MasterKey::new([2; 32]));
+        crashed_rotation(d.path(), &k1, &k2, &k2);
+        let (values, kids) = reopen(d.path());
+        assert_eq!(values, [b"\"va\"".to_vec(), b"\"vb\"".to_vec()]);
+        assert_eq!(
+            kids,
+            [k2.kid.clone(), k2.kid.clone()],
+            "everything under the new key"
+        );
+        let key_file = d.path().join(crate::relay::config::CREDENTIALS_KEY_FILE);
+        assert_eq!(read_key(&key_file).unwrap().unwrap().kid, k2.kid);
+        assert!(!pending_path(&key_file).exists());
+    }
+
+    #[test]
+    fn a_rotation_that_did_not_commit_is_rolled_back_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let (k1, k2) = (MasterKey::new([1; 32]), MasterKey::new([2; 32]));
+        crashed_rotation(d.path(), &k1, &k2, &k1);
+        let (values, kids) = reopen(d.path());
+        assert_eq!(values, [b"\"va\"".to_vec(), b"\"vb\"".to_vec()]);
+        assert_eq!(
+            kids,
+            [k1.kid.clone(), k1.kid.clone()],
+            "everything under the old key"
+        );
+        let key_file = d.path().join(crate::relay::config::CREDENTIALS_KEY_FILE);
+        assert_eq!(read_key(&key_file).unwrap().unwrap().kid, k1.kid);
+        assert!(!pending_path(&key_file).exists());
+    }
+
     #[test]
     fn key_ids_differ_per_key_and_key_files_are_private() {
         assert_ne!(MasterKey::new([1; 32]).kid, MasterKey::new([2; 32]).kid);
