@@ -124,6 +124,12 @@ pub fn serve(mut config: Config) -> Result<(), DaemonError> {
     let (mut router, router_listener, router_probe) =
         start_router(&config, &kernel, &agents, router_bind)?;
     let relay = start_relay(&config, &kernel)?;
+    if let Some((r, _)) = &relay {
+        r.set_reply_budget(
+            pending_replies.clone(),
+            config.server.pending_reply_total_bytes,
+        );
+    }
     let mut ops = start_ops(&config, &kernel, &agents, &sink, pending_replies.clone())?;
     ops.services.push(router_probe);
     if let Some((r, _)) = &relay {

@@ -25,6 +25,7 @@ mod newcomer;
 mod perms_ops;
 mod python_client;
 mod relay;
+mod relay_resources;
 mod router;
 mod sandbox_escape;
 mod smoke;

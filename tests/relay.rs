@@ -16,13 +16,13 @@ fn clients_dir() -> PathBuf {
 }
 
 /// A daemon whose relay listens on a free loopback port, with `extra` in `[relay]`.
-fn relay_daemon(extra: &str, env: &[(&str, &str)]) -> Daemon {
+pub fn relay_daemon(extra: &str, env: &[(&str, &str)]) -> Daemon {
     let toml = format!("[relay]\nlisten = \"127.0.0.1:0\"\n{extra}\n");
     Daemon::with_config_env(&toml, env)
 }
 
 /// The relay's address, from the ready line.
-fn addr(d: &Daemon) -> SocketAddr {
+pub fn addr(d: &Daemon) -> SocketAddr {
     let word = d
         .ready
         .split_whitespace()
@@ -31,11 +31,11 @@ fn addr(d: &Daemon) -> SocketAddr {
     word.parse().unwrap()
 }
 
-fn url(d: &Daemon) -> String {
+pub fn url(d: &Daemon) -> String {
     format!("http://{}", addr(d))
 }
 
-fn master_token(d: &Daemon) -> String {
+pub fn master_token(d: &Daemon) -> String {
     std::fs::read_to_string(d.state_dir.join("relay-master.token"))
         .expect("master token file")
         .trim()
@@ -43,7 +43,7 @@ fn master_token(d: &Daemon) -> String {
 }
 
 /// `clove relay token create ...`: the token printed.
-fn make_token(d: &Daemon, agent: &str, role: &str, extra: &[&str]) -> String {
+pub fn make_token(d: &Daemon, agent: &str, role: &str, extra: &[&str]) -> String {
     let out = Command::new(crate::harness::BIN)
         .args(["relay", "token", "create", "--agent", agent, "--role", role])
         .args(extra)
@@ -59,13 +59,23 @@ fn make_token(d: &Daemon, agent: &str, role: &str, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Runs a program with a deadline; its stdout must be one JSON object.
-fn run_json(mut cmd: Command, what: &str) -> Value {
+/// Runs a program with a deadline; its stdout must be one JSON object. Its output is read
+/// while it runs: one that writes more than a pipe holds must not wait for a reader forever.
+pub fn run_json(mut cmd: Command, what: &str) -> Value {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -78,20 +88,7 @@ fn run_json(mut cmd: Command, what: &str) -> Value {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert!(status.success(), "{what} failed ({status}): {err}\n{out}");
     serde_json::from_str(out.trim())
         .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {out}\n{err}"))
@@ -107,7 +104,7 @@ fn scenario(name: &str, params: Value) -> Value {
     run_json(cmd, &format!("scenario {name}"))
 }
 
-fn code(v: &Value) -> &str {
+pub fn code(v: &Value) -> &str {
     v["code"]
         .as_str()
         .unwrap_or_else(|| panic!("no code in {v}"))
@@ -755,7 +752,7 @@ fn relay_client_that_never_pongs_is_closed_after_ping_timeout() {
 
 #[test]
 fn relay_non_reading_client_is_dropped_and_others_are_unaffected() {
-    let d = relay_daemon("max_pending_output = 2000000", &[]);
+    let d = relay_daemon("max_pending_output = 2000000\nmax_file_bytes = 100000", &[]);
     let mut raw = RawWs::connect(addr(&d));
     raw.send_text(&format!(
         r#"40{{"token":"{}","agent_id":"sleepy"}}"#,
@@ -808,7 +805,7 @@ fn raw_http(a: SocketAddr, bytes: &[u8]) -> String {
 
 #[test]
 fn relay_oversized_packets_are_refused() {
-    let d = relay_daemon("max_payload = 100000", &[]);
+    let d = relay_daemon("max_payload = 100000\nmax_file_bytes = 10000", &[]);
     let a = addr(&d);
     // A WebSocket message over maxPayload: close 1009.
     let mut raw = RawWs::connect(a);

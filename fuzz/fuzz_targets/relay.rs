@@ -31,7 +31,8 @@ fn relay() -> &'static Arc<Relay> {
         // Short timers, run by the relay's own thread: sessions the input opens and leaves
         // are closed soon, so the state stays small however long the fuzzer runs.
         let raw = clove::relay::config::RawRelay {
-            max_payload: Some(4096),
+            max_payload: Some(32768),
+            max_file_bytes: Some(1024),
             ping_interval_ms: Some(20),
             ping_timeout_ms: Some(20),
             connect_timeout_ms: Some(50),

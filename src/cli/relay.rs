@@ -1,5 +1,6 @@
-//! `clove relay token create|list|revoke`: the ClawNet relay's per-agent tokens, through the
-//! running daemon (SERVICE_ADMIN; needs the manage right, which the user's own clients have).
+//! `clove relay token create|list|revoke` and `clove relay rotate-key`: the ClawNet relay's
+//! per-agent tokens and its credentials key, through the running daemon (SERVICE_ADMIN; needs
+//! the manage right, which the user's own clients have).
 
 use super::exit::{Failure, Outcome};
 use super::{Ctx, say};
@@ -22,6 +23,9 @@ enum RelayAction {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Re-encrypt every stored credential under a new master key, crash-safely (an
+    /// interrupted rotation is finished when the daemon starts again).
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -52,7 +56,10 @@ enum TokenAction {
 
 /// `clove relay ...`.
 pub fn relay(ctx: &Ctx, args: RelayArgs) -> Outcome {
-    let RelayAction::Token { action } = args.action;
+    let action = match args.action {
+        RelayAction::Token { action } => action,
+        RelayAction::RotateKey => return rotate_key(ctx),
+    };
     let req = request(&action)?;
     let v = ctx.ok_once(op::SERVICE_ADMIN, &req)?;
     if ctx.json {
@@ -76,6 +83,24 @@ pub fn relay(ctx: &Ctx, args: RelayArgs) -> Outcome {
             text(&v["id"]),
             v["closed_sockets"]
         ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clove relay rotate-key`.
+fn rotate_key(ctx: &Ctx) -> Outcome {
+    let v = ctx.ok_once(
+        op::SERVICE_ADMIN,
+        &json!({"service": "relay", "action": "rotate_key"}),
+    )?;
+    if ctx.json {
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        say!(
+            "credentials key rotated: {} values re-encrypted, key id {}",
+            v["credentials"],
+            text(&v["kid"])
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,8 @@ use crate::store::{Expired, Namespace, Scope};
 use parking_lot::Mutex;
 use serde_json::json;
 
-/// STATE_CHANGED for a change made by `caller`.
+/// STATE_CHANGED for a change made by `caller`. Keys of services' named namespaces are not
+/// Clove state: they are never announced.
 pub fn announce(
     events: &Mutex<EventBus>,
     caller: CallerId,
@@ -20,6 +21,7 @@ pub fn announce(
     let only = match ns {
         Namespace::Agent(owner) => Some(owner),
         Namespace::Shared => None,
+        Namespace::Named(_) => return,
     };
     let mut bus = events.lock();
     if !bus.has_subscribers("STATE_CHANGED") {
@@ -38,6 +40,7 @@ pub fn announce_expiry(k: &Kernel, e: &Expired) {
     let owner = match e.ns {
         Namespace::Agent(id) => id,
         Namespace::Shared => 0,
+        Namespace::Named(_) => return,
     };
     announce(&k.events, owner, &e.key, "expire", e.scope, e.ns);
 }

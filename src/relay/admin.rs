@@ -1,7 +1,8 @@
 //! The relay's administration (SERVICE_ADMIN `{service: "relay", action, ...}`, used by
-//! `clove relay token ...`): per-agent tokens made, listed and revoked. A token is shown once,
-//! when it is made; the store keeps its hash. A revoke takes effect at once: sockets admitted
-//! with the token are closed.
+//! `clove relay token ...` and `clove relay rotate-key`): per-agent tokens made, listed and
+//! revoked, and the credentials key rotated (see [`super::credentials`]). A token is shown
+//! once, when it is made; the store keeps its hash. A revoke takes effect at once: sockets
+//! admitted with the token are closed.
 
 use super::auth::{self, Role, valid_name};
 use super::config::DEFAULT_TENANT;
@@ -21,12 +22,22 @@ impl Relay {
     /// Handles one administration request; `done` gets the reply (after any commit).
     pub fn admin(self: &Arc<Self>, req: Value, done: Done) {
         let action = req.get("action").and_then(Value::as_str).unwrap_or("");
+        if action == "rotate_key" {
+            // Files and a store commit to wait for: the relay's I/O thread does it.
+            if let Err(super::io::Job::Rotate(done)) =
+                self.io_queue.try_send(super::io::Job::Rotate(done))
+            {
+                done(fail("the relay's I/O queue is full; try again"));
+            }
+            return;
+        }
         let planned = self.with(|st| match action {
             "token_create" => st.token_create(&req),
             "token_list" => Ok((Vec::new(), st.token_list(&req))),
             "token_revoke" => st.token_revoke(&req),
             other => Err(fail(format!(
-                "unknown relay action {other:?} (token_create, token_list, token_revoke)"
+                "unknown relay action {other:?} (token_create, token_list, token_revoke, \
+                 rotate_key)"
             ))),
         });
         match planned {

@@ -52,6 +52,14 @@ pub struct RawRelay {
     pub jwt_ttl_secs: Option<u64>,
     pub auth_failures_per_minute: Option<usize>,
     pub fleet_update_ms: Option<u64>,
+    pub max_file_bytes: Option<usize>,
+    pub tenant_quota_bytes: Option<u64>,
+    pub config_history: Option<usize>,
+    pub task_timeout_secs: Option<u64>,
+    /// The credentials master key (relative: in the state directory).
+    pub credentials_key_file: Option<PathBuf>,
+    pub max_resources: Option<usize>,
+    pub max_resource_bytes: Option<usize>,
 }
 
 /// Where the shared secret came from, for messages (the secret itself is never shown).
@@ -105,6 +113,50 @@ pub struct RelayConfig {
     pub fleet_update: Duration,
     /// The daemon's state directory: the master token and the JWT key files live there.
     pub state_dir: PathBuf,
+    pub resources: ResourceLimits,
+}
+
+/// The resource events' settings (`relay.max_file_bytes`, ... ).
+#[derive(Debug, Clone)]
+pub struct ResourceLimits {
+    /// Largest file `upload_file` takes (decoded bytes).
+    pub max_file_bytes: usize,
+    /// Bytes of file content one tenant may keep.
+    pub tenant_quota_bytes: u64,
+    /// Versions of an agent config kept (the newest).
+    pub config_history: usize,
+    /// An orchestration task not reported this long after it started fails.
+    pub task_timeout: Duration,
+    /// The 256-bit key the credentials' keys are derived from (made at first start).
+    pub credentials_key_file: PathBuf,
+    /// Shared keys, credentials, files, skills, configs and orchestrations, each, per tenant.
+    pub max_resources: usize,
+    /// Largest credential value, skill, config version or orchestration (JSON bytes).
+    pub max_resource_bytes: usize,
+}
+
+/// The default of `relay.max_file_bytes`: the seed's 10 MB (10,485,760 bytes).
+pub const DEFAULT_MAX_FILE_BYTES: usize = 10 << 20;
+
+/// Bytes of base64 that carry `n` bytes.
+pub fn base64_len(n: usize) -> usize {
+    n.div_ceil(3).saturating_mul(4)
+}
+
+/// The smallest Engine.IO packet that carries an `upload_file` of `max_file` bytes, with room
+/// for the event's other fields and for files somewhat (a sixteenth) over the limit, so those
+/// get a `SIZE_LIMIT` answer instead of a closed connection.
+pub fn upload_packet_bytes(max_file: usize) -> usize {
+    let b64 = base64_len(max_file);
+    b64.saturating_add((b64 / 16).max(16 << 10))
+}
+
+/// The largest `download_file` answer: the content is in it twice (`data.data` and ClawNet's
+/// top-level `data`), base64, plus the other fields.
+pub fn download_reply_bytes(max_file: usize) -> usize {
+    base64_len(max_file)
+        .saturating_mul(2)
+        .saturating_add(64 << 10)
 }
 
 impl RelayConfig {
@@ -131,7 +183,24 @@ impl RelayConfig {
                 num(name, v.map(|x| x as usize), default as usize, 86_400_000, e) as u64,
             )
         };
-        let max_payload = num("max_payload", r.max_payload, 1_000_000, 64 << 20, errors);
+        let resources = ResourceLimits::from_raw(r, state_dir, errors);
+        let max_payload = num(
+            "max_payload",
+            r.max_payload,
+            1_000_000.max(upload_packet_bytes(resources.max_file_bytes)),
+            1 << 30,
+            errors,
+        );
+        let max_pending_output = num(
+            "max_pending_output",
+            r.max_pending_output,
+            (8 << 20)
+                .max(2 * max_payload)
+                .max(download_reply_bytes(resources.max_file_bytes)),
+            1 << 31,
+            errors,
+        );
+        resources.check_sizes(max_payload, max_pending_output, errors);
         let jwt_secs = r.jwt_ttl_secs.map(|v| v as usize);
         RelayConfig {
             listen: net.listen,
@@ -144,13 +213,7 @@ impl RelayConfig {
             connect_timeout: ms("connect_timeout_ms", r.connect_timeout_ms, 45_000, errors),
             max_payload,
             max_sessions: num("max_sessions", r.max_sessions, 4096, 1 << 20, errors),
-            max_pending_output: num(
-                "max_pending_output",
-                r.max_pending_output,
-                (8 << 20).max(2 * max_payload),
-                1 << 30,
-                errors,
-            ),
+            max_pending_output,
             max_agents: num("max_agents", r.max_agents, 10_000, 1 << 20, errors),
             max_tasks: num("max_tasks", r.max_tasks, 1000, 1 << 20, errors),
             max_queued_commands: num(
@@ -192,9 +255,80 @@ impl RelayConfig {
             ),
             fleet_update: ms("fleet_update_ms", r.fleet_update_ms, 50, errors),
             state_dir: state_dir.to_path_buf(),
+            resources,
         }
     }
 }
+
+impl ResourceLimits {
+    fn from_raw(r: &RawRelay, state_dir: &Path, errors: &mut Vec<String>) -> ResourceLimits {
+        let num = |name: &str, v: Option<usize>, default: usize, max: usize, e: &mut Vec<_>| {
+            positive(e, &format!("relay.{name}"), v, default, max)
+        };
+        let quota = r
+            .tenant_quota_bytes
+            .map(|v| v.min(usize::MAX as u64) as usize);
+        let timeout = r
+            .task_timeout_secs
+            .map(|v| v.min(usize::MAX as u64) as usize);
+        let key_file = r.credentials_key_file.as_ref().map_or_else(
+            || state_dir.join(CREDENTIALS_KEY_FILE),
+            |p| state_dir.join(p),
+        );
+        ResourceLimits {
+            max_file_bytes: num(
+                "max_file_bytes",
+                r.max_file_bytes,
+                DEFAULT_MAX_FILE_BYTES,
+                256 << 20,
+                errors,
+            ),
+            tenant_quota_bytes: num("tenant_quota_bytes", quota, 1 << 30, 1 << 50, errors) as u64,
+            config_history: num("config_history", r.config_history, 50, 10_000, errors),
+            task_timeout: Duration::from_secs(num(
+                "task_timeout_secs",
+                timeout,
+                3600,
+                30 * 86_400,
+                errors,
+            ) as u64),
+            credentials_key_file: key_file,
+            max_resources: num("max_resources", r.max_resources, 1000, 1 << 20, errors),
+            max_resource_bytes: num(
+                "max_resource_bytes",
+                r.max_resource_bytes,
+                65_536,
+                16 << 20,
+                errors,
+            ),
+        }
+    }
+
+    /// The largest file must fit in one packet (`relay.max_payload`) and its download in a
+    /// client's output allowance (`relay.max_pending_output`).
+    fn check_sizes(&self, max_payload: usize, max_pending_output: usize, errors: &mut Vec<String>) {
+        let upload = upload_packet_bytes(self.max_file_bytes);
+        if max_payload < upload {
+            errors.push(format!(
+                "relay.max_payload: {max_payload} cannot carry a file of relay.max_file_bytes \
+                 ({}) in base64; it must be at least {upload}",
+                self.max_file_bytes
+            ));
+        }
+        let download = download_reply_bytes(self.max_file_bytes);
+        if max_pending_output < download {
+            errors.push(format!(
+                "relay.max_pending_output: {max_pending_output} cannot hold the download of a \
+                 file of relay.max_file_bytes ({}); it must be at least {download}",
+                self.max_file_bytes
+            ));
+        }
+    }
+}
+
+/// The credentials master key's file name in the state directory (the default of
+/// `relay.credentials_key_file`).
+pub const CREDENTIALS_KEY_FILE: &str = "relay-credentials.key";
 
 /// A listener's TLS configuration, and the certificate file it came from (what `Debug`
 /// shows: the configuration itself is long and says nothing more to a reader).

@@ -265,6 +265,7 @@ impl State {
         else {
             return PollGet::Refused(ErrorCode::SessionIdUnknown);
         };
+        let probing = s.probe.is_some();
         let Wire::Polling {
             queue,
             bytes,
@@ -278,6 +279,12 @@ impl State {
             let key = s.key;
             self.close_session(key, "overlapping polling GET");
             return PollGet::Refused(ErrorCode::BadRequest);
+        }
+        if queue.is_empty() && probing {
+            // An upgrade is being probed: the client sends `5` only once its GET returned,
+            // so a GET that arrives after the probe is answered at once (engine.io writes a
+            // noop to it too), never held until the next ping.
+            return PollGet::Body(polling_response(&[Packet::bare(PacketType::Noop)], persist));
         }
         if queue.is_empty() {
             *waiting = Some(Waiting {
@@ -815,6 +822,14 @@ mod tests {
             "{moved:?}"
         );
         assert_eq!(st.counters.upgrades, 1);
+        // A GET that arrives while a probe is pending is not held: the client waits for it
+        // before it completes the upgrade.
+        let sid2 = open_polling(&mut st);
+        st.ws_probe(&sid2, 3, ws.clone()).unwrap();
+        match st.poll_get(&sid2, 4, get.clone(), Persist::KeepAlive) {
+            PollGet::Body(b) => assert!(String::from_utf8(b).unwrap().ends_with("\r\n\r\n6")),
+            _ => panic!("a GET during a probe was held"),
+        }
         assert!(matches!(
             st.poll_get(&sid, 1, get, Persist::KeepAlive),
             PollGet::Refused(ErrorCode::BadRequest)
@@ -827,6 +842,7 @@ mod tests {
             ping_interval_ms: Some(10),
             ping_timeout_ms: Some(1000),
             max_pending_output: Some(2_000_001),
+            max_file_bytes: Some(100_000),
             ..Default::default()
         };
         let mut st = state(raw);

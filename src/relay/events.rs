@@ -9,10 +9,10 @@
 //! broadcast never announces a change a crash could take back. To add events (the resource
 //! events of the next issue), add rows to [`EVENTS`].
 
-use super::State;
 use super::auth::{Role, uuid_v4, valid_name};
 use super::socket::{ack_text, event_text};
 use super::tenant::{ChatMsg, Task};
+use super::{State, configs, credentials, files, memory, orchestrate, skills};
 use crate::proto::socketio::Message;
 use crate::store::DocWrite;
 use serde_json::{Value, json};
@@ -30,11 +30,43 @@ pub struct Ctx {
     pub verified: bool,
     /// Binary attachments of the event (placeholders in the arguments name them).
     pub attachments: Vec<Vec<u8>>,
+    /// The ack id the client asked for, if any.
+    pub ack: Option<u64>,
+    /// The handler answers later (after a write to disk or to the state store): no ack now.
+    pub deferred: bool,
+    /// A large text field moved out of the arguments instead of copied ([`LARGE_FIELDS`]).
+    pub large: Option<String>,
     pub writes: Vec<DocWrite>,
     pub outs: Vec<(Vec<u64>, String)>,
+    /// I/O jobs queued once the writes are committed.
+    pub after: Vec<super::io::Job>,
 }
 
+/// Events whose argument carries a field that may be megabytes of text, moved into
+/// [`Ctx::large`]: `upload_file`'s base64 `data`.
+pub const LARGE_FIELDS: &[(&str, &str)] = &[("upload_file", "data")];
+
 impl Ctx {
+    /// A context for work that finishes later, off the event (an upload written on the I/O
+    /// thread): output for the session `key` of `agent` in `tenant`.
+    pub fn detached(tenant: &str, key: u64, ack: Option<u64>, agent: Option<String>) -> Ctx {
+        Ctx {
+            event: String::new(),
+            key,
+            tenant: tenant.to_owned(),
+            agent,
+            role: Role::Worker,
+            verified: false,
+            attachments: Vec::new(),
+            ack,
+            deferred: false,
+            large: None,
+            writes: Vec::new(),
+            outs: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+
     /// The name the socket acts under: its agent id, else `observer`.
     pub fn who(&self) -> String {
         self.agent.clone().unwrap_or_else(|| "observer".to_owned())
@@ -57,21 +89,60 @@ pub const EVENTS: &[(&str, Handler)] = &[
     ("agent_disconnect", agent_disconnect),
     ("agent_hello", agent_hello),
     ("approve_task", approve_task),
+    ("cancel_orchestration", orchestrate::cancel_orchestration),
     ("chat", chat),
     ("chat_history", chat_history),
+    ("clone_agent_config", configs::clone_agent_config),
     ("command_ack", command_ack),
+    ("create_orchestration", orchestrate::create_orchestration),
+    ("delete_agent_config", configs::delete_agent_config),
+    ("delete_credentials", credentials::delete_credentials),
+    ("delete_file", files::delete_file),
+    ("delete_shared_memory", memory::delete_shared_memory),
+    ("delete_skill", skills::delete_skill),
     ("dispatch", dispatch),
+    ("download_file", files::download_file),
+    ("get_agent_config", configs::get_agent_config),
+    ("get_credentials", credentials::get_credentials),
+    ("get_orchestration", orchestrate::get_orchestration),
+    ("get_shared_memory", memory::get_shared_memory),
+    ("get_skill", skills::get_skill),
     ("join_room", join_room),
     ("latency_ping", latency_ping),
     ("leave_room", leave_room),
+    ("list_agent_configs", configs::list_agent_configs),
+    ("list_credentials", credentials::list_credentials),
+    ("list_files", files::list_files),
+    ("list_orchestrations", orchestrate::list_orchestrations),
+    ("list_shared_memory", memory::list_shared_memory),
+    ("list_skills", skills::list_skills),
+    ("register_skill", skills::register_skill),
     ("report", report),
+    ("report_task_result", orchestrate::report_task_result),
+    ("revert_agent_config", configs::revert_agent_config),
+    (
+        "revoke_credentials_access",
+        credentials::revoke_credentials_access,
+    ),
+    ("revoke_file_access", files::revoke_file_access),
+    ("revoke_skill_access", skills::revoke_skill_access),
+    ("save_agent_config", configs::save_agent_config),
+    ("set_shared_memory", memory::set_shared_memory),
+    ("share_credentials", credentials::share_credentials),
+    ("share_file", files::share_file),
+    ("share_skill", skills::share_skill),
     ("shell_exit", shell_to_master),
     ("shell_input", shell_to_agent),
     ("shell_output", shell_to_master),
     ("shell_resize", shell_to_agent),
     ("shell_start", shell_to_agent),
     ("shell_stop", shell_to_agent),
+    ("start_orchestration", orchestrate::start_orchestration),
+    ("store_credentials", credentials::store_credentials),
     ("task_result", task_result),
+    ("update_agent_config", configs::update_agent_config),
+    ("update_skill_experience", skills::update_skill_experience),
+    ("upload_file", files::upload_file),
 ];
 
 /// The handler of `name`.
@@ -98,20 +169,25 @@ fn str_field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
 impl State {
     /// An EVENT from session `key`: dispatched by name; unknown names get an
     /// `INVALID_INPUT` ack when the client asked for one.
-    pub fn on_event(&mut self, key: u64, msg: Message) {
+    pub fn on_event(&mut self, key: u64, mut msg: Message) {
         let Some(sock) = self.sessions.get(&key).and_then(|s| s.socket.clone()) else {
             // Events before the handshake are not served (socket.io drops them too).
             return;
         };
         self.counters.events += 1;
         let ack = msg.packet.id;
-        let (name, arg) = match msg.packet.event() {
-            Some((name, args)) => (
-                name.to_owned(),
-                args.first().cloned().unwrap_or(Value::Null),
-            ),
-            None => (String::new(), Value::Null),
-        };
+        let (name, mut arg) = take_event(&mut msg.packet);
+        let large = LARGE_FIELDS
+            .iter()
+            .find(|(event, _)| *event == name)
+            .and_then(|(_, field)| match arg.as_object_mut()?.remove(*field)? {
+                Value::String(s) => Some(s),
+                other => {
+                    // Not text: put back for the handler to judge.
+                    arg[*field] = other;
+                    None
+                }
+            });
         let mut ctx = Ctx {
             event: name.clone(),
             key,
@@ -120,8 +196,12 @@ impl State {
             role: sock.id.role,
             verified: sock.id.verified,
             attachments: msg.attachments,
+            ack,
+            deferred: false,
+            large,
             writes: Vec::new(),
             outs: Vec::new(),
+            after: Vec::new(),
         };
         let reply = match handler(&name) {
             Some(h) => h(self, &mut ctx, &arg),
@@ -130,12 +210,29 @@ impl State {
                 error_reply("INVALID_INPUT", &format!("unknown event {name:?}"))
             }
         };
-        if let Some(id) = ack {
+        if let Some(id) = ack.filter(|_| !ctx.deferred) {
             ctx.outs.push((vec![key], ack_text(id, reply)));
         }
-        let on_error = ack.map(|id| (key, id));
-        self.push_commit(ctx.writes, ctx.outs, on_error);
+        let on_error = ack.filter(|_| !ctx.deferred).map(|id| (key, id));
+        self.push_commit_then(ctx.writes, ctx.outs, on_error, ctx.after);
     }
+}
+
+/// An event's name and first argument, taken out of the packet (not copied: an upload's
+/// argument is megabytes).
+fn take_event(p: &mut crate::proto::socketio::Packet) -> (String, Value) {
+    if p.event().is_none() {
+        return (String::new(), Value::Null);
+    }
+    let Some(Value::Array(items)) = p.data.take() else {
+        return (String::new(), Value::Null);
+    };
+    let mut items = items.into_iter();
+    let name = match items.next() {
+        Some(Value::String(n)) => n,
+        _ => String::new(),
+    };
+    (name, items.next().unwrap_or(Value::Null))
 }
 
 fn latency_ping(_: &mut State, _: &mut Ctx, _: &Value) -> Value {

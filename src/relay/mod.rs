@@ -8,11 +8,17 @@
 //! - [`events`]: the event dispatch table and the core events; the next events (resources)
 //!   are added to the same table.
 //! - [`tenant`]: one tenant's agents, rooms, tasks and chat, and their documents in the store.
+//! - [`resources`]: what the resource events share (access, arguments, replies); the events
+//!   are in [`memory`] (shared memory: the kernel's state store), [`credentials`] (encrypted,
+//!   with key rotation), [`files`], [`skills`], [`configs`] and [`orchestrate`] (driving the
+//!   sans-I/O state machine of [`orchestration`]).
 //! - [`api`]: the HTTP routes besides Engine.IO.
 //!
 //! Threads: all state is in one [`State`] behind one mutex. The front-end calls in on the
 //! reactor thread (every packet is bounded in-memory work); the `clove-relay` thread runs the
-//! timers (pings, handshake deadlines, command retries, coalesced fleet updates). Whoever
+//! timers (pings, handshake deadlines, command retries, coalesced fleet updates, orchestration
+//! deadlines); the `clove-relay-io` thread ([`io`]) does the relay's disk work (file contents,
+//! key rotation). Whoever
 //! holds the lock only *collects* output ([`Effects`]); it is pushed to connections, and
 //! changes are handed to the store, after the lock is released. An event whose effects must
 //! be durable (tasks, chat) has its acknowledgement and broadcasts held back until the store
@@ -22,8 +28,17 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod configs;
+pub mod credentials;
 pub mod engine;
 pub mod events;
+pub mod files;
+pub mod io;
+pub mod memory;
+pub mod orchestrate;
+pub mod orchestration;
+pub mod resources;
+pub mod skills;
 pub mod socket;
 pub mod tenant;
 
@@ -65,6 +80,8 @@ pub enum Timer {
     AckRetry(String, String, u32),
     /// Send the tenant's coalesced fleet update.
     Fleet(String),
+    /// An orchestration task's deadline: (tenant, plan id, task index).
+    Orchestration(String, String, usize),
     /// Forget expired revocations and rate-limit entries.
     Prune,
 }
@@ -129,6 +146,8 @@ pub struct Effects {
     pub events: Vec<Value>,
     /// Audit entries: (event type, success, details).
     pub audits: Vec<(&'static str, bool, Value)>,
+    /// Changes to shared memory (the kernel's state store).
+    pub kv: Vec<memory::KvChange>,
 }
 
 /// A batch of document changes and what to send once it is committed.
@@ -138,6 +157,8 @@ pub struct Commit {
     pub outs: Vec<(Vec<u64>, String)>,
     /// Sent instead when the commit fails: (session key, ack id) to answer with an error.
     pub on_error: Option<(u64, u64)>,
+    /// I/O jobs queued once it is committed.
+    pub after: Vec<io::Job>,
 }
 
 /// Counters for HELLO's `services.relay`, `clove status` and `GET /api/metrics`.
@@ -162,6 +183,10 @@ pub struct Counters {
     pub commands_unacked: u64,
     pub chats: u64,
     pub store_errors: u64,
+    pub uploads: u64,
+    pub downloads: u64,
+    pub downloads_refused: u64,
+    pub orchestration_tasks_sent: u64,
 }
 
 /// Everything the relay keeps, behind one lock.
@@ -175,6 +200,14 @@ pub struct State {
     pub timers: Timers,
     pub fx: Effects,
     pub counters: Counters,
+    /// The kernel, whose state store holds shared memory (`None` in tests of the state alone).
+    pub kernel: Option<Arc<Kernel>>,
+    /// The credentials' master keys (`None` until opened at start).
+    pub keyring: Option<credentials::Keyring>,
+    /// The way to the I/O thread (`None`: file events are refused).
+    pub io: Option<io::IoQueue>,
+    /// Bytes of uploads queued or being written, all tenants together.
+    pub uploads_in_flight: u64,
 }
 
 impl State {
@@ -190,6 +223,10 @@ impl State {
             timers: Timers::default(),
             fx: Effects::default(),
             counters: Counters::default(),
+            kernel: None,
+            keyring: None,
+            io: None,
+            uploads_in_flight: 0,
         }
     }
 
@@ -223,6 +260,12 @@ pub struct Relay {
     /// Live connections to the relay listener (for the probe; kept by the front-end).
     pub connections: std::sync::atomic::AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
+    /// The I/O thread's queue, until the thread is started.
+    io_rx: Mutex<Option<Receiver<io::Job>>>,
+    pub(crate) io_queue: io::IoQueue,
+    /// The reactor's unsent reply bytes and the daemon-wide bound on them
+    /// (`server.pending_reply_total_bytes`): a download that would pass it is refused.
+    reply_budget: Mutex<Option<(Arc<std::sync::atomic::AtomicUsize>, usize)>>,
 }
 
 impl Relay {
@@ -243,7 +286,12 @@ impl Relay {
             cfg.auth_failures_per_minute,
         );
         let mut state = State::new(cfg.clone(), auth);
+        state.kernel = Some(kernel.clone());
         tenant::load(&mut state, &kernel.store);
+        credentials::open_keyring(&mut state, &kernel.store)?;
+        files::sweep_orphans(&state);
+        let (io_queue, io_rx) = io::IoQueue::new();
+        state.io = Some(io_queue.clone());
         let _ = state
             .timers
             .add(Instant::now() + Duration::from_secs(60), Timer::Prune);
@@ -257,7 +305,26 @@ impl Relay {
             wake_rx,
             connections: std::sync::atomic::AtomicUsize::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            io_rx: Mutex::new(Some(io_rx)),
+            io_queue,
+            reply_budget: Mutex::new(None),
         }))
+    }
+
+    /// Tells the relay the reactor's gauge of unsent reply bytes and its bound, so that a
+    /// download does not push the daemon past it.
+    pub fn set_reply_budget(&self, pending: Arc<std::sync::atomic::AtomicUsize>, max: usize) {
+        *self.reply_budget.lock() = Some((pending, max));
+    }
+
+    /// Would `bytes` more of replies pass the daemon-wide bound?
+    pub fn reply_budget_full(&self, bytes: usize) -> bool {
+        self.reply_budget
+            .lock()
+            .as_ref()
+            .is_some_and(|(pending, max)| {
+                pending.load(std::sync::atomic::Ordering::Relaxed) + bytes > *max
+            })
     }
 
     /// Runs `f` on the state, then carries out its effects (after releasing the lock).
@@ -300,6 +367,76 @@ impl Relay {
         for c in fx.commits {
             self.commit(c);
         }
+        for c in fx.kv {
+            self.commit_kv(c);
+        }
+    }
+
+    /// Hands a shared-memory change to the state store: the record first, then the key; the
+    /// output goes out once the key is committed (STATE_CHANGED too, for the Clove side).
+    fn commit_kv(self: &Arc<Self>, c: memory::KvChange) {
+        let store = &self.kernel.store;
+        if !c.docs.is_empty() {
+            store.submit_docs(
+                c.docs,
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        log::error!("relay: cannot save a shared key's owner: {e}");
+                    }
+                }),
+            );
+        }
+        let me = self.clone();
+        let memory::KvChange {
+            tenant,
+            ns,
+            key,
+            value,
+            outs,
+            on_error,
+            previous,
+            ..
+        } = c;
+        let action = if value.is_some() { "store" } else { "delete" };
+        let done_key = key.clone();
+        let done: crate::store::Done = Box::new(move |r| match r {
+            Ok(_) => {
+                crate::kernel::state::announce(
+                    &me.kernel.events,
+                    0,
+                    &done_key,
+                    action,
+                    crate::store::Scope::Global,
+                    ns,
+                );
+                me.with(|st| {
+                    for (keys, text) in &outs {
+                        st.send_many(keys, &Packet::message(text.clone()));
+                    }
+                });
+            }
+            Err(e) => me.with(|st| {
+                st.memory_failed(&tenant, &done_key, previous);
+                if let Some((k, ack)) = on_error {
+                    let msg = format!("cannot {action} {done_key:?}: {e}");
+                    st.emit_ack(k, ack, events::error_reply(memory::store_code(&e), &msg));
+                }
+            }),
+        });
+        match value {
+            Some((value, expires_ms)) => store.submit_put(
+                crate::store::Put {
+                    ns,
+                    key,
+                    value,
+                    scope: crate::store::Scope::Global,
+                    expires_ms,
+                    durable: true,
+                },
+                done,
+            ),
+            None => store.submit_delete(key, ns, None, done),
+        }
     }
 
     /// Hands a batch to the store; its held-back output goes out once it is committed.
@@ -309,6 +446,7 @@ impl Relay {
             writes,
             outs,
             on_error,
+            after,
         } = c;
         self.kernel.store.submit_docs(
             writes,
@@ -318,6 +456,7 @@ impl Relay {
                         for (key, text) in &outs {
                             st.send_many(key, &Packet::message(text.clone()));
                         }
+                        st.queue_jobs(after);
                     }
                     Err(e) => {
                         st.counters.store_errors += 1;
@@ -333,12 +472,25 @@ impl Relay {
         );
     }
 
-    /// Starts the thread that runs the relay's timers.
+    /// Starts the thread that runs the relay's timers, and the I/O thread (which the timer
+    /// thread stops and joins when it ends).
     pub fn start_timers(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rx = self.io_rx.lock().take();
+        let io = match rx {
+            Some(rx) => Some(io::start(self.clone(), rx)?),
+            None => None,
+        };
         let me = self.clone();
+        let queue = self.io_queue.clone();
         std::thread::Builder::new()
             .name("clove-relay".into())
-            .spawn(move || me.timer_loop())
+            .spawn(move || {
+                me.timer_loop();
+                if let Some(t) = io {
+                    queue.stop();
+                    let _ = t.join();
+                }
+            })
     }
 
     fn timer_loop(self: Arc<Self>) {
@@ -494,8 +646,10 @@ impl State {
             Timer::Connect(key) => self.connect_due(key),
             Timer::AckRetry(tenant, task, attempt) => self.ack_retry(&tenant, &task, attempt),
             Timer::Fleet(tenant) => self.flush_fleet(&tenant),
+            Timer::Orchestration(tenant, id, index) => self.plan_deadline(&tenant, &id, index),
             Timer::Prune => {
                 self.auth.prune(crate::clock::now_ms());
+                self.sweep_memory();
                 let _ = self
                     .timers
                     .add(Instant::now() + Duration::from_secs(60), Timer::Prune);

@@ -130,6 +130,7 @@ impl State {
         self.push_commit(writes, outs, None);
         if let Some(agent_id) = &id.agent_id {
             self.deliver_queued(&id.tenant, agent_id);
+            self.deliver_plan_tasks(&id.tenant, agent_id);
         }
     }
 
@@ -284,16 +285,43 @@ impl State {
         outs: Vec<(Vec<u64>, String)>,
         on_error: Option<(u64, u64)>,
     ) {
+        self.push_commit_then(writes, outs, on_error, Vec::new());
+    }
+
+    /// [`State::push_commit`], and I/O jobs (removing a deleted file's content) queued once
+    /// the change is committed.
+    pub fn push_commit_then(
+        &mut self,
+        writes: Vec<crate::store::DocWrite>,
+        outs: Vec<(Vec<u64>, String)>,
+        on_error: Option<(u64, u64)>,
+        after: Vec<super::io::Job>,
+    ) {
         if writes.is_empty() {
             for (keys, text) in outs {
                 self.send_many(&keys, &Packet::message(text));
             }
+            self.queue_jobs(after);
         } else {
             self.fx.commits.push(Commit {
                 writes,
                 outs,
                 on_error,
+                after,
             });
+        }
+    }
+
+    /// Queues I/O jobs without waiting; one that finds the queue full is dropped (logged): a
+    /// file's content left behind is removed at the next start.
+    pub fn queue_jobs(&mut self, jobs: Vec<super::io::Job>) {
+        for job in jobs {
+            let sent = self.io.as_ref().is_some_and(|q| q.try_send(job).is_ok());
+            if !sent {
+                log::warn!(
+                    "relay: the I/O queue is full; a deleted file's content stays until the next start"
+                );
+            }
         }
     }
 

@@ -130,6 +130,8 @@ pub struct Tenant {
     pub chat_seq: u64,
     /// A fleet update is scheduled.
     pub fleet_pending: bool,
+    /// Shared keys' records, credentials, files, skills, configs, orchestrations.
+    pub res: super::resources::Resources,
 }
 
 impl Tenant {
@@ -283,6 +285,7 @@ pub fn load(st: &mut State, store: &StateStore) {
     }
     load_tasks(st, store);
     load_chat(st, store);
+    super::resources::load(st, store);
     let (agents, tasks, chats) = st.tenants.values().fold((0, 0, 0), |a, t| {
         (
             a.0 + t.agents.len(),

@@ -258,11 +258,10 @@ impl Database {
         Ok(at.map(|a| a.max(0) as u64))
     }
 
-    /// Calls `f` for every stored key: (namespace 0 = shared, else agent id), key, value,
-    /// expiry.
+    /// Calls `f` for every stored key: namespace, key, value, expiry.
     pub fn for_each_key(
         &self,
-        mut f: impl FnMut(u32, String, Box<RawValue>, Option<u64>),
+        mut f: impl FnMut(super::Namespace, String, Box<RawValue>, Option<u64>),
     ) -> Result<(), OpenError> {
         let mut stmt = self
             .conn
@@ -278,8 +277,8 @@ impl Database {
                 path: self.path.clone(),
                 detail,
             };
-            let ns = u32::try_from(ns)
-                .map_err(|_| corrupt(format!("key {key:?} has an invalid namespace {ns}")))?;
+            let ns = super::Namespace::from_db(ns)
+                .ok_or_else(|| corrupt(format!("key {key:?} has an invalid namespace {ns}")))?;
             if key.is_empty() {
                 return Err(corrupt("a key is empty".into()));
             }
@@ -288,6 +287,34 @@ impl Database {
             f(ns, key, value, expires.map(|e| e.max(0) as u64));
         }
         Ok(())
+    }
+
+    /// The named namespaces recorded in `meta` (see `StateStore::named_namespace`): name and
+    /// number.
+    pub fn named_namespaces(&self) -> Result<Vec<(String, u32)>, OpenError> {
+        let prefix = super::registry_key("");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![prefix.len() as i64, prefix], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, n) = row.map_err(|e| self.fail(e))?;
+            let n = u32::try_from(n).ok().filter(|n| *n > 0);
+            let (Some(name), Some(n)) = (key.strip_prefix(&prefix), n) else {
+                return Err(OpenError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("invalid namespace record {key:?}"),
+                });
+            };
+            out.push((name.to_owned(), n));
+        }
+        Ok(out)
     }
 
     pub fn agent_names(&self) -> Result<Vec<AgentName>, OpenError> {

@@ -118,7 +118,9 @@ pub fn check(cfg: &StoreConfig) -> Result<CheckReport, OpenError> {
     })
 }
 
-/// Reads the whole durable state (keys already expired are left out).
+/// Reads the whole durable state (keys already expired are left out). Like services'
+/// documents, the keys of services' named namespaces (the relay's other tenants) are not part
+/// of a dump: they mean nothing without the service's documents.
 pub fn export(cfg: &StoreConfig) -> Result<Dump, OpenError> {
     let db = Database::open(&cfg.path, cfg.sync, false)?;
     let now = crate::clock::now_ms();
@@ -127,9 +129,14 @@ pub fn export(cfg: &StoreConfig) -> Result<Dump, OpenError> {
         if expires_ms.is_some_and(|e| e <= now) {
             return;
         }
+        let (scope, agent_id) = match ns {
+            super::Namespace::Shared => ("global", None),
+            super::Namespace::Agent(id) => ("agent", Some(id)),
+            super::Namespace::Named(_) => return,
+        };
         keys.push(DumpKey {
-            scope: if ns == 0 { "global" } else { "agent" }.into(),
-            agent_id: (ns != 0).then_some(ns),
+            scope: scope.into(),
+            agent_id,
             key,
             value,
             expires_ms,

@@ -88,23 +88,64 @@ pub enum Namespace {
     Shared,
     /// One agent's private keys.
     Agent(u32),
+    /// A namespace a service asked for by an opaque name ([`StateStore::named_namespace`]):
+    /// no Clove op reaches it. The number is the store's; the name is the service's.
+    Named(u32),
 }
 
 impl Namespace {
-    /// The namespace's number on disk: 0 for shared keys, else the agent's id (never 0).
+    /// The namespace's number on disk: 0 for shared keys, the agent's id (never 0) for an
+    /// agent's, and the negated number (never 0) for a named namespace, so the three never
+    /// meet and the agent id counter (`max(ns) + 1`) is not moved by named ones.
     pub fn to_db(self) -> i64 {
         match self {
             Namespace::Shared => 0,
             Namespace::Agent(id) => i64::from(id),
+            Namespace::Named(n) => -i64::from(n),
         }
     }
 
-    pub fn from_db(ns: u32) -> Namespace {
+    /// The namespace of a number on disk; `None` for one no build writes.
+    pub fn from_db(ns: i64) -> Option<Namespace> {
         match ns {
-            0 => Namespace::Shared,
-            id => Namespace::Agent(id),
+            0 => Some(Namespace::Shared),
+            id if id > 0 => u32::try_from(id).ok().map(Namespace::Agent),
+            n => n
+                .checked_neg()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Namespace::Named),
         }
     }
+}
+
+/// The names of named namespaces and their numbers; kept on disk in `meta` (as
+/// `namespace:<name>`), written in the same transaction as the first key of each.
+#[derive(Debug, Default)]
+struct Registry {
+    by_name: HashMap<String, u32>,
+    names: HashMap<u32, String>,
+    next: u32,
+}
+
+impl Registry {
+    /// The names recorded on disk; numbers continue above the largest.
+    fn load(db: &db::Database) -> Result<Registry, OpenError> {
+        let mut r = Registry {
+            next: 1,
+            ..Default::default()
+        };
+        for (name, n) in db.named_namespaces()? {
+            r.next = r.next.max(n.saturating_add(1));
+            r.by_name.insert(name.clone(), n);
+            r.names.insert(n, name);
+        }
+        Ok(r)
+    }
+}
+
+/// The `meta` key that records a named namespace's number.
+pub(crate) fn registry_key(name: &str) -> String {
+    format!("namespace:{name}")
 }
 
 #[derive(Debug)]
@@ -136,6 +177,8 @@ pub struct Expired {
 pub struct Found {
     pub value: Box<RawValue>,
     pub scope: Scope,
+    /// Absolute expiry in Unix milliseconds.
+    pub expires_ms: Option<u64>,
 }
 
 /// Why a change was refused.
@@ -262,6 +305,8 @@ struct View {
 struct Inner {
     shared: HashMap<String, Entry>,
     agents: HashMap<u32, HashMap<String, Entry>>,
+    named: HashMap<u32, HashMap<String, Entry>>,
+    registry: Registry,
     /// (expiry, namespace, key); entries are checked against the live entry when popped.
     expiries: BinaryHeap<Reverse<(u64, Namespace, String)>>,
     keys: usize,
@@ -269,10 +314,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// The name of named namespace number `n` (the writer records it with its keys).
+    fn namespace_name(&self, n: u32) -> Option<String> {
+        self.registry.names.get(&n).cloned()
+    }
+
     fn map(&self, ns: Namespace) -> Option<&HashMap<String, Entry>> {
         match ns {
             Namespace::Shared => Some(&self.shared),
             Namespace::Agent(id) => self.agents.get(&id),
+            Namespace::Named(n) => self.named.get(&n),
         }
     }
 
@@ -280,17 +331,22 @@ impl Inner {
         match ns {
             Namespace::Shared => &mut self.shared,
             Namespace::Agent(id) => self.agents.entry(id).or_default(),
+            Namespace::Named(n) => self.named.entry(n).or_default(),
         }
     }
 
     fn remove(&mut self, ns: Namespace, key: &str) -> Option<Entry> {
         let removed = match ns {
             Namespace::Shared => self.shared.remove(key),
-            Namespace::Agent(id) => {
-                let m = self.agents.get_mut(&id)?;
+            Namespace::Agent(id) | Namespace::Named(id) => {
+                let maps = match ns {
+                    Namespace::Agent(_) => &mut self.agents,
+                    _ => &mut self.named,
+                };
+                let m = maps.get_mut(&id)?;
                 let r = m.remove(key);
                 if m.is_empty() {
-                    self.agents.remove(&id);
+                    maps.remove(&id);
                 }
                 r
             }
@@ -493,10 +549,12 @@ impl Inner {
                 heap.push(Reverse((at, Namespace::Shared, k.clone())));
             }
         }
-        for (id, m) in &self.agents {
+        let private = self.agents.iter().map(|(id, m)| (Namespace::Agent(*id), m));
+        let named = self.named.iter().map(|(n, m)| (Namespace::Named(*n), m));
+        for (ns, m) in private.chain(named) {
             for (k, e) in m {
                 if let Some(at) = e.expires_ms {
-                    heap.push(Reverse((at, Namespace::Agent(*id), k.clone())));
+                    heap.push(Reverse((at, ns, k.clone())));
                 }
             }
         }
@@ -654,13 +712,18 @@ impl StateStore {
         let expired_at_start = db
             .purge_expired(now)
             .map_err(|e| db::classify(&cfg.path, e))?;
-        let mut inner = Inner::default();
+        let mut inner = Inner {
+            registry: Registry::load(&db)?,
+            ..Default::default()
+        };
         db.for_each_key(|ns, key, value, expires_ms| {
-            let ns = Namespace::from_db(ns);
             let scope = match ns {
-                Namespace::Shared => Scope::Global,
+                Namespace::Shared | Namespace::Named(_) => Scope::Global,
                 Namespace::Agent(_) => Scope::Agent,
             };
+            if let Namespace::Named(n) = ns {
+                inner.registry.next = inner.registry.next.max(n.saturating_add(1));
+            }
             inner.insert(Put {
                 ns,
                 key,
@@ -907,6 +970,22 @@ impl StateStore {
         mine.into_iter().map(|d| (d.id, d.body)).collect()
     }
 
+    /// The namespace a service names `name` (an opaque key: the relay's tenants use
+    /// `relay:<tenant>`), made on first use. Its number is recorded on disk with the first
+    /// key stored in it, in the same transaction, so a key on disk always has its name.
+    pub fn named_namespace(&self, name: &str) -> Namespace {
+        let mut inner = self.inner.lock();
+        let r = &mut inner.registry;
+        if let Some(n) = r.by_name.get(name) {
+            return Namespace::Named(*n);
+        }
+        let n = r.next.max(1);
+        r.next = n.saturating_add(1);
+        r.by_name.insert(name.to_owned(), n);
+        r.names.insert(n, name.to_owned());
+        Namespace::Named(n)
+    }
+
     /// Agents that own `agent`-scoped keys.
     pub fn agent_namespaces(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.inner.lock().agents.keys().copied().collect();
@@ -986,6 +1065,7 @@ impl StateStore {
         e.live(now_ms).then(|| Found {
             value: e.value.clone(),
             scope: e.scope,
+            expires_ms: e.expires_ms,
         })
     }
 
@@ -1349,6 +1429,45 @@ mod tests {
         );
         // Ids continue above every agent that owns durable data.
         assert!(s.id_counter().load(Ordering::Relaxed) >= 10);
+    }
+
+    #[test]
+    fn named_namespaces_are_separate_durable_and_keep_their_numbers() {
+        let d = tmp();
+        let cfg = StoreConfig::at(&d.path().join("s.db"));
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let a = s.named_namespace("relay:acme");
+        let b = s.named_namespace("relay:lab");
+        assert_eq!(s.named_namespace("relay:acme"), a, "one number per name");
+        assert_ne!(a, b);
+        put(&s, a, "k", "1", Scope::Global, None).unwrap();
+        put(&s, b, "k", "2", Scope::Global, None).unwrap();
+        put(&s, Namespace::Shared, "k", "3", Scope::Global, None).unwrap();
+        put(&s, Namespace::Agent(1), "k", "4", Scope::Agent, None).unwrap();
+        let t = crate::clock::now_ms();
+        assert_eq!(s.get(a, "k", t).unwrap().value.get(), "1");
+        assert_eq!(s.keys(a, "", t, 10), ["k"]);
+        // A name never stored into leaves no trace on disk.
+        let unused = s.named_namespace("relay:unused");
+        s.close();
+        drop(s);
+        let s = StateStore::open_at(&cfg, big_limits()).unwrap();
+        let t = crate::clock::now_ms();
+        // The numbers come back with their names, and new names get new numbers.
+        assert_eq!(s.named_namespace("relay:lab"), b);
+        assert_eq!(s.named_namespace("relay:acme"), a);
+        let c = s.named_namespace("relay:new");
+        assert!(![a, b].contains(&c));
+        assert_eq!(s.get(a, "k", t).unwrap().value.get(), "1");
+        assert_eq!(s.get(b, "k", t).unwrap().value.get(), "2");
+        assert_eq!(s.get(Namespace::Shared, "k", t).unwrap().value.get(), "3");
+        assert_eq!(s.get(Namespace::Agent(1), "k", t).unwrap().value.get(), "4");
+        assert!(s.get(unused, "k", t).is_none());
+        // A delete in one named namespace leaves the others alone.
+        assert_eq!(s.delete_wait("k", a, None), Ok(Some((a, Scope::Global))));
+        assert!(s.get(b, "k", t).is_some());
+        // Agent ids are not moved by named namespaces' numbers.
+        assert_eq!(s.agent_namespaces(), [1]);
     }
 
     #[test]

@@ -448,6 +448,9 @@ impl Writer {
                         if let Some(at) = p.expires_ms {
                             ttl_written = Some(ttl_written.map_or(at, |t| t.min(at)));
                         }
+                        if let super::Namespace::Named(n) = p.ns {
+                            register_namespace(&tx, &self.inner, n)?;
+                        }
                     }
                     (Op::Put(p), Planned::Put(KvWrite::DeleteRow)) => {
                         delete_row(&tx, p.ns.to_db(), &p.key)?;
@@ -612,6 +615,23 @@ impl Writer {
     fn audit_max(&self) -> usize {
         self.audit.max.load(Ordering::Relaxed).max(1)
     }
+}
+
+/// Records the name of named namespace `n` (once; later calls change nothing), in the
+/// transaction that writes a key into it: a key on disk always has its name.
+fn register_namespace(
+    tx: &rusqlite::Transaction<'_>,
+    inner: &Mutex<Inner>,
+    n: u32,
+) -> Result<(), rusqlite::Error> {
+    let Some(name) = inner.lock().namespace_name(n) else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+    )?
+    .execute(params![super::registry_key(&name), i64::from(n)])?;
+    Ok(())
 }
 
 fn delete_row(tx: &rusqlite::Transaction, ns: i64, key: &str) -> Result<(), rusqlite::Error> {

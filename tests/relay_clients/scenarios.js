@@ -272,6 +272,14 @@ scenarios.tls = async (p) => {
     const ping = await ack(s, 'latency_ping', {});
     const chat = await ack(s, 'chat', { to: 'all', msg: 'x'.repeat(100000) });
     const echo = await waitFor(s, 'chat_update', (m) => m.msg.length === 100000);
+    // The upgrade runs beside the events (a TLS handshake of a debug build can take longer
+    // than they do): wait for it, bounded.
+    if (t.includes('websocket') && s.io.engine.transport.name !== 'websocket') {
+      await new Promise((r) => {
+        const timer = setTimeout(r, 5000);
+        s.io.engine.once('upgrade', () => { clearTimeout(timer); r(); });
+      });
+    }
     out[name] = { ping: ping.ok, chat: chat.ok, echo: echo !== null, transport: s.io.engine.transport.name };
     s.close();
   }
