@@ -488,7 +488,15 @@ fn codeswarms_python_mock_worker_runs_through_worker_program() {
         r[1].1,
         "Mock worker received prompt: from the upstream worker"
     );
-    // thread_status went active then idle: the node is idle again.
+    // thread_status went active then idle: the node is idle again. (The idle record comes
+    // after turn_complete, in a write of its own: wait for it before asking.)
+    for node in [0, 1] {
+        c.wait("idle", |v| {
+            v["event"] == "thread_status"
+                && v["data"]["node_id"] == node
+                && v["data"]["status"]["type"] == "idle"
+        });
+    }
     let st = c.ask("swarm_status", json!({"swarm_id": swarm}), "swarm_status");
     assert!(
         st["data"]["nodes"]
