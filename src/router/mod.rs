@@ -30,6 +30,7 @@ pub mod core;
 pub mod follow;
 pub mod mailbox;
 pub mod provider;
+pub mod remote_follow;
 mod restore;
 pub mod state;
 pub mod translate;
@@ -423,30 +424,44 @@ impl RouterService {
         // Providers' outcomes, follower batches and commit notices; senders wait when full.
         let (core_tx, core_rx) = crossbeam_channel::bounded(4096);
         let replies: Arc<dyn Replies> = Arc::new(CoreReplies(core_tx.clone()));
+        let follow_cfg = || follow::FollowConfig {
+            poll_busy: config.poll_busy,
+            poll_idle_max: config.poll_idle_max,
+            max_record_bytes: config.max_record_bytes,
+        };
         let mut providers: Vec<Box<dyn provider::Provider>> = Vec::new();
         for (index, p) in config.providers.iter().enumerate() {
-            let deps = provider::local::LocalDeps {
-                index,
-                replies: replies.clone(),
-                sandbox: deps.sandbox.clone(),
-                exe: deps.exe.clone(),
-                llm: deps.llm.clone(),
-                grace: config.terminate_grace,
-            };
-            providers.push(Box::new(provider::local::LocalProvider::start(
-                p.clone(),
-                deps,
-            )?));
+            providers.push(match p.backend {
+                config::Backend::Local => Box::new(provider::local::LocalProvider::start(
+                    p.clone(),
+                    provider::local::LocalDeps {
+                        index,
+                        replies: replies.clone(),
+                        sandbox: deps.sandbox.clone(),
+                        exe: deps.exe.clone(),
+                        llm: deps.llm.clone(),
+                        grace: config.terminate_grace,
+                    },
+                )?),
+                config::Backend::Slurm => Box::new(provider::slurm::SlurmProvider::start(
+                    p.clone(),
+                    provider::slurm::SlurmDeps {
+                        index,
+                        replies: replies.clone(),
+                        exe: deps.exe.clone(),
+                        llm: deps.llm.clone(),
+                        grace: config.terminate_grace,
+                        poll: config.slurm_poll,
+                        launch_timeout: config.launch_timeout,
+                        command_timeout: config.slurm_command_timeout,
+                        control_dir: config.state_dir.join("ssh"),
+                        follow: follow_cfg(),
+                        core: core_tx.clone(),
+                    },
+                )?),
+            });
         }
-        let follower = follow::start(
-            follow::FollowConfig {
-                poll_busy: config.poll_busy,
-                poll_idle_max: config.poll_idle_max,
-                max_record_bytes: config.max_record_bytes,
-            },
-            core_tx.clone(),
-            stats.clone(),
-        )?;
+        let follower = follow::start(follow_cfg(), core_tx.clone(), stats.clone())?;
         let emitter = Emitter {
             clients: clients.clone(),
             kernel: deps.kernel.clone(),
