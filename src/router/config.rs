@@ -114,6 +114,9 @@ pub struct SlurmConfig {
     pub ssh_options: Vec<String>,
     /// The ssh client (argv); default `["ssh"]`.
     pub ssh_command: Vec<String>,
+    /// One multiplexed connection for every command (default); `false` opens one per command
+    /// (slow: for hosts that forbid ControlMaster, and to measure the difference).
+    pub ssh_multiplex: bool,
 }
 
 /// Resource limits for each worker process of a provider (cgroup, else rlimit).

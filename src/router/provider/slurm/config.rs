@@ -15,6 +15,7 @@ pub fn slurm_keys(
         workers_per_node: 1,
         job_name_prefix: "clove-".into(),
         ssh_command: vec!["ssh".into()],
+        ssh_multiplex: true,
         ..SlurmConfig::default()
     };
     let mut program = None;
@@ -76,6 +77,13 @@ pub fn slurm_keys(
                     Ok(())
                 }
                 _ => Err(format!("{key}: must be a whole number from 1 to 4096")),
+            },
+            "ssh_multiplex" => match v.as_bool() {
+                Some(b) => {
+                    c.ssh_multiplex = b;
+                    Ok(())
+                }
+                None => Err(format!("{key}: must be true or false")),
             },
             "sbatch_args" => list(true).map(|a| c.sbatch_args = a),
             "ssh_options" => list(true).map(|a| c.ssh_options = a),

@@ -79,6 +79,14 @@ pub struct SlurmProvider {
     tx: Sender<Cmd>,
     ws: Workspace,
     follower: Option<Follower>,
+    /// Why launches are refused, when Slurm's commands cannot be found here.
+    disabled: Option<String>,
+}
+
+/// Whether a program is found on PATH (checked once, at start).
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
 impl SlurmProvider {
@@ -93,7 +101,7 @@ impl SlurmProvider {
                 options: slurm.ssh_options.clone(),
                 control_dir: shell::control_dir(&deps.control_dir)
                     .map_err(std::io::Error::other)?,
-                multiplex: true,
+                multiplex: slurm.ssh_multiplex,
             }),
         };
         let shell = Shell {
@@ -105,6 +113,11 @@ impl SlurmProvider {
             .clone()
             .unwrap_or_else(|| deps.exe.to_string_lossy().into_owned());
         let ws = super::workspace(&config);
+        let disabled = (shell.ssh.is_none() && !on_path("sbatch")).then(|| {
+            "sbatch is not on this host's PATH: install Slurm's client commands, or set \
+             login_host to run them on a login host over ssh"
+                .to_string()
+        });
         let follower = match &shell.ssh {
             None => None,
             Some(s) => Some(crate::router::remote_follow::start(
@@ -135,6 +148,7 @@ impl SlurmProvider {
             tx,
             ws,
             follower,
+            disabled,
         })
     }
 
@@ -171,6 +185,10 @@ fn follow_argv(
 impl Provider for SlurmProvider {
     fn config(&self) -> &ProviderConfig {
         &self.config
+    }
+
+    fn disabled_reason(&self) -> Option<String> {
+        self.disabled.clone()
     }
 
     fn check_params(&self, params: &Map<String, Value>) -> Result<(), String> {
