@@ -1734,3 +1734,37 @@ fn an_interrupted_termination_resumes_after_kill_9() {
         wait_for("the worker to be gone", T, || (!pid_alive(p)).then_some(()));
     }
 }
+
+#[test]
+fn a_slurm_provider_without_sbatch_is_listed_disabled_and_refuses_launches() {
+    // PATH without Slurm's commands: the provider says why it cannot launch, and the local
+    // provider beside it still works.
+    let ws = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[router.providers]]\nid = \"local\"\nbackend = \"local\"\n\
+         [[router.providers]]\nid = \"hpc\"\nbackend = \"slurm\"\nworkspace_root = \"{}\"\n",
+        ws.path().display()
+    );
+    let (_d, addr) = router_daemon_env(&toml, &[("PATH", "/nonexistent:/usr/local/nobin")]);
+    let mut c = Rc::connect(&addr);
+    let v = c.ask("providers_list", json!({}), "providers_list");
+    let hpc = v["data"]["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "hpc")
+        .cloned()
+        .unwrap_or_else(|| panic!("no hpc provider: {v}"));
+    assert_eq!(hpc["disabled"], true, "{hpc}");
+    assert!(
+        hpc["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("sbatch is not on this host's PATH")),
+        "{hpc}"
+    );
+    let rid = c.command("swarm_launch", json!({"nodes": 1, "provider": "hpc"}));
+    let why = c.rejected(&rid);
+    assert!(why.contains("sbatch is not on this host's PATH"), "{why}");
+    let (swarm, _) = launch(&mut c, 1, json!({}));
+    terminate(&mut c, &swarm);
+}
