@@ -6,6 +6,8 @@
 #   scripts/cluster.sh start DIR    # everything under DIR; writes DIR/env; waits until usable
 #   scripts/cluster.sh check DIR    # self-test of a started cluster (jobs, sacct, ssh, multiplexing)
 #   scripts/cluster.sh stop DIR     # stops by the pids recorded under DIR; idempotent
+#   scripts/cluster.sh sshd-stop DIR   # stops only sshd and its connections (tests of a lost host)
+#   scripts/cluster.sh sshd-start DIR  # starts that sshd again; waits until it takes logins
 #
 # DIR is the caller's (e.g. a fresh temp dir): an absolute or relative path of at most 70
 # characters (unix socket paths under it are limited) made of letters, digits and ._/+-. Every
@@ -715,10 +717,44 @@ cmd_check() {
   log "check passed in $((SECONDS - t0))s"
 }
 
+# ---------------------------------------------------------------------------------------------
+# sshd alone (tests of a login host that goes away and comes back)
+
+# Stops the cluster's sshd and every connection it serves (a multiplexed ssh master's session
+# too, so clients really lose the host), by the recorded pid and its descendants.
+cmd_sshd_stop() {
+  [ -n "${1:-}" ] || die "usage: $0 sshd-stop DIR"
+  local dir pid pids
+  dir=$(resolve_dir "$1")
+  pid=$(recorded_pid "$dir" sshd) || { log "sshd is not running"; return 0; }
+  # shellcheck disable=SC2207
+  pids=("$pid" $(descendants "$pid"))
+  kill_pids 10 "${pids[@]}"
+  wait_reaped "${pids[@]}"
+  log "sshd stopped ($dir)"
+}
+
+# Starts the cluster's sshd again with the config and keys `start` wrote; waits for a login.
+cmd_sshd_start() {
+  [ -n "${1:-}" ] || die "usage: $0 sshd-start DIR"
+  local dir
+  dir=$(resolve_dir "$1")
+  if recorded_pid "$dir" sshd >/dev/null; then log "sshd is already running"; return 0; fi
+  [ -f "$dir/ssh/sshd_config" ] || die "no $dir/ssh/sshd_config: run start first"
+  port_in_use "$SSH_PORT" && die "port $SSH_PORT is in use"
+  install -d -m 0755 /run/sshd
+  launch "$dir" sshd /usr/sbin/sshd -D -f "$dir/ssh/sshd_config" -E "$dir/log/sshd.log"
+  # shellcheck disable=SC2046
+  wait_daemon "$dir" sshd 20 "ssh to 127.0.0.1:$SSH_PORT" ssh $(ssh_opts "$dir") root@127.0.0.1 true
+  log "sshd started ($dir)"
+}
+
 case "${1:-}" in
   install) cmd_install ;;
   start) cmd_start "${2:-}" ;;
   stop) cmd_stop "${2:-}" ;;
   check) cmd_check "${2:-}" ;;
-  *) die "usage: $0 install | start DIR | check DIR | stop DIR" ;;
+  sshd-stop) cmd_sshd_stop "${2:-}" ;;
+  sshd-start) cmd_sshd_start "${2:-}" ;;
+  *) die "usage: $0 install | start DIR | check DIR | stop DIR | sshd-stop DIR | sshd-start DIR" ;;
 esac

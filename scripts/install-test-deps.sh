@@ -33,3 +33,14 @@ if ! python3 -c 'import socketio, websocket, requests' 2>/dev/null; then
   python3 -m pip install --quiet 'python-socketio[client]>=5.11,<6' ||
     python3 -m pip install --quiet --break-system-packages 'python-socketio[client]>=5.11,<6'
 fi
+
+# The Slurm provider's tests start a real single-node Slurm and an sshd (scripts/test.sh):
+# Debian's slurmctld, slurmd, slurm-client, munge, slurmdbd, mariadb-server, openssh-server.
+# `cluster.sh install` installs only the missing ones and leaves no service running; it needs
+# root, as starting the cluster does.
+if [ "$(id -u)" = 0 ]; then
+  scripts/cluster.sh install
+elif ! command -v sbatch >/dev/null || ! command -v slurmctld >/dev/null; then
+  echo "missing: Slurm (run scripts/cluster.sh install as root; the Slurm tests need it)" >&2
+  exit 1
+fi

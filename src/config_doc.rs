@@ -305,14 +305,17 @@ fn tables(c: &Config, model: (usize, Duration)) -> Vec<Table> {
             .key("keep_terminated", int(c.router.keep_terminated), "Terminated swarms still listed.")
             .key("poll_busy_ms", millis(c.router.poll_busy), "Outbox polling while a node is busy (besides inotify).")
             .key("poll_idle_max_ms", millis(c.router.poll_idle_max), "Polling backs off to this while nothing comes.")
-            .key("terminate_grace_ms", millis(c.router.terminate_grace), "Between a swarm's shutdown line, SIGTERM and SIGKILL.")
+            .key("terminate_grace_ms", millis(c.router.terminate_grace), "Between a swarm's shutdown line, SIGTERM and SIGKILL (Slurm: shutdown lines, then scancel, then scancel --signal=KILL).")
+            .key("slurm_poll_secs", int(c.router.slurm_poll.as_secs()), "How often Slurm providers ask Slurm about their live swarms (one squeue for all of them; each second while a launch waits or a termination runs).")
+            .key("launch_timeout_secs", int(c.router.launch_timeout.as_secs()), "How long a Slurm launch may wait for its job to run; then the job is cancelled and the launch refused.")
+            .key("slurm_command_timeout_secs", int(c.router.slurm_command_timeout.as_secs()), "The longest one Slurm or ssh command may take before it is killed.")
             .eg("providers", toml::Value::Array(vec![toml::Value::Table({
                 let mut t = toml::Table::new();
                 t.insert("id".into(), "local".into());
                 t.insert("label".into(), "Local processes on this host".into());
                 t.insert("backend".into(), "local".into());
                 t
-            })]), "Where swarms run ([[router.providers]] tables: id, label, backend, workspace_root, defaults, launch_fields; the local backend also worker_program and limits). None: one \"local\" provider (workers on this host, mock answers)."),
+            })]), "Where swarms run ([[router.providers]] tables: id, label, backend, workspace_root, defaults, launch_fields; the local backend also worker_program and limits; the slurm backend partition, time_limit, account, qos, workers_per_node (1), worker_path (this executable), sbatch_args, job_name_prefix (\"clove-\"), login_host (\"\": Slurm on this host), ssh_options, ssh_command ([\"ssh\"]), ssh_multiplex (true), worker_program). None: one \"local\" provider (workers on this host, mock answers)."),
         Table::new("relay", "The ClawNet relay: Socket.IO for remote agents and dashboards (see the README, \"ClawNet relay\").")
             .eg("listen", c.relay.listen.map(|a| a.to_string()).unwrap_or_default(), "Address of the relay's HTTP/WebSocket listener; \"\" turns the relay off. Default: 127.0.0.1:8766, without which (another program holds the port) the daemon runs without the relay; an address set here must be bound. A non-loopback address needs tls_cert/tls_key or allow_plaintext_remote.")
             .eg("tls_cert", "/etc/clove/relay.crt", "PEM certificate chain: the relay speaks TLS (wss://, https://).")

@@ -229,7 +229,7 @@ fn run(cli: Cli) -> Outcome {
         Command::CheckConfig(a) => local::check_config(a, cli.json),
         Command::Relay(a) => relay::relay(&ctx, a),
         Command::Swarm(a) => swarm_command(a, cli.json),
-        Command::Worker(a) => worker_command(a.settings),
+        Command::Worker(a) => worker_command(a),
     }
 }
 
@@ -269,6 +269,33 @@ struct WorkerArgs {
     /// Worker settings (default: $CLOVE_WORKER_SETTINGS; without either, the mock worker).
     #[arg(long, value_name = "FILE")]
     settings: Option<PathBuf>,
+    /// What the Slurm provider runs on the cluster side (none: a node's worker).
+    #[command(subcommand)]
+    part: Option<WorkerPart>,
+}
+
+/// The cluster-side helpers of the Slurm provider (each reads its data from files or stdin).
+#[derive(clap::Subcommand)]
+enum WorkerPart {
+    /// One Slurm task of a swarm's job: its node's worker (node id from SLURM_PROCID).
+    SlurmTask {
+        /// The launch directory (task.json, worker.json, agent files).
+        launch_dir: PathBuf,
+    },
+    /// Appends standard input to FILE in one write (an inbox line sent over ssh).
+    Append { file: PathBuf },
+    /// Writes a launch's files (JSON on standard input) under DIR.
+    Unpack { dir: PathBuf },
+    /// Follows outboxes under the workspace DIR as told on stdin; records go to stdout.
+    Follow {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        poll_busy_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        poll_idle_max_ms: u64,
+        #[arg(long, default_value_t = 4 << 20)]
+        max_record_bytes: usize,
+    },
 }
 
 /// `clove swarm ...`: a router client over TCP. The router saying no is exit 1; a router
@@ -279,8 +306,31 @@ fn swarm_command(args: clove::router::cli::SwarmArgs, json: bool) -> Outcome {
         .map_err(Failure::Unreachable)
 }
 
-/// `clove worker`: one node's worker, until its inbox says `shutdown`.
-fn worker_command(settings: Option<PathBuf>) -> Outcome {
-    clove::router::worker::run(settings).map_err(Failure::Refused)?;
+/// `clove worker`: one node's worker, until its inbox says `shutdown` (or one of the Slurm
+/// provider's cluster-side helpers).
+fn worker_command(a: WorkerArgs) -> Outcome {
+    use clove::router::worker::task;
+    match a.part {
+        None => clove::router::worker::run(a.settings).map_err(Failure::Refused)?,
+        Some(WorkerPart::SlurmTask { launch_dir }) => {
+            let code = task::slurm_task(&launch_dir).map_err(Failure::Refused)?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
+        Some(WorkerPart::Append { file }) => task::append_stdin(&file).map_err(Failure::Refused)?,
+        Some(WorkerPart::Unpack { dir }) => task::unpack_stdin(&dir).map_err(Failure::Refused)?,
+        Some(WorkerPart::Follow {
+            dir,
+            poll_busy_ms,
+            poll_idle_max_ms,
+            max_record_bytes,
+        }) => {
+            let cfg = clove::router::follow::FollowConfig {
+                poll_busy: std::time::Duration::from_millis(poll_busy_ms.max(5)),
+                poll_idle_max: std::time::Duration::from_millis(poll_idle_max_ms.max(10)),
+                max_record_bytes,
+            };
+            clove::router::remote_follow::serve(&dir, cfg).map_err(Failure::Refused)?
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -488,7 +488,15 @@ fn codeswarms_python_mock_worker_runs_through_worker_program() {
         r[1].1,
         "Mock worker received prompt: from the upstream worker"
     );
-    // thread_status went active then idle: the node is idle again.
+    // thread_status went active then idle: the node is idle again. (The idle record comes
+    // after turn_complete, in a write of its own: wait for it before asking.)
+    for node in [0, 1] {
+        c.wait("idle", |v| {
+            v["event"] == "thread_status"
+                && v["data"]["node_id"] == node
+                && v["data"]["status"]["type"] == "idle"
+        });
+    }
     let st = c.ask("swarm_status", json!({"swarm_id": swarm}), "swarm_status");
     assert!(
         st["data"]["nodes"]
@@ -1203,14 +1211,16 @@ fn kill_9_mid_swarm_restart_follows_from_the_right_offset() {
         .to_string();
     c.answer(&rid, "inject_delivered");
     d.kill9();
+    // The worker must answer after the crash: its outbox (not only what this client read,
+    // which misses what the dead daemon had not written to the socket yet) has no record of
+    // the injection at this point.
+    let out0 = outbox(&d, &job, 0);
     assert!(
-        c.seen
-            .iter()
-            .all(|v| v["event"] != "assistant" || v["data"]["injection_id"] != inj.as_str()),
+        !std::fs::read_to_string(&out0).unwrap().contains(&inj),
         "the answer came before the crash: the test did not test anything"
     );
-    // The worker answers while nobody watches.
-    let out0 = outbox(&d, &job, 0);
+    // The worker answers while nobody watches. The new daemon reads those records as soon as
+    // it starts, before this test can connect: they are held for the first client.
     wait_for("the answer written while the daemon is down", T, || {
         std::fs::read_to_string(&out0)
             .ok()
@@ -1723,4 +1733,38 @@ fn an_interrupted_termination_resumes_after_kill_9() {
     }) {
         wait_for("the worker to be gone", T, || (!pid_alive(p)).then_some(()));
     }
+}
+
+#[test]
+fn a_slurm_provider_without_sbatch_is_listed_disabled_and_refuses_launches() {
+    // PATH without Slurm's commands: the provider says why it cannot launch, and the local
+    // provider beside it still works.
+    let ws = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[router.providers]]\nid = \"local\"\nbackend = \"local\"\n\
+         [[router.providers]]\nid = \"hpc\"\nbackend = \"slurm\"\nworkspace_root = \"{}\"\n",
+        ws.path().display()
+    );
+    let (_d, addr) = router_daemon_env(&toml, &[("PATH", "/nonexistent:/usr/local/nobin")]);
+    let mut c = Rc::connect(&addr);
+    let v = c.ask("providers_list", json!({}), "providers_list");
+    let hpc = v["data"]["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "hpc")
+        .cloned()
+        .unwrap_or_else(|| panic!("no hpc provider: {v}"));
+    assert_eq!(hpc["disabled"], true, "{hpc}");
+    assert!(
+        hpc["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("sbatch is not on this host's PATH")),
+        "{hpc}"
+    );
+    let rid = c.command("swarm_launch", json!({"nodes": 1, "provider": "hpc"}));
+    let why = c.rejected(&rid);
+    assert!(why.contains("sbatch is not on this host's PATH"), "{why}");
+    let (swarm, _) = launch(&mut c, 1, json!({}));
+    terminate(&mut c, &swarm);
 }

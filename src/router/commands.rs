@@ -30,6 +30,14 @@ impl Core {
             Request::SwarmStatus { swarm_id } => match self.swarms.get(&swarm_id) {
                 Some(s) => {
                     let ev = status_event(s, &rid);
+                    // Answered from what is known now; the provider is asked as well, and a
+                    // change it finds is reported with another swarm_status.
+                    if matches!(s.status, Status::Running | Status::Unknown)
+                        && let Some(p) = self.provider_index(&s.provider_id)
+                        && let Err(e) = self.providers[p].status(&Core::job_ref(s))
+                    {
+                        log::debug!("router: swarm {swarm_id}: {e}");
+                    }
                     self.emit_event(ev);
                 }
                 None => self.reject(&rid, "unknown swarm_id"),
@@ -118,7 +126,7 @@ impl Core {
         };
         let cfg = self.providers[pidx].config().clone();
         let swarm_id = uuid();
-        let job_hint = format!("local-{}", &uuid()[..8]);
+        let job_hint = format!("{}-{}", cfg.backend.name(), &uuid()[..8]);
         let created_ms = crate::clock::now_ms();
         let swarm = Swarm {
             swarm_id: swarm_id.clone(),
@@ -195,6 +203,17 @@ impl Core {
         self.reject(&s.launch_request_id, format!("launch failed: {reason}"));
     }
 
+    /// The scheduler's job id, kept while the job waits to run.
+    pub(super) fn submitted(&mut self, pidx: usize, swarm_id: &str, job_id: String) {
+        let Some(s) = self.swarms.get_mut(swarm_id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.job_id, job_id.clone());
+        self.by_job.remove(&(pidx, old));
+        self.by_job.insert((pidx, job_id), swarm_id.to_string());
+        self.save_swarm(swarm_id);
+    }
+
     pub(super) fn launched(
         &mut self,
         pidx: usize,
@@ -223,8 +242,14 @@ impl Core {
             "job_id": s.job_id, "node_count": s.node_count, "provider": s.provider_id,
             "provider_id": s.provider_id, "agent_runtime": s.agent_runtime});
         for k in ["partition", "time"] {
-            if let Some(v) = s.provider_params.get(k) {
-                data[k] = v.clone();
+            // What the backend used (a Slurm provider's defaults count), else what was asked.
+            match s.backend_state.get(k).filter(|v| !v.is_null()) {
+                Some(v) => data[k] = v.clone(),
+                None => {
+                    if let Some(v) = s.provider_params.get(k) {
+                        data[k] = v.clone();
+                    }
+                }
             }
         }
         self.emit("swarm_launched", data);
@@ -364,10 +389,13 @@ impl Core {
                     "injection_id": inj, "node_id": node, "error": e}),
                 );
             }
-            self.tell_follower(super::follow::FollowCmd::Busy {
-                job_id: job.job_id.clone(),
-                node_id: node,
-            });
+            self.tell_follower(
+                swarm_id,
+                super::follow::FollowCmd::Busy {
+                    job_id: job.job_id.clone(),
+                    node_id: node,
+                },
+            );
             ids.push(inj);
         }
         self.save_nodes(swarm_id);

@@ -42,6 +42,12 @@ pub struct RawRouter {
     pub poll_busy_ms: Option<u64>,
     pub poll_idle_max_ms: Option<u64>,
     pub terminate_grace_ms: Option<u64>,
+    /// How often Slurm is asked about live swarms (one `squeue` for all of them).
+    pub slurm_poll_secs: Option<u64>,
+    /// How long a launch may wait for its job to run before it is cancelled and refused.
+    pub launch_timeout_secs: Option<u64>,
+    /// The longest one Slurm or ssh command may take before it is killed.
+    pub slurm_command_timeout_secs: Option<u64>,
     /// `[[router.providers]]`: checked by hand, see the module docs.
     pub providers: Option<Vec<toml::Table>>,
 }
@@ -74,14 +80,43 @@ pub struct Listen {
 pub enum Backend {
     /// Workers are processes of this host.
     Local,
+    /// One Slurm batch job per swarm (directly, or through ssh to a login host).
+    Slurm,
 }
 
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Local => "local",
+            Backend::Slurm => "slurm",
         }
     }
+}
+
+/// A `slurm` provider's own keys (ROUTER-COMPAT.md, "How clove configures providers").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    pub time_limit: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Workers (Slurm tasks) per Slurm node.
+    pub workers_per_node: u32,
+    /// The clove binary as the compute nodes (and the login host) see it; `None`: this
+    /// executable.
+    pub worker_path: Option<String>,
+    /// Extra sbatch arguments (argv, never a shell string).
+    pub sbatch_args: Vec<String>,
+    pub job_name_prefix: String,
+    /// Where Slurm commands run; `None`: on this host.
+    pub login_host: Option<String>,
+    /// Extra `ssh` arguments (argv), before the host.
+    pub ssh_options: Vec<String>,
+    /// The ssh client (argv); default `["ssh"]`.
+    pub ssh_command: Vec<String>,
+    /// One multiplexed connection for every command (default); `false` opens one per command
+    /// (slow: for hosts that forbid ControlMaster, and to measure the difference).
+    pub ssh_multiplex: bool,
 }
 
 /// Resource limits for each worker process of a provider (cgroup, else rlimit).
@@ -113,6 +148,8 @@ pub struct ProviderConfig {
     /// Another worker speaking the mailbox contract (argv), instead of `clove worker`.
     pub worker_program: Option<Vec<String>>,
     pub limits: WorkerLimits,
+    /// The `slurm` backend's keys (`None` for other backends).
+    pub slurm: Option<SlurmConfig>,
 }
 
 /// The validated `[router]` section.
@@ -136,7 +173,12 @@ pub struct RouterConfig {
     pub poll_busy: Duration,
     pub poll_idle_max: Duration,
     pub terminate_grace: Duration,
+    pub slurm_poll: Duration,
+    pub launch_timeout: Duration,
+    pub slurm_command_timeout: Duration,
     pub providers: Vec<ProviderConfig>,
+    /// The daemon's state directory (the ssh control socket's directory goes under it).
+    pub state_dir: PathBuf,
 }
 
 impl RouterConfig {
@@ -219,7 +261,32 @@ impl RouterConfig {
                 0,
                 600_000,
             ),
+            slurm_poll: secs(
+                errors,
+                "router.slurm_poll_secs",
+                raw.slurm_poll_secs,
+                15,
+                1,
+                3600,
+            ),
+            launch_timeout: secs(
+                errors,
+                "router.launch_timeout_secs",
+                raw.launch_timeout_secs,
+                3600,
+                1,
+                30 * 86_400,
+            ),
+            slurm_command_timeout: secs(
+                errors,
+                "router.slurm_command_timeout_secs",
+                raw.slurm_command_timeout_secs,
+                60,
+                1,
+                3600,
+            ),
             providers,
+            state_dir: state_dir.to_path_buf(),
         }
     }
 
@@ -324,6 +391,24 @@ fn millis(
     })
 }
 
+fn secs(
+    errors: &mut Vec<String>,
+    name: &str,
+    v: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Duration {
+    millis(
+        errors,
+        name,
+        v.map(|s| s.saturating_mul(1000)),
+        default * 1000,
+        min * 1000,
+        max * 1000,
+    )
+}
+
 /// `router.listen`, else `CODESWARM_ROUTER_HOST` / `CODESWARM_ROUTER_PORT`, else the default.
 fn listen(
     text: Option<&str>,
@@ -417,6 +502,7 @@ fn default_local(state_dir: &Path) -> ProviderConfig {
         launch_fields: local_launch_fields(),
         worker_program: None,
         limits: WorkerLimits::default(),
+        slurm: None,
     }
 }
 
@@ -438,7 +524,20 @@ fn local_launch_fields() -> Vec<Value> {
     ]
 }
 
-const COMMON_KEYS: [&str; 6] = [
+/// What a UI asks for when launching on a Slurm provider.
+fn slurm_launch_fields() -> Vec<Value> {
+    vec![
+        json!({"name": "partition", "label": "Partition", "type": "text", "required": false}),
+        json!({"name": "time", "label": "Time limit (Slurm's format, e.g. 01:00:00)",
+               "type": "text", "required": false}),
+        json!({"name": "account", "label": "Account", "type": "text", "required": false}),
+        json!({"name": "qos", "label": "QOS", "type": "text", "required": false}),
+        json!({"name": "worker_mode", "label": "Worker mode", "type": "select",
+               "options": ["mock", "command", "llm"], "default": "mock"}),
+    ]
+}
+
+pub(crate) const COMMON_KEYS: [&str; 6] = [
     "id",
     "label",
     "backend",
@@ -508,9 +607,10 @@ fn provider(
     }
     let backend = match string("backend", errors).as_deref() {
         Some("local") | None => Backend::Local,
+        Some("slurm") => Backend::Slurm,
         Some(other) => {
             errors.push(format!(
-                "{}: {other:?} is not a backend this build has (\"local\")",
+                "{}: {other:?} is not a backend this build has (\"local\", \"slurm\")",
                 key("backend")
             ));
             return None;
@@ -518,6 +618,7 @@ fn provider(
     };
     let defaults = defaults_of(t.get("defaults"), &key("defaults"), errors);
     let launch_fields = match t.get("launch_fields") {
+        None if backend == Backend::Slurm => slurm_launch_fields(),
         None => local_launch_fields(),
         Some(toml::Value::Array(a)) => a
             .iter()
@@ -542,7 +643,16 @@ fn provider(
         }
         None => state_dir.join("router").join(&id),
     };
-    let (worker_program, limits) = local_keys(i, t, errors);
+    let (worker_program, limits, slurm) = match backend {
+        Backend::Local => {
+            let (w, l) = local_keys(i, t, errors);
+            (w, l, None)
+        }
+        Backend::Slurm => {
+            let (w, s) = super::provider::slurm::config::slurm_keys(i, t, errors);
+            (w, WorkerLimits::default(), Some(s))
+        }
+    };
     Some(ProviderConfig {
         label: string("label", errors).unwrap_or_else(|| id.clone()),
         id,
@@ -552,6 +662,7 @@ fn provider(
         launch_fields,
         worker_program,
         limits,
+        slurm,
     })
 }
 

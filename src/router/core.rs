@@ -91,10 +91,14 @@ pub struct Core {
     pub(super) cfg: Arc<RouterConfig>,
     pub(super) kernel: Arc<Kernel>,
     pub(super) providers: Vec<Box<dyn Provider>>,
-    pub(super) follower: Follower,
-    /// Follow and unfollow commands the follower's full queue did not take yet (sent again
+    /// The router's own follower (index 0) and those of providers whose outboxes are on
+    /// another host.
+    pub(super) followers: Vec<Follower>,
+    /// Which follower reads each provider's outboxes.
+    provider_follower: Vec<usize>,
+    /// Follow and unfollow commands a follower's full queue did not take yet (sent again
     /// after every step, in order; at most a few per swarm).
-    follow_backlog: VecDeque<FollowCmd>,
+    follow_backlog: VecDeque<(usize, FollowCmd)>,
     emitter: Emitter,
     pub(super) stats: Arc<Stats>,
     self_tx: Sender<CoreMsg>,
@@ -121,11 +125,24 @@ pub struct Core {
 
 impl Core {
     pub fn new(p: CoreParts) -> Core {
+        let mut followers = vec![p.follower];
+        let provider_follower = p
+            .providers
+            .iter()
+            .map(|pr| match pr.follower() {
+                Some(f) => {
+                    followers.push(f);
+                    followers.len() - 1
+                }
+                None => 0,
+            })
+            .collect();
         Core {
             cfg: p.config,
             kernel: p.kernel,
             providers: p.providers,
-            follower: p.follower,
+            followers,
+            provider_follower,
             follow_backlog: VecDeque::new(),
             emitter: p.emitter,
             stats: p.stats,
@@ -201,28 +218,38 @@ impl Core {
 
     // ---- the follower --------------------------------------------------------------------
 
-    /// Hands a command to the follower, in order behind any that wait.
-    pub(super) fn tell_follower(&mut self, cmd: FollowCmd) {
+    /// The follower that reads a swarm's outboxes.
+    fn follower_of(&self, swarm_id: &str) -> usize {
+        self.swarms
+            .get(swarm_id)
+            .and_then(|s| self.provider_index(&s.provider_id))
+            .and_then(|p| self.provider_follower.get(p).copied())
+            .unwrap_or(0)
+    }
+
+    /// Hands a command about a swarm's files to its follower, in order behind any that wait.
+    pub(super) fn tell_follower(&mut self, swarm_id: &str, cmd: FollowCmd) {
+        let f = self.follower_of(swarm_id);
         if !self.follow_backlog.is_empty() {
             // Polling hints are not worth a place in the backlog (it stays bounded by swarms).
             if !matches!(cmd, FollowCmd::Busy { .. }) {
-                self.follow_backlog.push_back(cmd);
+                self.follow_backlog.push_back((f, cmd));
             }
             return;
         }
-        if let Err(cmd) = self.follower.try_send(cmd) {
+        if let Err(cmd) = self.followers[f].try_send(cmd) {
             match cmd {
                 // A polling hint that finds no room is simply dropped.
                 FollowCmd::Busy { .. } => {}
-                cmd => self.follow_backlog.push_back(cmd),
+                cmd => self.follow_backlog.push_back((f, cmd)),
             }
         }
     }
 
     fn flush_follow_backlog(&mut self) {
-        while let Some(cmd) = self.follow_backlog.pop_front() {
-            if let Err(cmd) = self.follower.try_send(cmd) {
-                self.follow_backlog.push_front(cmd);
+        while let Some((f, cmd)) = self.follow_backlog.pop_front() {
+            if let Err(cmd) = self.followers[f].try_send(cmd) {
+                self.follow_backlog.push_front((f, cmd));
                 return;
             }
         }
@@ -400,15 +427,18 @@ impl Core {
                 .get(&format!("{swarm_id}/{node}"))
                 .copied()
                 .unwrap_or((0, 0));
-            self.tell_follower(FollowCmd::Follow(FileSpec {
-                swarm_id: swarm_id.into(),
-                job_id: job.job_id.clone(),
-                node_id: node,
-                outbox: files.outbox,
-                archive: files.archive,
-                inode,
-                offset,
-            }));
+            self.tell_follower(
+                swarm_id,
+                FollowCmd::Follow(FileSpec {
+                    swarm_id: swarm_id.into(),
+                    job_id: job.job_id.clone(),
+                    node_id: node,
+                    outbox: files.outbox,
+                    archive: files.archive,
+                    inode,
+                    offset,
+                }),
+            );
             nodes.insert(node);
         }
         self.followed.insert(swarm_id.to_string(), nodes);
@@ -444,6 +474,11 @@ impl Core {
             BackendMsg::Launched { ticket, result } => {
                 if let Some(Pending::Launch { swarm_id }) = self.tickets.remove(&ticket) {
                     self.launched(p, &swarm_id, result);
+                }
+            }
+            BackendMsg::Submitted { ticket, job_id } => {
+                if let Some(Pending::Launch { swarm_id }) = self.tickets.get(&ticket).cloned() {
+                    self.submitted(p, &swarm_id, job_id);
                 }
             }
             BackendMsg::Delivered { ticket, result } => self.delivered(ticket, result),
@@ -563,6 +598,16 @@ impl Core {
         };
         if s.status == Status::Terminated || s.status == Status::Terminating {
             return;
+        }
+        if let Ok((_, Some(state))) = &result
+            && let Some(s) = self.swarms.get_mut(swarm_id)
+            && s.backend_state.get("slurm_state").and_then(Value::as_str) != Some(state)
+        {
+            if !s.backend_state.is_object() {
+                s.backend_state = json!({});
+            }
+            s.backend_state["slurm_state"] = json!(state);
+            self.save_swarm(swarm_id);
         }
         match result {
             Ok((JobState::Running, _)) => {
@@ -833,7 +878,11 @@ impl Core {
             s2.status = Status::Terminated;
             status_event(&s2, &Value::Null)
         };
-        self.close_swarm(swarm_id, vec![ev]);
+        let done = Event::new(
+            "swarm_terminated",
+            json!({"request_id": null, "swarm_id": swarm_id}),
+        );
+        self.close_swarm(swarm_id, vec![ev, done]);
     }
 
     /// The provider finished a termination.
@@ -910,7 +959,7 @@ impl Core {
                         events,
                     },
                 );
-                self.tell_follower(FollowCmd::Unfollow { job_id });
+                self.tell_follower(swarm_id, FollowCmd::Unfollow { job_id });
             }
             _ => self.out.extend(events),
         }
@@ -988,7 +1037,8 @@ pub(super) fn status_event(s: &Swarm, request_id: &Value) -> Event {
                "nodes": s.nodes.iter().enumerate().map(|(i, n)| json!({
                    "node_id": i, "busy": n.busy(), "exited": n.exited,
                })).collect::<Vec<_>>(),
-               "unknown_reason": s.unknown_reason}),
+               "unknown_reason": s.unknown_reason,
+               "slurm_state": s.backend_state.get("slurm_state")}),
     )
 }
 

@@ -76,17 +76,25 @@ pub struct FileBatch {
 #[derive(Clone)]
 pub struct Follower {
     tx: Sender<FollowCmd>,
-    waker: Arc<Waker>,
+    /// Wakes a follower that waits on a mio poll (`None`: it waits on the channel itself).
+    waker: Option<Arc<Waker>>,
 }
 
 impl Follower {
+    /// A handle for a follower thread that waits on its channel (the remote follower).
+    pub fn from_channel(tx: Sender<FollowCmd>) -> Follower {
+        Follower { tx, waker: None }
+    }
+
     /// Asks the follower without waiting: the follower itself may be waiting for the core
     /// (handing records over), so the core must never wait for it. A full queue gives the
     /// command back, for the core to send again later.
     pub fn try_send(&self, cmd: FollowCmd) -> Result<(), FollowCmd> {
         match self.tx.try_send(cmd) {
             Ok(()) => {
-                let _ = self.waker.wake();
+                if let Some(w) = &self.waker {
+                    let _ = w.wake();
+                }
                 Ok(())
             }
             Err(crossbeam_channel::TrySendError::Full(c)) => Err(c),
@@ -150,7 +158,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("clove-router-follow".into())
         .spawn(move || f.run(rx))?;
-    Ok(Follower { tx, waker })
+    Ok(Follower {
+        tx,
+        waker: Some(waker),
+    })
 }
 
 struct FollowerThread {

@@ -30,6 +30,7 @@ pub mod core;
 pub mod follow;
 pub mod mailbox;
 pub mod provider;
+pub mod remote_follow;
 mod restore;
 pub mod state;
 pub mod translate;
@@ -39,7 +40,7 @@ pub mod worker;
 use crate::kernel::Kernel;
 use config::RouterConfig;
 use crossbeam_channel::{Sender, TrySendError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use provider::{BackendMsg, Replies, WorkerSandbox, local::LlmDefaults};
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct Stats {
     pub events_published: AtomicU64,
     pub events_sent: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// Events published while no client was connected, kept for the next one.
+    pub events_held: AtomicU64,
     pub commands: AtomicU64,
     pub commands_rejected: AtomicU64,
     pub busy_refusals: AtomicU64,
@@ -110,6 +113,51 @@ struct Client {
 struct Clients {
     list: RwLock<Arc<Vec<Arc<Client>>>>,
     next: AtomicU64,
+    /// Events published while no client could receive them, for the next client.
+    held: Mutex<Held>,
+}
+
+/// Event lines published while no (authorized) client was connected.
+///
+/// Why: when the daemon starts again after a crash, the follower reads at once what the
+/// workers wrote while it was down and the durable offsets move past those records, before any
+/// client can have reconnected. Broadcast to nobody, they would be lost to every client. So
+/// while no client listens, batches wait here (up to `cap` bytes, the oldest dropped first)
+/// and the first client to connect receives them before anything newer.
+#[derive(Default)]
+struct Held {
+    batches: std::collections::VecDeque<(Vec<u8>, u64)>,
+    bytes: usize,
+    /// Half a client's allowance (`router.client_queue_bytes`): the first client must be
+    /// able to take the whole backlog and still keep up with new events.
+    cap: usize,
+}
+
+impl Held {
+    /// Keeps a batch; returns how many event lines were dropped to make room.
+    fn keep(&mut self, batch: Vec<u8>, lines: u64) -> u64 {
+        self.bytes += batch.len();
+        self.batches.push_back((batch, lines));
+        let mut dropped = 0;
+        while self.bytes > self.cap && self.batches.len() > 1 {
+            if let Some((b, n)) = self.batches.pop_front() {
+                self.bytes -= b.len();
+                dropped += n;
+            }
+        }
+        dropped
+    }
+
+    /// Hands every held batch to a client that just became able to receive events.
+    fn deliver(&mut self, to: &dyn ClientSink) -> u64 {
+        self.bytes = 0;
+        let mut lines = 0;
+        for (b, n) in self.batches.drain(..) {
+            to.push(b);
+            lines += n;
+        }
+        lines
+    }
 }
 
 impl Clients {
@@ -166,7 +214,25 @@ impl Emitter {
     }
 
     fn send(&self, batch: Vec<u8>, lines: u64) {
-        let clients = self.clients.snapshot();
+        self.stats
+            .events_published
+            .fetch_add(lines, Ordering::Relaxed);
+        let clients = {
+            // Decided under the lock that connecting clients take too, so a client either
+            // is in the list here or receives this batch from the held ones (never neither,
+            // never out of order). Pushing happens after it is released.
+            let mut held = self.clients.held.lock();
+            let clients = self.clients.snapshot();
+            if !clients.iter().any(|c| c.authorized.load(Ordering::Acquire)) {
+                let dropped = held.keep(batch, lines);
+                self.stats.events_held.fetch_add(lines, Ordering::Relaxed);
+                self.stats
+                    .events_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+                return;
+            }
+            clients
+        };
         let mut sent = 0;
         for c in clients
             .iter()
@@ -175,9 +241,6 @@ impl Emitter {
             c.outbox.push(batch.clone());
             sent += lines;
         }
-        self.stats
-            .events_published
-            .fetch_add(lines, Ordering::Relaxed);
         self.stats.events_sent.fetch_add(sent, Ordering::Relaxed);
     }
 }
@@ -209,11 +272,18 @@ impl RouterHandle {
             return None;
         }
         let id = s.clients.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let authorized = s.config.token.is_none();
+        let mut held = s.clients.held.lock();
+        if authorized {
+            let n = held.deliver(outbox.as_ref());
+            s.stats.events_sent.fetch_add(n, Ordering::Relaxed);
+        }
         s.clients.add(Client {
             id,
             outbox,
-            authorized: AtomicBool::new(s.config.token.is_none()),
+            authorized: AtomicBool::new(authorized),
         });
+        drop(held);
         s.stats.clients.fetch_add(1, Ordering::Relaxed);
         Some(id)
     }
@@ -241,7 +311,11 @@ impl RouterHandle {
             None => true,
         };
         if ok {
-            for c in self.shared.clients.snapshot().iter().filter(|c| c.id == id) {
+            let s = &self.shared;
+            let mut held = s.clients.held.lock();
+            for c in s.clients.snapshot().iter().filter(|c| c.id == id) {
+                let n = held.deliver(c.outbox.as_ref());
+                s.stats.events_sent.fetch_add(n, Ordering::Relaxed);
                 c.authorized.store(true, Ordering::Release);
             }
         }
@@ -286,6 +360,7 @@ impl RouterHandle {
             "events_published": n(&st.events_published),
             "events_sent": n(&st.events_sent),
             "events_dropped": n(&st.events_dropped),
+            "events_held": n(&st.events_held),
             "commands": n(&st.commands),
             "commands_rejected": n(&st.commands_rejected),
             "busy_refusals": n(&st.busy_refusals),
@@ -344,34 +419,49 @@ impl RouterService {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         let clients = Arc::new(Clients::default());
+        clients.held.lock().cap = config.client_queue_bytes / 2;
         let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(config.command_queue);
         // Providers' outcomes, follower batches and commit notices; senders wait when full.
         let (core_tx, core_rx) = crossbeam_channel::bounded(4096);
         let replies: Arc<dyn Replies> = Arc::new(CoreReplies(core_tx.clone()));
+        let follow_cfg = || follow::FollowConfig {
+            poll_busy: config.poll_busy,
+            poll_idle_max: config.poll_idle_max,
+            max_record_bytes: config.max_record_bytes,
+        };
         let mut providers: Vec<Box<dyn provider::Provider>> = Vec::new();
         for (index, p) in config.providers.iter().enumerate() {
-            let deps = provider::local::LocalDeps {
-                index,
-                replies: replies.clone(),
-                sandbox: deps.sandbox.clone(),
-                exe: deps.exe.clone(),
-                llm: deps.llm.clone(),
-                grace: config.terminate_grace,
-            };
-            providers.push(Box::new(provider::local::LocalProvider::start(
-                p.clone(),
-                deps,
-            )?));
+            providers.push(match p.backend {
+                config::Backend::Local => Box::new(provider::local::LocalProvider::start(
+                    p.clone(),
+                    provider::local::LocalDeps {
+                        index,
+                        replies: replies.clone(),
+                        sandbox: deps.sandbox.clone(),
+                        exe: deps.exe.clone(),
+                        llm: deps.llm.clone(),
+                        grace: config.terminate_grace,
+                    },
+                )?),
+                config::Backend::Slurm => Box::new(provider::slurm::SlurmProvider::start(
+                    p.clone(),
+                    provider::slurm::SlurmDeps {
+                        index,
+                        replies: replies.clone(),
+                        exe: deps.exe.clone(),
+                        llm: deps.llm.clone(),
+                        grace: config.terminate_grace,
+                        poll: config.slurm_poll,
+                        launch_timeout: config.launch_timeout,
+                        command_timeout: config.slurm_command_timeout,
+                        control_dir: config.state_dir.join("ssh"),
+                        follow: follow_cfg(),
+                        core: core_tx.clone(),
+                    },
+                )?),
+            });
         }
-        let follower = follow::start(
-            follow::FollowConfig {
-                poll_busy: config.poll_busy,
-                poll_idle_max: config.poll_idle_max,
-                max_record_bytes: config.max_record_bytes,
-            },
-            core_tx.clone(),
-            stats.clone(),
-        )?;
+        let follower = follow::start(follow_cfg(), core_tx.clone(), stats.clone())?;
         let emitter = Emitter {
             clients: clients.clone(),
             kernel: deps.kernel.clone(),
@@ -461,6 +551,33 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
+    }
+
+    struct Sink(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+    impl ClientSink for Sink {
+        fn push(&self, line: Vec<u8>) {
+            self.0.lock().push(line);
+        }
+    }
+
+    #[test]
+    fn held_events_are_bounded_and_delivered_in_order() {
+        let mut h = Held {
+            cap: 10,
+            ..Held::default()
+        };
+        assert_eq!(h.keep(b"aaaa\n".to_vec(), 1), 0);
+        assert_eq!(h.keep(b"bbbb\n".to_vec(), 1), 0);
+        assert_eq!(h.keep(b"cc\n".to_vec(), 1), 1, "the oldest goes first");
+        assert_eq!(h.keep(b"a batch over the cap alone\n".to_vec(), 2), 2);
+        let sink = Sink(parking_lot::Mutex::new(Vec::new()));
+        assert_eq!(h.deliver(&sink), 2);
+        assert_eq!(
+            *sink.0.lock(),
+            vec![b"a batch over the cap alone\n".to_vec()]
+        );
+        assert_eq!((h.bytes, h.batches.len()), (0, 0));
     }
 
     #[test]

@@ -167,10 +167,10 @@ impl Provider for LocalProvider {
 
 /// What each node of a launch runs, from the merged parameters.
 #[derive(Debug, Clone)]
-struct WorkerPlan {
-    program: Option<Vec<String>>,
-    settings: Value,
-    runtime: String,
+pub(crate) struct WorkerPlan {
+    pub(crate) program: Option<Vec<String>>,
+    pub(crate) settings: Value,
+    pub(crate) runtime: String,
     limits: WorkerLimits,
     /// An API key for the worker's environment (never its command line or settings file).
     api_key: Option<String>,
@@ -178,7 +178,7 @@ struct WorkerPlan {
 
 impl WorkerPlan {
     /// `checking`: validate only (no environment reads for keys).
-    fn from_params(
+    pub(crate) fn from_params(
         cfg: &ProviderConfig,
         p: &Map<String, Value>,
         llm: &LlmDefaults,
@@ -922,6 +922,7 @@ mod tests {
             launch_fields: vec![],
             worker_program: None,
             limits: WorkerLimits::default(),
+            slurm: None,
         }
     }
 

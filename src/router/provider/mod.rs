@@ -1,5 +1,6 @@
 //! Providers: where a swarm's nodes run. One interface for every backend (the `local` one
-//! here; Slurm and SSH next), so the router's core never knows which it talks to.
+//! here, and `slurm`, directly or through ssh), so the router's core never knows which it
+//! talks to.
 //!
 //! Every operation that may be slow (start processes, submit a job, ask a scheduler, kill) is
 //! asynchronous: a call only hands the work to the backend's own thread and returns at once
@@ -12,6 +13,7 @@
 //! the swarm and hands it back in [`JobRef`] after a restart ([`Provider::adopt`]).
 
 pub mod local;
+pub mod slurm;
 
 use super::config::{ProviderConfig, WorkerLimits};
 use super::mailbox::Workspace;
@@ -75,6 +77,12 @@ pub enum BackendMsg {
     Launched {
         ticket: Ticket,
         result: Result<Launched, String>,
+    },
+    /// A scheduler took the job before it runs: its id, to be kept (a restart while it
+    /// waits must still be able to cancel it).
+    Submitted {
+        ticket: Ticket,
+        job_id: String,
     },
     /// An inbox line (injection or control) was delivered, or not.
     Delivered {
@@ -167,6 +175,11 @@ pub trait Provider: Send {
     fn mailbox(&self, job: &JobRef, node: u32) -> MailboxFiles;
     /// Takes over a job a previous daemon started (at start, before anything else of it).
     fn adopt(&self, job: &JobRef) -> Result<(), String>;
+    /// The follower of this provider's outboxes when they are not on this host (`None`: the
+    /// router's own follower reads them here).
+    fn follower(&self) -> Option<crate::router::follow::Follower> {
+        None
+    }
 }
 
 /// The workspace of a provider.

@@ -20,6 +20,7 @@ pub mod command;
 pub mod llm;
 pub mod mock;
 pub mod pyjson;
+pub mod task;
 
 use super::mailbox::{self, Workspace};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
