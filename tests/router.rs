@@ -1698,7 +1698,8 @@ fn an_interrupted_termination_resumes_after_kill_9() {
     let (mut d, addr) = router_daemon("terminate_grace_ms = 3000\n");
     let mut c = Rc::connect(&addr);
     // A worker that ignores the shutdown line: only signals end it.
-    let (swarm, _) = launch(&mut c, 1, json!({"worker_program": ["sleep", "120"]}));
+    let (swarm, job) = launch(&mut c, 1, json!({"worker_program": ["sleep", "120"]}));
+    // This job's worker: found by the environment the router gave it, not by its name.
     let pids = wait_for("the sleeping worker", T, || {
         let out = Command::new("pgrep")
             .args(["-f", "^sleep 120$"])
@@ -1707,6 +1708,12 @@ fn an_interrupted_termination_resumes_after_kill_9() {
         let p: Vec<i32> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.trim().parse().ok())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|e| {
+                    e.split(|&b| b == 0)
+                        .any(|v| v == format!("CODESWARM_JOB_ID={job}").as_bytes())
+                })
+            })
             .collect();
         (!p.is_empty()).then_some(p)
     });
@@ -1728,10 +1735,17 @@ fn an_interrupted_termination_resumes_after_kill_9() {
     assert_eq!(done["data"]["request_id"], rid.as_str());
     let st = c.ask("swarm_status", json!({"swarm_id": swarm}), "swarm_status");
     assert_eq!(st["data"]["status"], "terminated");
-    for p in pids.into_iter().filter(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("sleep"))
-    }) {
-        wait_for("the worker to be gone", T, || (!pid_alive(p)).then_some(()));
+    for p in pids {
+        let deadline = Instant::now() + T;
+        while pid_alive(p) {
+            assert!(
+                Instant::now() < deadline,
+                "worker {p} still runs: {}\ndaemon log:\n{}",
+                std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default(),
+                d.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
