@@ -168,7 +168,7 @@ impl State {
         }
         self.next_key += 1;
         let key = self.next_key;
-        let sid = super::auth::uuid_v4().replace('-', "");
+        let sid = uuid::Uuid::new_v4().simple().to_string();
         let now = Instant::now();
         let limits = socketio::Limits {
             max_packet: self.cfg.max_payload,

@@ -510,35 +510,7 @@ impl RouterService {
 
 /// A random (v4) UUID, from the kernel's random source.
 pub fn uuid() -> String {
-    let mut b = [0u8; 16];
-    fill_random(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// Random bytes (getrandom(2); it does not fail for requests this small once the pool is
-/// initialised, and falls back to the clock rather than panicking).
-pub fn fill_random(buf: &mut [u8]) {
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, x) in buf.iter_mut().enumerate() {
-            *x ^= (t >> ((i % 16) * 8)) as u8 ^ (std::process::id() >> (i % 4)) as u8;
-        }
-    }
+    uuid::Uuid::new_v4().to_string()
 }
 
 #[cfg(test)]
