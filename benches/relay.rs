@@ -24,20 +24,15 @@
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "bench-secret";
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_num, percentile, raise_fd_limit};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -46,104 +41,33 @@ enum Kind {
     Floor,
 }
 
+/// One of the three servers, and where it listens.
 struct Server {
     kind: Kind,
-    child: Child,
     addr: SocketAddr,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/relay_clients")
+    process: support::Server,
 }
 
 fn start(kind: Kind) -> Server {
-    let (mut child, dir) = match kind {
-        Kind::Clove => {
-            let dir = tempfile::Builder::new()
-                .prefix("clove-relay-bench")
-                .tempdir_in("/tmp")
-                .unwrap();
-            let config = dir.path().join("clove.toml");
-            std::fs::write(
-                &config,
-                "[server]\nmax_connections = 30000\n[relay]\nlisten = \"127.0.0.1:0\"\nmax_sessions = 30000\n",
-            )
-            .unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_clove"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .arg("--socket")
-                .arg(dir.path().join("clove.sock"))
-                .arg("--state-dir")
-                .arg(dir.path().join("state"))
-                .env("CLOVE_LOG", "warn")
-                .env("CLAWNET_SECRET_KEY", SECRET)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            (child, Some(dir))
-        }
-        Kind::Anchor | Kind::Floor => {
-            let script = if kind == Kind::Anchor {
-                "anchor.js"
-            } else {
-                "floor.js"
-            };
-            let child = Command::new("node")
-                .current_dir(clients_dir())
-                .arg(script)
-                .arg("0")
-                .env("CLAWNET_SECRET_KEY", SECRET)
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("node (scripts/install-test-deps.sh installs it)");
-            (child, None)
-        }
+    let env = [("CLAWNET_SECRET_KEY", SECRET)];
+    let process = match kind {
+        Kind::Clove => support::Server::clove(
+            "clove-relay-bench",
+            "[server]\nmax_connections = 30000\n[relay]\nlisten = \"127.0.0.1:0\"\nmax_sessions = 30000\n",
+            &env,
+        ),
+        Kind::Anchor => support::Server::node("anchor.js", &env),
+        Kind::Floor => support::Server::node("floor.js", &env),
     };
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = if kind == Kind::Clove {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("relay="))
-            .unwrap_or_else(|| panic!("{line}"))
-            .parse()
-            .unwrap()
-    } else {
-        let port: u16 = line
-            .trim()
-            .strip_prefix("ready ")
-            .unwrap_or_else(|| panic!("{line}"))
-            .parse()
-            .unwrap();
-        SocketAddr::from(([127, 0, 0, 1], port))
+    let addr = match kind {
+        Kind::Clove => process.listener("relay"),
+        _ => process.node_addr(),
     };
     Server {
         kind,
-        child,
         addr,
-        _dir: dir,
+        process,
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[derive(PartialEq)]
@@ -510,14 +434,6 @@ fn flush(c: &mut Conn) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 /// Every figure of one server.
 #[derive(Default, Clone)]
 struct Figures {
@@ -541,7 +457,6 @@ struct Sizes {
 
 fn measure(kind: Kind, z: &Sizes) -> Figures {
     let server = start(kind);
-    let pid = server.child.id();
     let mut f = Figures::default();
     let agents = (kind != Kind::Floor).then_some("agent");
     {
@@ -574,22 +489,15 @@ fn measure(kind: Kind, z: &Sizes) -> Figures {
     }
     {
         std::thread::sleep(Duration::from_millis(500));
-        let before = rss_kib(pid);
+        let before = server.process.rss_kib();
         let mut load = Load::new(&server, 6);
         load.open(z.idle, 200, None);
         load.settle(Duration::from_secs(1));
-        let after = rss_kib(pid);
+        let after = server.process.rss_kib();
         f.idle_rss_mb = after as f64 / 1024.0;
         f.idle_kb_per_conn = after.saturating_sub(before) as f64 / z.idle as f64;
     }
     f
-}
-
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }
 
 fn print_table(z: &Sizes, rows: &[(Kind, Figures)]) {

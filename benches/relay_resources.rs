@@ -20,105 +20,31 @@
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
 const SECRET: &str = "bench-secret";
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{Server, env_num, percentile};
 
-/// A server process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/relay_clients")
-}
-
-fn start_clove() -> Server {
-    let dir = tempfile::Builder::new()
-        .prefix("clove-resources-bench")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let config = dir.path().join("clove.toml");
-    std::fs::write(
-        &config,
+fn start_clove() -> (Server, SocketAddr) {
+    let s = Server::clove(
+        "clove-resources-bench",
         "[relay]\nlisten = \"127.0.0.1:0\"\nmax_resources = 100000\nmax_tasks = 100000\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clove"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.path().join("clove.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("CLOVE_LOG", "warn")
-        .env("CLAWNET_SECRET_KEY", SECRET)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("relay="))
-        .unwrap_or_else(|| panic!("{line}"))
-        .parse()
-        .unwrap();
-    Server {
-        child,
-        addr,
-        _dir: Some(dir),
-    }
+        &[("CLAWNET_SECRET_KEY", SECRET)],
+    );
+    let addr = s.listener("relay");
+    (s, addr)
 }
 
-fn start_floor() -> Server {
-    let mut child = Command::new("node")
-        .current_dir(clients_dir())
-        .arg("floor.js")
-        .arg("0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node (scripts/install-test-deps.sh installs it)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .strip_prefix("ready ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .parse()
-        .unwrap();
-    Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        _dir: None,
-    }
+fn start_floor() -> (Server, SocketAddr) {
+    let s = Server::node("floor.js", &[]);
+    let addr = s.node_addr();
+    (s, addr)
 }
 
 fn ws_connect(url: &str) -> WebSocket<TcpStream> {
@@ -216,14 +142,6 @@ fn auth(agent: &str) -> Value {
     json!({"token": SECRET, "agent_id": agent, "role": "master"})
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -237,12 +155,12 @@ struct FileFigures {
 
 /// Uploads and downloads a file of `size` random bytes `rounds` times through the relay, and
 /// sends the same base64 text through the echo server as often: median times.
-fn files(clove: &Server, floor: &Server, size: usize, rounds: usize) -> FileFigures {
+fn files(clove: SocketAddr, floor: SocketAddr, size: usize, rounds: usize) -> FileFigures {
     let bytes: Vec<u8> = (0..size as u64)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-    let mut s = Sio::connect(clove.addr, auth("bench-files"));
+    let mut s = Sio::connect(clove, auth("bench-files"));
     let (mut up, mut down) = (Vec::new(), Vec::new());
     let mut seen = Vec::new();
     for r in 0..rounds {
@@ -262,7 +180,7 @@ fn files(clove: &Server, floor: &Server, size: usize, rounds: usize) -> FileFigu
         seen.clear();
     }
     let mut echo = Vec::new();
-    let mut ws = ws_connect(&format!("ws://{}/", floor.addr));
+    let mut ws = ws_connect(&format!("ws://{}/", floor));
     for _ in 0..rounds {
         let t = Instant::now();
         ws.send(Message::text(b64.clone())).unwrap();
@@ -278,8 +196,8 @@ fn files(clove: &Server, floor: &Server, size: usize, rounds: usize) -> FileFigu
 }
 
 /// `get_credentials` and `latency_ping` round trips on one connection: p50/p99 of each.
-fn credentials(clove: &Server, n: usize) -> ((f64, f64), (f64, f64)) {
-    let mut s = Sio::connect(clove.addr, auth("bench-creds"));
+fn credentials(clove: SocketAddr, n: usize) -> ((f64, f64), (f64, f64)) {
+    let mut s = Sio::connect(clove, auth("bench-creds"));
     let mut seen = Vec::new();
     let stored = s.call(
         "store_credentials",
@@ -307,11 +225,11 @@ fn credentials(clove: &Server, n: usize) -> ((f64, f64), (f64, f64)) {
 
 /// An orchestration of `tasks` parallel tasks on `agents` agents: milliseconds from
 /// `start_orchestration` to `orchestration_completed`.
-fn orchestration(clove: &Server, tasks: usize, agents: usize) -> f64 {
+fn orchestration(clove: SocketAddr, tasks: usize, agents: usize) -> f64 {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let workers: Vec<_> = (0..agents)
         .map(|i| {
-            let addr = clove.addr;
+            let addr = clove;
             let ready = ready_tx.clone();
             std::thread::spawn(move || {
                 let name = format!("ag{i}");
@@ -344,7 +262,7 @@ fn orchestration(clove: &Server, tasks: usize, agents: usize) -> f64 {
     for _ in 0..agents {
         ready_rx.recv_timeout(DEADLINE).unwrap();
     }
-    let mut m = Sio::connect(clove.addr, auth("bench-master"));
+    let mut m = Sio::connect(clove, auth("bench-master"));
     let list: Vec<Value> = (0..tasks)
         .map(|i| json!({"command": format!("/t{i}"), "targetAgentId": format!("ag{}", i % agents)}))
         .collect();
@@ -384,9 +302,9 @@ fn orchestration(clove: &Server, tasks: usize, agents: usize) -> f64 {
 }
 
 /// `n` messages bounced by the echo server over `conns` connections at once: milliseconds.
-fn echo_round_trips(floor: &Server, n: usize, conns: usize) -> f64 {
+fn echo_round_trips(floor: SocketAddr, n: usize, conns: usize) -> f64 {
     let mut socks: Vec<WebSocket<TcpStream>> = (0..conns)
-        .map(|_| ws_connect(&format!("ws://{}/", floor.addr)))
+        .map(|_| ws_connect(&format!("ws://{}/", floor)))
         .collect();
     let t = Instant::now();
     for i in 0..n {
@@ -414,12 +332,12 @@ fn main() {
         // Under `cargo test --all-targets`: tiny sizes, so the benchmark cannot rot.
         (1, 1, 20, 10, 5)
     };
-    let clove = start_clove();
-    let floor = start_floor();
-    let f = files(&clove, &floor, mib << 20, rounds);
-    let (get, ping) = credentials(&clove, gets);
-    let orch = orchestration(&clove, tasks, agents);
-    let echo = echo_round_trips(&floor, tasks, agents);
+    let (_clove, clove) = start_clove();
+    let (_floor, floor) = start_floor();
+    let f = files(clove, floor, mib << 20, rounds);
+    let (get, ping) = credentials(clove, gets);
+    let orch = orchestration(clove, tasks, agents);
+    let echo = echo_round_trips(floor, tasks, agents);
     println!(
         "{:<58} {:>14} {:>18}",
         "relay resources benchmark", "clove", "anchor"

@@ -16,162 +16,37 @@
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const PROTOCOL: &str = "codeswarm.router.v1";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Daemon {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
+#[path = "support/mod.rs"]
+mod support;
+use support::{
+    RouterClient as Client, Server as Daemon, env_num, percentile as pct, raise_fd_limit,
+};
+
+fn start() -> Daemon {
+    Daemon::clove(
+        "clove-rbench",
+        "[router]\nlisten = \"127.0.0.1:0\"\nmax_clients = 4096\nmax_live_swarms = 1024\n\
+         keep_terminated = 10\n[server]\nmax_connections = 8192\n",
+        &[],
+    )
 }
 
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("clove-rbench")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
-        let config = dir.path().join("clove.toml");
-        std::fs::write(
-            &config,
-            "[router]\nlisten = \"127.0.0.1:0\"\nmax_clients = 4096\nmax_live_swarms = 1024\n\
-             keep_terminated = 10\n[server]\nmax_connections = 8192\n",
-        )
-        .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clove"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.path().join("clove.sock"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("CLOVE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start clove");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("router="))
-            .filter(|a| *a != "off")
-            .unwrap_or_else(|| panic!("no router in {line:?}"))
-            .to_string();
-        Daemon {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A router client written by hand: JSON lines over a TcpStream.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-    n: u64,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        Client {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-            n: 0,
-        }
-    }
-
-    fn send(&mut self, command: &str, payload: Value) -> String {
-        self.n += 1;
-        let rid = format!("b{}", self.n);
-        let line = json!({"protocol": PROTOCOL, "command": command, "request_id": rid, "payload": payload});
-        self.w
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("send");
-        rid
-    }
-
-    fn next(&mut self) -> Value {
-        let mut line = String::new();
-        self.r.read_line(&mut line).expect("read");
-        assert!(line.ends_with('\n'), "the router closed the connection");
-        serde_json::from_str(&line).expect("JSON line")
-    }
-
-    fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let v = self.next();
-            if v["event"] == "command_rejected" {
-                panic!("refused: {v}");
-            }
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-
-    fn launch(&mut self, nodes: u32) -> String {
-        let rid = self.send("swarm_launch", json!({"nodes": nodes}));
-        let v = self
-            .until(|v| v["event"] == "swarm_launched" && v["data"]["request_id"] == rid.as_str());
-        v["data"]["swarm_id"]
-            .as_str()
-            .expect("swarm id")
-            .to_string()
-    }
-
-    fn terminate(&mut self, swarm: &str) {
-        let rid = self.send("swarm_terminate", json!({"swarm_id": swarm}));
-        self.until(|v| v["event"] == "swarm_terminated" && v["data"]["request_id"] == rid.as_str());
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
+fn router(d: &Daemon) -> SocketAddr {
+    d.listener("router")
 }
 
 /// Inject → assistant, one node, one at a time.
 fn inject_latency(d: &Daemon, n: usize) -> Vec<Duration> {
-    let mut c = Client::connect(&d.addr);
-    let swarm = c.launch(1);
+    let mut c = Client::connect(router(d), WAIT);
+    let swarm = c.launch(1, json!({}));
     let mut lat = Vec::with_capacity(n);
     for i in 0..(n + n / 10) {
         let t = Instant::now();
@@ -188,7 +63,7 @@ fn inject_latency(d: &Daemon, n: usize) -> Vec<Duration> {
         }
         c.until(|v| v["event"] == "turn_complete" && v["data"]["injection_id"] == inj);
     }
-    c.terminate(&swarm);
+    c.terminate(&swarm, false);
     lat.sort();
     lat
 }
@@ -229,13 +104,13 @@ fn echo_latency(n: usize, size: usize) -> Vec<Duration> {
 }
 
 fn launch_latency(d: &Daemon, n: usize) -> Vec<Duration> {
-    let mut c = Client::connect(&d.addr);
+    let mut c = Client::connect(router(d), WAIT);
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let swarm = c.launch(1);
+        let swarm = c.launch(1, json!({}));
         lat.push(t.elapsed());
-        c.terminate(&swarm);
+        c.terminate(&swarm, false);
     }
     lat.sort();
     lat
@@ -244,22 +119,18 @@ fn launch_latency(d: &Daemon, n: usize) -> Vec<Duration> {
 /// Events/s delivered to `readers` clients while one more never reads: one injector keeps
 /// `window` injections in flight into an 8-node swarm, every reader counts every line.
 fn fan_out(d: &Daemon, readers: usize, injections: usize) -> (f64, u64, Value) {
-    let stuck = TcpStream::connect(&d.addr).expect("the client that never reads");
-    let mut c = Client::connect(&d.addr);
-    let swarm = c.launch(8);
+    let stuck = TcpStream::connect(router(d)).expect("the client that never reads");
+    let mut c = Client::connect(router(d), WAIT);
+    let swarm = c.launch(8, json!({}));
     let total = Arc::new(AtomicU64::new(0));
     let marker = format!("end-of-bench-{}", std::process::id());
     let barrier = Arc::new(std::sync::Barrier::new(readers + 1));
     let threads: Vec<_> = (0..readers)
         .map(|_| {
-            let (addr, total, marker, barrier) = (
-                d.addr.clone(),
-                total.clone(),
-                marker.clone(),
-                barrier.clone(),
-            );
+            let (addr, total, marker, barrier) =
+                (router(d), total.clone(), marker.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let s = TcpStream::connect(&addr).expect("connect");
+                let s = TcpStream::connect(addr).expect("connect");
                 s.set_read_timeout(Some(WAIT)).expect("timeout");
                 barrier.wait();
                 let mut r = BufReader::with_capacity(1 << 16, s);
@@ -316,7 +187,7 @@ fn fan_out(d: &Daemon, readers: usize, injections: usize) -> (f64, u64, Value) {
     let secs = t.elapsed().as_secs_f64();
     let delivered = total.load(Ordering::Relaxed);
     drop(stuck);
-    c.terminate(&swarm);
+    c.terminate(&swarm, false);
     let stats = hello_router(d);
     (delivered as f64 / secs, delivered, stats)
 }
@@ -347,7 +218,7 @@ fn plain_fan_out(readers: usize, lines: usize) -> f64 {
         .collect();
     let line = format!(
         "{}\n",
-        json!({"protocol": PROTOCOL, "type": "event", "timestamp": "2026-01-01T00:00:00.000Z",
+        json!({"protocol": "codeswarm.router.v1", "type": "event", "timestamp": "2026-01-01T00:00:00.000Z",
                "event": "assistant", "data": {"content": "Mock worker received prompt: fan-out 1", "swarm_id": "00000000-0000-0000-0000-000000000000",
                "job_id": "local-00000000", "node_id": 3, "injection_id": "00000000-0000-0000-0000-000000000000", "final_answer": true}})
     );
@@ -366,7 +237,12 @@ fn plain_fan_out(readers: usize, lines: usize) -> f64 {
 
 fn hello_router(d: &Daemon) -> Value {
     // The daemon's Clove socket is next to its state: ask HELLO through the CLI.
-    let sock = d._dir.path().join("clove.sock");
+    let sock = d
+        .dir
+        .as_ref()
+        .expect("clove's dir")
+        .path()
+        .join("clove.sock");
     let out = Command::new(env!("CARGO_BIN_EXE_clove"))
         .args(["call", "hello", "--socket"])
         .arg(&sock)
@@ -378,7 +254,7 @@ fn hello_router(d: &Daemon) -> Value {
 
 fn idle_clients(d: &Daemon, n: usize) -> (Vec<TcpStream>, u64) {
     let conns: Vec<TcpStream> = (0..n)
-        .map(|_| TcpStream::connect(&d.addr).expect("idle client"))
+        .map(|_| TcpStream::connect(router(d)).expect("idle client"))
         .collect();
     let deadline = Instant::now() + WAIT;
     while hello_router(d)["clients"].as_u64().unwrap_or(0) < n as u64 && Instant::now() < deadline {
@@ -388,45 +264,24 @@ fn idle_clients(d: &Daemon, n: usize) -> (Vec<TcpStream>, u64) {
 }
 
 fn live_nodes(d: &Daemon, nodes: usize) -> (u64, u64) {
-    let mut c = Client::connect(&d.addr);
+    let mut c = Client::connect(router(d), WAIT);
     let per = 10.min(nodes).max(1);
     let swarms: Vec<String> = (0..nodes.div_ceil(per))
-        .map(|_| c.launch(per as u32))
+        .map(|_| c.launch(per as u32, json!({})))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let followed = hello_router(d)["followed_files"].as_u64().unwrap_or(0);
     let rss = d.rss_kib();
     for s in &swarms {
-        c.terminate(s);
+        c.terminate(s, false);
     }
     (rss, followed)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit with valid structs.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
 }
 
 fn main() {
     raise_fd_limit();
     let bench = std::env::args().any(|a| a == "--bench");
-    let s = |name, full, smoke| if bench { env_usize(name, full) } else { smoke };
+    let s = |name, full, smoke| if bench { env_num(name, full) } else { smoke };
     let (n_inj, n_launch, n_readers, n_idle, n_nodes) = (
         s("ROUTER_BENCH_INJECTIONS", 200, 20),
         s("ROUTER_BENCH_LAUNCHES", 20, 3),
@@ -434,7 +289,7 @@ fn main() {
         s("ROUTER_BENCH_IDLE", 1000, 20),
         s("ROUTER_BENCH_NODES", 100, 4),
     );
-    let d = Daemon::start();
+    let d = start();
     let echo = echo_latency(n_inj, 200);
     let inject = inject_latency(&d, n_inj);
     let launch = launch_latency(&d, n_launch);
@@ -442,7 +297,7 @@ fn main() {
     let plain = plain_fan_out(n_readers, if bench { 128_000 } else { 640 });
     drop(d);
     // Memory on a fresh daemon, so that one figure does not carry another's allocations.
-    let d = Daemon::start();
+    let d = start();
     let rss_idle = d.rss_kib();
     let (conns, rss_clients) = idle_clients(&d, n_idle);
     drop(conns);

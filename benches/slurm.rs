@@ -16,15 +16,15 @@
 
 use clove::router::provider::slurm::query;
 use clove::router::provider::slurm::shell::{Shell, Ssh};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PROTOCOL: &str = "codeswarm.router.v1";
+#[path = "support/mod.rs"]
+mod support;
+use support::{RouterClient, Server, percentile};
+
 const WAIT: Duration = Duration::from_secs(60);
 
 fn cluster_env() -> HashMap<String, String> {
@@ -64,138 +64,16 @@ fn host(e: &HashMap<String, String>) -> String {
     format!("{}@{}", e["CLUSTER_SSH_USER"], e["CLUSTER_SSH_HOST"])
 }
 
-struct Daemon {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(e: &HashMap<String, String>, multiplex: bool) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("clove-sbench")
-            .tempdir_in("/tmp")
-            .expect("dir");
-        let config = dir.path().join("clove.toml");
-        let ws = dir.path().join("ws");
-        std::fs::write(
-            &config,
-            format!(
-                "[router]\nlisten = \"127.0.0.1:0\"\nslurm_poll_secs = 5\nterminate_grace_ms = 1000\n\
-                 [[router.providers]]\nid = \"hpc\"\nbackend = \"slurm\"\nworkspace_root = \"{}\"\n\
-                 login_host = \"{}\"\nssh_options = {}\nssh_multiplex = {multiplex}\n",
-                ws.display(),
-                host(e),
-                json!(ssh_options(e))
-            ),
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clove"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.path().join("clove.sock"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env(
-                "CLOVE_LOG",
-                std::env::var("SLURM_BENCH_LOG").unwrap_or("warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start clove");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("router="))
-            .unwrap_or_else(|| panic!("no router in {line:?}"))
-            .to_string();
-        Daemon {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-    n: u64,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        Client {
-            s,
-            buf: Vec::new(),
-            n: 0,
-        }
-    }
-
-    fn send(&mut self, cmd: &str, payload: Value) -> String {
-        self.n += 1;
-        let rid = format!("b{}", self.n);
-        let line =
-            json!({"protocol": PROTOCOL, "command": cmd, "request_id": rid, "payload": payload});
-        self.s
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("send");
-        rid
-    }
-
-    fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let v: Value = serde_json::from_slice(&line).expect("json");
-                if std::env::var_os("SLURM_BENCH_LOG").is_some() {
-                    eprintln!("event {v}");
-                }
-                if v["event"] == "command_rejected" {
-                    panic!("rejected: {v}");
-                }
-                if pred(&v) {
-                    return v;
-                }
-            }
-            assert!(Instant::now() < deadline, "timed out");
-            self.s
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            let mut chunk = [0u8; 65536];
-            if let Ok(n) = self.s.read(&mut chunk) {
-                assert!(n > 0, "router closed the connection");
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
+/// A daemon with one Slurm provider, `hpc`, whose login host is the cluster's sshd.
+fn start(e: &HashMap<String, String>, multiplex: bool) -> Server {
+    let config = format!(
+        "[router]\nlisten = \"127.0.0.1:0\"\nslurm_poll_secs = 5\nterminate_grace_ms = 1000\n\
+         [[router.providers]]\nid = \"hpc\"\nbackend = \"slurm\"\nworkspace_root = \"{{dir}}/ws\"\n\
+         login_host = \"{}\"\nssh_options = {}\nssh_multiplex = {multiplex}\n",
+        host(e),
+        json!(ssh_options(e))
+    );
+    Server::clove("clove-sbench", &config, &[])
 }
 
 fn timed(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
@@ -216,11 +94,9 @@ fn inject_latency(
     multiplex: bool,
     n: usize,
 ) -> (Vec<Duration>, Vec<Duration>) {
-    let d = Daemon::start(e, multiplex);
-    let mut c = Client::connect(&d.addr);
-    let rid = c.send("swarm_launch", json!({"nodes": 1, "provider": "hpc"}));
-    let v = c.until(|v| v["event"] == "swarm_launched" && v["data"]["request_id"] == rid.as_str());
-    let swarm = v["data"]["swarm_id"].as_str().expect("swarm").to_string();
+    let d = start(e, multiplex);
+    let mut c = RouterClient::connect(d.listener("router"), WAIT);
+    let swarm = c.launch(1, json!({"provider": "hpc"}));
     let (mut delivered, mut answered) = (Vec::new(), Vec::new());
     for i in 0..n + 2 {
         let t = Instant::now();
@@ -249,11 +125,7 @@ fn inject_latency(
             answered.push(ta);
         }
     }
-    let rid = c.send(
-        "swarm_terminate",
-        json!({"swarm_id": swarm, "terminate_params": {"force": true}}),
-    );
-    c.until(|v| v["event"] == "swarm_terminated" && v["data"]["request_id"] == rid.as_str());
+    c.terminate(&swarm, true);
     delivered.sort();
     answered.sort();
     (delivered, answered)
@@ -339,8 +211,8 @@ fn line(what: &str, v: &[Duration]) {
     println!(
         "  {what:<58} n={:<4} p50 {:>8.2} ms  p99 {:>8.2} ms",
         v.len(),
-        pct(v, 0.5),
-        pct(v, 0.99)
+        percentile(v, 0.5),
+        percentile(v, 0.99)
     );
 }
 

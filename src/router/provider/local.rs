@@ -14,12 +14,12 @@
 //! of an earlier daemon were re-parented elsewhere when it died and are only watched.
 
 use super::{
-    BackendMsg, Confinement, JobRef, JobState, LaunchSpec, Launched, MailboxFiles, Provider,
-    Replies, Ticket, WorkerSandbox,
+    BackendMsg, Cmd, CmdQueue, Confinement, JobRef, JobState, LaunchSpec, Launched, MailboxFiles,
+    Provider, Replies, Ticket, WorkerSandbox,
 };
 use crate::router::config::{ProviderConfig, WorkerLimits, argv, parse_limits};
 use crate::router::mailbox::{self, Workspace};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Work waiting for the backend's thread; beyond it a call is refused as busy.
-const QUEUE: usize = 4096;
 /// Most skill files one launch may write, and their size each.
 const MAX_SKILLS: usize = 256;
 const MAX_SKILL_BYTES: usize = 1 << 20;
@@ -67,26 +66,17 @@ pub struct LocalDeps {
     pub grace: Duration,
 }
 
-enum Cmd {
-    Launch(Ticket, Box<LaunchSpec>),
-    Deliver(Ticket, String, u32, Vec<u8>),
-    Status(JobRef),
-    ListActive,
-    Terminate(JobRef, bool),
-    Adopt(JobRef),
-}
-
 /// The provider handle the core holds; the work happens on the backend's thread.
 pub struct LocalProvider {
     config: ProviderConfig,
-    tx: Sender<Cmd>,
+    queue: CmdQueue,
     ws: Workspace,
 }
 
 impl LocalProvider {
     /// Starts the backend's thread.
     pub fn start(config: ProviderConfig, deps: LocalDeps) -> std::io::Result<LocalProvider> {
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (queue, rx) = CmdQueue::new(&config.id);
         let ws = super::workspace(&config);
         let mut backend = Backend {
             config: config.clone(),
@@ -97,20 +87,7 @@ impl LocalProvider {
         std::thread::Builder::new()
             .name("clove-router-local".into())
             .spawn(move || backend.run(rx))?;
-        Ok(LocalProvider { config, tx, ws })
-    }
-
-    fn send(&self, cmd: Cmd) -> Result<(), String> {
-        match self.tx.try_send(cmd) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(format!(
-                "provider {} is busy ({QUEUE} operations waiting); try again",
-                self.config.id
-            )),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(format!("provider {} has stopped", self.config.id))
-            }
-        }
+        Ok(LocalProvider { config, queue, ws })
     }
 }
 
@@ -119,38 +96,12 @@ impl Provider for LocalProvider {
         &self.config
     }
 
+    fn queue(&self) -> &CmdQueue {
+        &self.queue
+    }
+
     fn check_params(&self, params: &Map<String, Value>) -> Result<(), String> {
         WorkerPlan::from_params(&self.config, params, &LlmDefaults::default(), true).map(|_| ())
-    }
-
-    fn launch(&self, ticket: Ticket, spec: LaunchSpec) -> Result<(), String> {
-        self.send(Cmd::Launch(ticket, Box::new(spec)))
-    }
-
-    fn inject(&self, ticket: Ticket, job: &JobRef, node: u32, line: Vec<u8>) -> Result<(), String> {
-        self.send(Cmd::Deliver(ticket, job.job_id.clone(), node, line))
-    }
-
-    fn control(
-        &self,
-        ticket: Ticket,
-        job: &JobRef,
-        node: u32,
-        line: Vec<u8>,
-    ) -> Result<(), String> {
-        self.send(Cmd::Deliver(ticket, job.job_id.clone(), node, line))
-    }
-
-    fn status(&self, job: &JobRef) -> Result<(), String> {
-        self.send(Cmd::Status(job.clone()))
-    }
-
-    fn list_active(&self) -> Result<(), String> {
-        self.send(Cmd::ListActive)
-    }
-
-    fn terminate(&self, job: &JobRef, force: bool) -> Result<(), String> {
-        self.send(Cmd::Terminate(job.clone(), force))
     }
 
     fn mailbox(&self, job: &JobRef, node: u32) -> MailboxFiles {
@@ -158,10 +109,6 @@ impl Provider for LocalProvider {
             outbox: self.ws.outbox(&job.job_id, node),
             archive: self.ws.archive(&job.job_id, node),
         }
-    }
-
-    fn adopt(&self, job: &JobRef) -> Result<(), String> {
-        self.send(Cmd::Adopt(job.clone()))
     }
 }
 

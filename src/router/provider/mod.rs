@@ -18,6 +18,7 @@ pub mod slurm;
 use super::config::{ProviderConfig, WorkerLimits};
 use super::mailbox::Workspace;
 use super::wire::SkillFile;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
@@ -152,29 +153,101 @@ pub struct Confinement {
     pub report: Map<String, Value>,
 }
 
-/// A provider as the core uses it.
+/// What the core asks of a backend; each backend carries it out on its own thread and
+/// answers through its [`Replies`].
+pub enum Cmd {
+    Launch(Ticket, Box<LaunchSpec>),
+    /// A line for a node's inbox (`user` or `control`): job id, node, the line.
+    Deliver(Ticket, String, u32, Vec<u8>),
+    Status(JobRef),
+    ListActive,
+    /// The job, and whether to skip the grace period.
+    Terminate(JobRef, bool),
+    Adopt(JobRef),
+}
+
+/// Operations one backend's thread may have waiting.
+pub const CMD_QUEUE: usize = 4096;
+
+/// The bounded queue from the core to one backend's thread: when it is full the operation is
+/// refused as busy at once, and the core never waits.
+pub struct CmdQueue {
+    provider: String,
+    tx: Sender<Cmd>,
+}
+
+impl CmdQueue {
+    /// A queue for provider `id`, and the end its backend's thread reads.
+    pub fn new(id: &str) -> (CmdQueue, Receiver<Cmd>) {
+        let (tx, rx) = crossbeam_channel::bounded(CMD_QUEUE);
+        let q = CmdQueue {
+            provider: id.to_string(),
+            tx,
+        };
+        (q, rx)
+    }
+
+    pub fn send(&self, cmd: Cmd) -> Result<(), String> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(format!(
+                "provider {} is busy ({CMD_QUEUE} operations waiting); try again",
+                self.provider
+            )),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(format!("provider {} has stopped", self.provider))
+            }
+        }
+    }
+}
+
+/// A provider as the core uses it. The operations go to the backend's thread through its
+/// [`CmdQueue`]; what is answered at once is the queue's refusal, if any.
 pub trait Provider: Send {
     fn config(&self) -> &ProviderConfig;
+    /// The queue to the backend's thread.
+    fn queue(&self) -> &CmdQueue;
     /// Why launches are refused (a backend that cannot work here), if so.
     fn disabled_reason(&self) -> Option<String> {
         None
     }
     /// Checks merged launch parameters before anything starts (pure, quick).
     fn check_params(&self, params: &Map<String, Value>) -> Result<(), String>;
-    fn launch(&self, ticket: Ticket, spec: LaunchSpec) -> Result<(), String>;
+    fn launch(&self, ticket: Ticket, spec: LaunchSpec) -> Result<(), String> {
+        self.queue().send(Cmd::Launch(ticket, Box::new(spec)))
+    }
     /// Appends a `user` line to a node's inbox.
-    fn inject(&self, ticket: Ticket, job: &JobRef, node: u32, line: Vec<u8>) -> Result<(), String>;
+    fn inject(&self, ticket: Ticket, job: &JobRef, node: u32, line: Vec<u8>) -> Result<(), String> {
+        self.queue()
+            .send(Cmd::Deliver(ticket, job.job_id.clone(), node, line))
+    }
     /// Appends a `control` line to a node's inbox.
-    fn control(&self, ticket: Ticket, job: &JobRef, node: u32, line: Vec<u8>)
-    -> Result<(), String>;
-    fn status(&self, job: &JobRef) -> Result<(), String>;
+    fn control(
+        &self,
+        ticket: Ticket,
+        job: &JobRef,
+        node: u32,
+        line: Vec<u8>,
+    ) -> Result<(), String> {
+        self.queue()
+            .send(Cmd::Deliver(ticket, job.job_id.clone(), node, line))
+    }
+    fn status(&self, job: &JobRef) -> Result<(), String> {
+        self.queue().send(Cmd::Status(job.clone()))
+    }
     /// Which jobs of this provider are alive (answered as [`BackendMsg::Active`]).
-    fn list_active(&self) -> Result<(), String>;
-    fn terminate(&self, job: &JobRef, force: bool) -> Result<(), String>;
+    fn list_active(&self) -> Result<(), String> {
+        self.queue().send(Cmd::ListActive)
+    }
+    fn terminate(&self, job: &JobRef, force: bool) -> Result<(), String> {
+        self.queue().send(Cmd::Terminate(job.clone(), force))
+    }
     /// Where a node's outbox is (synchronous: a path computation).
     fn mailbox(&self, job: &JobRef, node: u32) -> MailboxFiles;
     /// Takes over a job a previous daemon started (at start, before anything else of it).
-    fn adopt(&self, job: &JobRef) -> Result<(), String>;
+    fn adopt(&self, job: &JobRef) -> Result<(), String> {
+        self.queue().send(Cmd::Adopt(job.clone()))
+    }
     /// The follower of this provider's outboxes when they are not on this host (`None`: the
     /// router's own follower reads them here).
     fn follower(&self) -> Option<crate::router::follow::Follower> {

@@ -22,14 +22,15 @@ pub mod shell;
 
 use super::local::{LlmDefaults, WorkerPlan};
 use super::{
-    BackendMsg, JobRef, JobState, LaunchSpec, Launched, MailboxFiles, Provider, Replies, Ticket,
+    BackendMsg, Cmd, CmdQueue, JobRef, JobState, LaunchSpec, Launched, MailboxFiles, Provider,
+    Replies, Ticket,
 };
 use crate::router::config::{ProviderConfig, SlurmConfig};
 use crate::router::follow::Follower;
 use crate::router::mailbox::{self, Workspace};
 use crate::router::worker::task::{self as task, TaskSpec};
 use config::Scheduling;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{Map, Value, json};
 use shell::{Shell, Ssh};
 use std::collections::HashMap;
@@ -38,7 +39,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Work waiting for the backend's thread; beyond it a call is refused as busy.
-const QUEUE: usize = 4096;
 /// Polls while a launch waits or a termination runs.
 const FAST_POLL: Duration = Duration::from_secs(1);
 /// `pending` progress at most this often.
@@ -64,19 +64,10 @@ pub struct SlurmDeps {
     pub core: Sender<crate::router::CoreMsg>,
 }
 
-enum Cmd {
-    Launch(Ticket, Box<LaunchSpec>),
-    Deliver(Ticket, String, u32, Vec<u8>),
-    Status(JobRef),
-    ListActive,
-    Terminate(JobRef, bool),
-    Adopt(JobRef),
-}
-
 /// The provider handle the core holds.
 pub struct SlurmProvider {
     config: ProviderConfig,
-    tx: Sender<Cmd>,
+    queue: CmdQueue,
     ws: Workspace,
     follower: Option<Follower>,
     /// Why launches are refused, when Slurm's commands cannot be found here.
@@ -129,7 +120,7 @@ impl SlurmProvider {
                 },
             )?),
         };
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (queue, rx) = CmdQueue::new(&config.id);
         let mut backend = Backend {
             config: config.clone(),
             slurm,
@@ -145,24 +136,11 @@ impl SlurmProvider {
             .spawn(move || backend.run(rx))?;
         Ok(SlurmProvider {
             config,
-            tx,
+            queue,
             ws,
             follower,
             disabled,
         })
-    }
-
-    fn send(&self, cmd: Cmd) -> Result<(), String> {
-        match self.tx.try_send(cmd) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(format!(
-                "provider {} is busy ({QUEUE} operations waiting); try again",
-                self.config.id
-            )),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(format!("provider {} has stopped", self.config.id))
-            }
-        }
     }
 }
 
@@ -187,6 +165,10 @@ impl Provider for SlurmProvider {
         &self.config
     }
 
+    fn queue(&self) -> &CmdQueue {
+        &self.queue
+    }
+
     fn disabled_reason(&self) -> Option<String> {
         self.disabled.clone()
     }
@@ -197,45 +179,11 @@ impl Provider for SlurmProvider {
         WorkerPlan::from_params(&self.config, params, &LlmDefaults::default(), true).map(|_| ())
     }
 
-    fn launch(&self, ticket: Ticket, spec: LaunchSpec) -> Result<(), String> {
-        self.send(Cmd::Launch(ticket, Box::new(spec)))
-    }
-
-    fn inject(&self, ticket: Ticket, job: &JobRef, node: u32, line: Vec<u8>) -> Result<(), String> {
-        self.send(Cmd::Deliver(ticket, job.job_id.clone(), node, line))
-    }
-
-    fn control(
-        &self,
-        ticket: Ticket,
-        job: &JobRef,
-        node: u32,
-        line: Vec<u8>,
-    ) -> Result<(), String> {
-        self.send(Cmd::Deliver(ticket, job.job_id.clone(), node, line))
-    }
-
-    fn status(&self, job: &JobRef) -> Result<(), String> {
-        self.send(Cmd::Status(job.clone()))
-    }
-
-    fn list_active(&self) -> Result<(), String> {
-        self.send(Cmd::ListActive)
-    }
-
-    fn terminate(&self, job: &JobRef, force: bool) -> Result<(), String> {
-        self.send(Cmd::Terminate(job.clone(), force))
-    }
-
     fn mailbox(&self, job: &JobRef, node: u32) -> MailboxFiles {
         MailboxFiles {
             outbox: self.ws.outbox(&job.job_id, node),
             archive: self.ws.archive(&job.job_id, node),
         }
-    }
-
-    fn adopt(&self, job: &JobRef) -> Result<(), String> {
-        self.send(Cmd::Adopt(job.clone()))
     }
 
     fn follower(&self) -> Option<Follower> {
