@@ -22,8 +22,8 @@
 use super::State;
 use super::events::{Ctx, error_reply};
 use super::resources::{
-    self, CREDENTIALS, Shared, can_change, can_read, doc, emit_to, emit_to_sharers, mgmt,
-    need_agent, required, text,
+    self, CREDENTIALS, can_change, can_read, doc, emit_to, emit_to_sharers, mgmt, need_agent,
+    required, text,
 };
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -206,17 +206,7 @@ pub struct Credential {
     pub sealed: Sealed,
 }
 
-impl Shared for Credential {
-    fn owner(&self) -> &str {
-        &self.owner
-    }
-    fn shared_with(&self) -> &BTreeSet<String> {
-        &self.shared_with
-    }
-    fn shared_with_mut(&mut self) -> &mut BTreeSet<String> {
-        &mut self.shared_with
-    }
-}
+super::resources::shared_by_fields!(Credential);
 
 impl Credential {
     /// What listings show: everything but the value.

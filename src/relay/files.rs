@@ -19,8 +19,8 @@ use super::State;
 use super::events::{Ctx, error_reply};
 use super::io::Job;
 use super::resources::{
-    self, FILES, Shared, can_change, can_read, doc, emit_to, emit_to_sharers, mgmt, need_agent,
-    required, text,
+    self, FILES, can_change, can_read, doc, emit_to, emit_to_sharers, mgmt, need_agent, required,
+    text,
 };
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -53,17 +53,7 @@ pub struct FileMeta {
     pub created_ms: u64,
 }
 
-impl Shared for FileMeta {
-    fn owner(&self) -> &str {
-        &self.owner
-    }
-    fn shared_with(&self) -> &BTreeSet<String> {
-        &self.shared_with
-    }
-    fn shared_with_mut(&mut self) -> &mut BTreeSet<String> {
-        &mut self.shared_with
-    }
-}
+super::resources::shared_by_fields!(FileMeta);
 
 impl FileMeta {
     pub fn to_json(&self) -> Value {

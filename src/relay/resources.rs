@@ -60,6 +60,25 @@ pub trait Shared {
     fn shared_with_mut(&mut self) -> &mut BTreeSet<String>;
 }
 
+/// Implements [`Shared`] for resource types with `owner: String` and
+/// `shared_with: BTreeSet<String>` fields.
+macro_rules! shared_by_fields {
+    ($($t:ty),+) => {$(
+        impl $crate::relay::resources::Shared for $t {
+            fn owner(&self) -> &str {
+                &self.owner
+            }
+            fn shared_with(&self) -> &std::collections::BTreeSet<String> {
+                &self.shared_with
+            }
+            fn shared_with_mut(&mut self) -> &mut std::collections::BTreeSet<String> {
+                &mut self.shared_with
+            }
+        }
+    )+};
+}
+pub(crate) use shared_by_fields;
+
 /// Shares `r` with `agents` (or revokes their access): the agents whose access changed (the
 /// owner always has it and is never listed).
 pub fn apply_access(r: &mut dyn Shared, agents: &[String], share: bool) -> Vec<String> {

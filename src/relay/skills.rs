@@ -6,8 +6,8 @@
 use super::State;
 use super::events::{Ctx, error_reply};
 use super::resources::{
-    self, SKILLS, Shared, can_change, can_read, doc, emit_to, emit_to_sharers, mgmt, need_agent,
-    required, text,
+    self, SKILLS, can_change, can_read, doc, emit_to, emit_to_sharers, mgmt, need_agent, required,
+    text,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -32,17 +32,7 @@ pub struct Skill {
     pub updated_ms: u64,
 }
 
-impl Shared for Skill {
-    fn owner(&self) -> &str {
-        &self.owner
-    }
-    fn shared_with(&self) -> &BTreeSet<String> {
-        &self.shared_with
-    }
-    fn shared_with_mut(&mut self) -> &mut BTreeSet<String> {
-        &mut self.shared_with
-    }
-}
+super::resources::shared_by_fields!(Skill);
 
 impl Skill {
     pub fn to_json(&self) -> Value {
