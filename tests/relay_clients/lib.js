@@ -77,4 +77,24 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // Events of `name` received so far.
 const received = (s, name) => s.log.filter((e) => e.event === name).map((e) => e.data);
 
-module.exports = { connect, refusal, ack, waitFor, waitDisconnect, sleep, received };
+// Runs the scenario named by argv[2] with the JSON parameters in argv[3]; prints its result
+// as one JSON line. Exit codes: 1 the scenario failed, 2 no such scenario, 3 it ran out of
+// `timeoutMs`.
+function runScenario(scenarios, timeoutMs) {
+  const [name, params] = process.argv.slice(2);
+  const run = scenarios[name];
+  if (!run) {
+    console.error('unknown scenario ' + name);
+    process.exit(2);
+  }
+  const deadline = setTimeout(() => { console.error('scenario timed out'); process.exit(3); }, timeoutMs);
+  run(JSON.parse(params || '{}')).then((out) => {
+    clearTimeout(deadline);
+    process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
+  }).catch((e) => {
+    console.error('scenario failed: ' + (e && e.stack || e));
+    process.exit(1);
+  });
+}
+
+module.exports = { connect, refusal, ack, waitFor, waitDisconnect, sleep, received, runScenario };

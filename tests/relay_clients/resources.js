@@ -3,7 +3,7 @@
 // object of what the clients saw; tests/relay_resources.rs asserts on it.
 'use strict';
 const crypto = require('crypto');
-const { connect, ack, waitFor, sleep, received } = require('./lib');
+const { connect, ack, waitFor, sleep, received, runScenario } = require('./lib');
 
 const scenarios = {};
 
@@ -482,17 +482,4 @@ scenarios.inventory = async (p) => {
   return o;
 };
 
-const [name, params] = process.argv.slice(2);
-const run = scenarios[name];
-if (!run) {
-  console.error('unknown scenario ' + name);
-  process.exit(2);
-}
-const deadline = setTimeout(() => { console.error('scenario timed out'); process.exit(3); }, 110000);
-run(JSON.parse(params || '{}')).then((out) => {
-  clearTimeout(deadline);
-  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
-}).catch((e) => {
-  console.error('scenario failed: ' + (e && e.stack || e));
-  process.exit(1);
-});
+runScenario(scenarios, 110000);

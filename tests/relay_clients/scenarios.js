@@ -1,7 +1,7 @@
 // Relay scenarios driven by the real socket.io-client: `node scenarios.js NAME 'PARAMS'`
 // prints one JSON object of what the clients saw; the Rust tests (tests/relay.rs) assert on it.
 'use strict';
-const { connect, refusal, ack, waitFor, waitDisconnect, sleep, received } = require('./lib');
+const { connect, refusal, ack, waitFor, waitDisconnect, sleep, received, runScenario } = require('./lib');
 
 const scenarios = {};
 
@@ -314,17 +314,4 @@ scenarios.flood = async (p) => {
   return out;
 };
 
-const [name, params] = process.argv.slice(2);
-const run = scenarios[name];
-if (!run) {
-  console.error('unknown scenario ' + name);
-  process.exit(2);
-}
-const deadline = setTimeout(() => { console.error('scenario timed out'); process.exit(3); }, 60000);
-run(JSON.parse(params || '{}')).then((out) => {
-  clearTimeout(deadline);
-  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
-}).catch((e) => {
-  console.error('scenario failed: ' + (e && e.stack || e));
-  process.exit(1);
-});
+runScenario(scenarios, 60000);
