@@ -127,8 +127,9 @@ fn idle_connections_of_agents_are_closed_and_busy_ones_and_clients_are_not() {
 
 /// Opens up to `count` connections as `uid`, each asking HELLO; returns how many were
 /// served and the first refusal.
-fn connect_as(uid: u32, socket: &Path, count: usize) -> Value {
-    let code = r#"
+/// Opens connections to the socket in argv[1] (argv[2] of them), each sending HELLO, until
+/// one is refused; prints `{"held": N, "refusal": error or null}`.
+const HOLD_CONNECTIONS_PY: &str = r#"
 import json, socket, struct, sys
 held, refusal = [], None
 for _ in range(int(sys.argv[2])):
@@ -147,9 +148,11 @@ for _ in range(int(sys.argv[2])):
     held.append(s)
 print(json.dumps({"held": len(held), "refusal": refusal}))
 "#;
+
+fn connect_as(uid: u32, socket: &Path, count: usize) -> Value {
     let out = std::process::Command::new("/usr/bin/python3")
         .arg("-c")
-        .arg(code)
+        .arg(HOLD_CONNECTIONS_PY)
         .arg(socket)
         .arg(count.to_string())
         .uid(uid)
@@ -187,29 +190,10 @@ fn clients_of_another_allowed_user_are_capped_per_uid() {
 fn processes_the_daemon_started_that_are_no_agent_share_a_cap() {
     let d = Daemon::with_config("[server]\nmax_connections_descendants = 3\n");
     let mut c = d.client();
-    let code = r#"
-import json, socket, struct, sys
-held, refusal = [], None
-for _ in range(5):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sys.argv[1])
-    try:
-        s.sendall(struct.pack("<IIBQ", 0x41474E54, 0, 0xFE, 2) + b"{}")
-    except BrokenPipeError:
-        pass  # refused at once: the error frame is still there to read
-    head = s.recv(17, socket.MSG_WAITALL)
-    if len(head) < 17:
-        refusal = "closed"; break
-    body = json.loads(s.recv(struct.unpack("<IIBQ", head)[3], socket.MSG_WAITALL))
-    if body.get("success") is not True:
-        refusal = body.get("error"); break
-    held.append(s)
-print(json.dumps({"held": len(held), "refusal": refusal}))
-"#;
-    std::fs::write(d.path("five.py"), code).unwrap();
+    std::fs::write(d.path("hold.py"), HOLD_CONNECTIONS_PY).unwrap();
     let r = c.ok(
         op::EXEC,
-        json!({"command": format!("/usr/bin/python3 {} {}", d.path("five.py").display(), d.socket.display())}),
+        json!({"command": format!("/usr/bin/python3 {} {} 5", d.path("hold.py").display(), d.socket.display())}),
     );
     let r: Value = serde_json::from_str(r["stdout"].as_str().unwrap()).unwrap();
     assert_eq!(r["held"], 3, "{r}");

@@ -31,6 +31,14 @@ pub fn addr(d: &Daemon) -> SocketAddr {
     word.parse().unwrap()
 }
 
+/// Writes a tenants file with one tenant, `acme` (secret `acme-pass`), into `dir`; returns
+/// the `[relay]` line that names it.
+pub fn acme_tenants(dir: &Path) -> String {
+    let tenants = dir.join("tenants.json");
+    std::fs::write(&tenants, r#"{"acme": "acme-pass"}"#).unwrap();
+    format!("tenants_file = {:?}", tenants.display().to_string())
+}
+
 pub fn url(d: &Daemon) -> String {
     format!("http://{}", addr(d))
 }
@@ -269,11 +277,9 @@ fn relay_seed_presence_events_and_the_shell_relay() {
 #[test]
 fn relay_token_forms_and_every_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.json");
-    std::fs::write(&tenants, r#"{"acme": "acme-pass"}"#).unwrap();
     let extra = format!(
-        "auth_failures_per_minute = 1000\ntenants_file = {:?}",
-        tenants.display().to_string()
+        "auth_failures_per_minute = 1000\n{}",
+        acme_tenants(dir.path())
     );
     let d = relay_daemon(&extra, &[("CLAWNET_SECRET_KEY", "shh")]);
     let revoked = make_token(&d, "w-revoked", "worker", &[]);
@@ -395,12 +401,7 @@ fn relay_failed_handshakes_are_rate_limited_per_source() {
 #[test]
 fn relay_tenants_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.json");
-    std::fs::write(&tenants, r#"{"acme": "acme-pass"}"#).unwrap();
-    let d = relay_daemon(
-        &format!("tenants_file = {:?}", tenants.display().to_string()),
-        &[("CLAWNET_SECRET_KEY", "shh")],
-    );
+    let d = relay_daemon(&acme_tenants(dir.path()), &[("CLAWNET_SECRET_KEY", "shh")]);
     let o = scenario(
         "tenants",
         json!({"url": url(&d), "secret": "shh", "acme_secret": "acme-pass"}),

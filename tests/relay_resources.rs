@@ -4,7 +4,7 @@
 //! orchestrations; access, tenant isolation, limits, and `kill -9` at the worst moments.
 
 use crate::harness::{Daemon, op, wait_for};
-use crate::relay::{code, make_token, master_token, relay_daemon, run_json, url};
+use crate::relay::{acme_tenants, code, make_token, master_token, relay_daemon, run_json, url};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -771,12 +771,7 @@ fn relay_orchestration_survives_kill9_and_completes_after_restart() {
 #[test]
 fn relay_resources_are_isolated_between_tenants() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = dir.path().join("tenants.json");
-    std::fs::write(&tenants, r#"{"acme": "acme-pass"}"#).unwrap();
-    let d = relay_daemon(
-        &format!("tenants_file = {:?}", tenants.display().to_string()),
-        &[("CLAWNET_SECRET_KEY", "shh")],
-    );
+    let d = relay_daemon(&acme_tenants(dir.path()), &[("CLAWNET_SECRET_KEY", "shh")]);
     let marker = "iso-secret-93b1";
     let o = scenario(
         "isolation",

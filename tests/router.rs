@@ -535,12 +535,7 @@ fn the_command_worker_streams_answers_and_reports_errors() {
     );
     let r = inject_wait(&mut c, &swarm, json!(0), "make it loud");
     assert_eq!(r[0].1, "got: MAKE IT LOUD\nsecond line\n");
-    let deltas: Vec<&str> = c
-        .seen
-        .iter()
-        .filter(|v| v["event"] == "assistant_delta")
-        .map(|v| v["data"]["content"].as_str().unwrap())
-        .collect();
+    let deltas = c.contents("assistant_delta");
     assert_eq!(deltas, ["got: MAKE IT LOUD\n", "second line\n"]);
     assert!(c.seen.iter().any(|v| v["event"] == "turn_started"));
     assert!(c.seen.iter().all(|v| v["event"] != "agent_error"));
@@ -658,12 +653,7 @@ fn the_llm_worker_streams_from_an_openai_compatible_server() {
     );
     let r = inject_wait(&mut c, &swarm, json!(0), "hi there");
     assert_eq!(r[0].1, "Hello!");
-    let deltas: Vec<&str> = c
-        .seen
-        .iter()
-        .filter(|v| v["event"] == "assistant_delta")
-        .map(|v| v["data"]["content"].as_str().unwrap())
-        .collect();
+    let deltas = c.contents("assistant_delta");
     assert_eq!(deltas, ["Hel", "lo", "!"]);
     assert_eq!(
         c.seen.iter().filter(|v| v["event"] == "assistant").count(),
@@ -824,11 +814,7 @@ fn approvals_round_trip_through_a_worker_and_survive_kill_9() {
         json!({"worker_mode": "command", "approval": true,
         "worker_command": ["echo", "ran it"]}),
     );
-    let rid = c.command("inject", json!({"swarm_id": swarm, "content": "go"}));
-    let inj = c.answer(&rid, "inject_ack")["data"]["injection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, inj) = c.inject_acked(json!({"swarm_id": swarm, "content": "go"}));
     let req = c.wait("the approval request", |v| {
         v["event"] == "exec_approval_required"
     });
@@ -874,11 +860,7 @@ fn approvals_round_trip_through_a_worker_and_survive_kill_9() {
         "unknown approval request"
     );
     // A denial: the command does not run.
-    let rid = c.command("inject", json!({"swarm_id": swarm, "content": "again"}));
-    let inj = c.answer(&rid, "inject_ack")["data"]["injection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, inj) = c.inject_acked(json!({"swarm_id": swarm, "content": "again"}));
     let req = c.wait("the second request", |v| {
         v["event"] == "exec_approval_required" && v["data"]["injection_id"] == inj.as_str()
     });
@@ -1201,14 +1183,8 @@ fn kill_9_mid_swarm_restart_follows_from_the_right_offset() {
         .to_string();
     c.answer(&q, "inter_swarm_blocked");
     // ...and a turn in progress when the daemon dies.
-    let rid = c.command(
-        "inject",
-        json!({"swarm_id": swarm, "nodes": 0, "content": "during the crash"}),
-    );
-    let inj = c.answer(&rid, "inject_ack")["data"]["injection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, inj) =
+        c.inject_acked(json!({"swarm_id": swarm, "nodes": 0, "content": "during the crash"}));
     c.answer(&rid, "inject_delivered");
     d.kill9();
     // The worker must answer after the crash: its outbox (not only what this client read,

@@ -173,6 +173,26 @@ impl Rc {
         self.answer(&rid, name)
     }
 
+    /// Sends `inject` with `payload`; returns its request id and, from its `inject_ack`, the
+    /// injection id.
+    pub fn inject_acked(&mut self, payload: Value) -> (String, String) {
+        let rid = self.command("inject", payload);
+        let inj = self.answer(&rid, "inject_ack")["data"]["injection_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (rid, inj)
+    }
+
+    /// The `content` of every event named `name` seen so far, in order.
+    pub fn contents(&self, name: &str) -> Vec<&str> {
+        self.seen
+            .iter()
+            .filter(|v| v["event"] == name)
+            .map(|v| v["data"]["content"].as_str().unwrap())
+            .collect()
+    }
+
     /// Sends a command and returns the reason it was rejected.
     pub fn refuse(&mut self, command: &str, payload: Value) -> String {
         let rid = self.command(command, payload);

@@ -212,14 +212,7 @@ fn launch_inject_status_kill_9_restart_and_terminate() {
     assert_eq!(st["data"]["status"], "running", "{st}");
     assert_eq!(st["data"]["slurm_state"], "RUNNING", "{st}");
     // A turn in progress when the daemon dies: its answer is written while nobody watches.
-    let rid = c.command(
-        "inject",
-        json!({"swarm_id": swarm, "nodes": 0, "content": "across"}),
-    );
-    let inj = c.answer(&rid, "inject_ack")["data"]["injection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, inj) = c.inject_acked(json!({"swarm_id": swarm, "nodes": 0, "content": "across"}));
     c.answer(&rid, "inject_delivered");
     d.kill9();
     let out0 = ws.path().join(format!("mailbox/outbox/{job}_00.jsonl"));
@@ -246,12 +239,7 @@ fn launch_inject_status_kill_9_restart_and_terminate() {
     assert_eq!(a["data"]["content"], "Mock worker received prompt: across");
     let r = inject_wait(&mut c, &swarm, json!("all"), "after the restart");
     assert_eq!(r.len(), 2);
-    let answers: Vec<&str> = c
-        .seen
-        .iter()
-        .filter(|v| v["event"] == "assistant")
-        .map(|v| v["data"]["content"].as_str().unwrap())
-        .collect();
+    let answers = c.contents("assistant");
     assert_eq!(
         answers.iter().filter(|a| a.contains("hello slurm")).count(),
         0,
